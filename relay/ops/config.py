@@ -1,0 +1,309 @@
+"""The relay's YAML configuration: schema, defaults, validation with one-line errors.
+
+Validation uses pydantic; errors are reported as `key.path[i].field: what is wrong`, one line,
+so `kraken-relay check-config` and a failed SIGHUP reload can name exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BOOK_DEPTHS = (10, 25, 100, 500, 1000)
+OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)
+
+
+class ConfigError(ValueError):
+    """A config problem, already formatted as one line: `key.path: reason`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _host_port(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT for the {what}, got {value!r}")
+    return value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class UpstreamConfig(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    source_address: str | None = None
+    proxy: str | None = None
+    protocol: Literal["v2"] = "v2"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError("must be a ws:// or wss:// URL")
+        return v
+
+    @field_validator("source_address")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError("must be an IP address of this host") from None
+        return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "socks4", "socks5", "socks5h") or not parts.hostname or not parts.port:
+                raise ValueError("must be an http://, socks4:// or socks5:// URL with host and port")
+        return v
+
+
+def _symbols(v: list[str]) -> list[str]:
+    for s in v:
+        if not isinstance(s, str) or "/" not in s or s != s.strip():
+            raise ValueError(f"{s!r} is not a Kraken v2 symbol like BTC/USD")
+    if len(set(v)) != len(v):
+        raise ValueError("lists a symbol twice")
+    return v
+
+
+class BookChannelConfig(_Strict):
+    symbols: list[str] = Field(default_factory=list)
+    depth: int = 100
+
+    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _symbols(v)))
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: int) -> int:
+        if v not in BOOK_DEPTHS:
+            raise ValueError(f"must be one of {', '.join(map(str, BOOK_DEPTHS))}")
+        return v
+
+
+class SymbolsChannelConfig(_Strict):
+    symbols: list[str] = Field(default_factory=list)
+
+    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _symbols(v)))
+
+
+class OhlcChannelConfig(_Strict):
+    symbols: list[str] = Field(default_factory=list)
+    intervals: list[int] = Field(default_factory=lambda: [1])
+
+    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _symbols(v)))
+
+    @field_validator("intervals")
+    @classmethod
+    def _intervals(cls, v: list[int]) -> list[int]:
+        bad = [i for i in v if i not in OHLC_INTERVALS]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a Kraken interval ({', '.join(map(str, OHLC_INTERVALS))})")
+        return v
+
+
+class ChannelsConfig(_Strict):
+    book: BookChannelConfig | None = None
+    trade: SymbolsChannelConfig | None = None
+    ticker: SymbolsChannelConfig | None = None
+    ohlc: OhlcChannelConfig | None = None
+    instrument: bool = True  # needed for precisions and served to clients
+
+    def all_symbols(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for ch in (self.book, self.trade, self.ticker, self.ohlc):
+            if ch is not None:
+                seen.update(dict.fromkeys(ch.symbols))
+        return list(seen)
+
+
+class TlsConfig(_Strict):
+    cert: str
+    key: str
+
+
+class DynamicSubscriptionsConfig(_Strict):
+    enabled: bool = False
+    allow: list[str] = Field(default_factory=list)  # empty = any symbol Kraken accepts
+    max_symbols: int = Field(default=20, ge=0, le=1000)
+    release_after: float = Field(default=60.0, ge=0)
+
+
+class ServerConfig(_Strict):
+    listen: str = "127.0.0.1:8765"
+    path: str = "/v2"
+    tls: TlsConfig | None = None
+    token: str | None = None  # bearer token required from non-loopback clients
+    max_clients: int = Field(default=1000, ge=1)
+    max_subscriptions_per_client: int = Field(default=200, ge=1)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_requests_per_second: float = Field(default=50.0, gt=0)
+    client_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    dynamic_subscriptions: DynamicSubscriptionsConfig = DynamicSubscriptionsConfig()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return _host_port(v, "websocket server")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or v == "/":
+            raise ValueError("must start with / and not be / (kept for the v1 endpoint)")
+        return v
+
+
+class HttpConfig(_Strict):
+    listen: str = "127.0.0.1:9100"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return _host_port(v, "HTTP endpoint")
+
+
+class ReconnectConfig(_Strict):
+    initial_delay: float = Field(default=0.5, gt=0)
+    max_delay: float = Field(default=30.0, gt=0)
+    maintenance_delay: float = Field(default=5.0, ge=5.0)
+    handshake_timeout: float = Field(default=10.0, gt=0)
+    stagger: float = Field(default=1.0, ge=0)
+
+
+class BudgetConfig(_Strict):
+    attempts: int = Field(default=100, ge=1)  # per egress address, Cloudflare allows ~150
+    window: float = Field(default=600.0, gt=0)
+
+
+class LivenessConfig(_Strict):
+    frame_timeout: float = Field(default=5.0, gt=0)
+    ping_interval: float = Field(default=2.0, gt=0)
+    stale_after: float = Field(default=10.0, gt=0)
+
+
+class SubscribeConfig(_Strict):
+    batch_size: int = Field(default=20, ge=1)
+    requests_per_second: float = Field(default=5.0, gt=0)
+    retry_delay: float = Field(default=5.0, gt=0)
+
+
+class MergeConfig(_Strict):
+    trade_gap_wait: float = Field(default=0.5, ge=0)
+    history: int = Field(default=512, ge=16)
+    recent_trades: int = Field(default=50, ge=0, le=1000)
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class RelayConfig(_Strict):
+    upstreams: list[UpstreamConfig] = Field(min_length=1)
+    channels: ChannelsConfig
+    server: ServerConfig = ServerConfig()
+    http: HttpConfig = HttpConfig()
+    reconnect: ReconnectConfig = ReconnectConfig()
+    budget: BudgetConfig = BudgetConfig()
+    liveness: LivenessConfig = LivenessConfig()
+    subscribe: SubscribeConfig = SubscribeConfig()
+    merge: MergeConfig = MergeConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RelayConfig:
+        names = [u.name for u in self.upstreams]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise ValueError(f"upstreams[{i}].name: {n!r} is used twice")
+        if not self.channels.all_symbols():
+            raise ValueError("channels: no symbols configured in any channel")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "KRAKEN_RELAY_LISTEN": ("server", "listen"),
+    "KRAKEN_RELAY_HTTP_LISTEN": ("http", "listen"),
+    "KRAKEN_RELAY_LOG_LEVEL": ("logging", "level"),
+    "KRAKEN_RELAY_LOG_FORMAT": ("logging", "format"),
+    "KRAKEN_RELAY_TOKEN": ("server", "token"),
+}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "tagged-union", "nullable")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "config"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """First error as `key.path: reason` (pydantic's own wording, minus its prefixes)."""
+    err = exc.errors()[0]
+    msg = str(err.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    elif err.get("type") == "missing":
+        msg = "is required"
+    loc = _loc(tuple(err.get("loc", ())))
+    if loc == "config" and ": " in msg:  # model-level errors carry their own path
+        return msg
+    return f"{loc}: {msg}"
+
+
+def parse_config(data: Any, env: dict[str, str] | None = None) -> RelayConfig:
+    """Validate a parsed YAML document (plus environment overrides) into a RelayConfig."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: must be a mapping with upstreams and channels")
+    env = os.environ if env is None else env
+    data = dict(data)
+    for var, path in ENV_OVERRIDES.items():
+        if var in env:
+            section = dict(data.get(path[0]) or {})
+            section[path[1]] = env[var]
+            data[path[0]] = section
+    try:
+        return RelayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> RelayConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_config(data, env)
