@@ -33,8 +33,9 @@ class Level(NamedTuple):
 
 # A stored level: (price_text, qty_text, checksum_token).
 Stored = tuple[bytes, bytes, bytes]
-# An undo entry: (side, key, previous stored value or None when the level did not exist).
-UndoEntry = tuple["BookSide", float, "Stored | None"]
+# An undo entry: (is_bid, key, previous stored value or None when the level did not exist).
+# It names the side rather than holding it, so a log can be replayed onto a copy of the book.
+UndoEntry = tuple[bool, float, "Stored | None"]
 
 
 class BookSide:
@@ -58,7 +59,7 @@ class BookSide:
     def set(self, key: float, price_text: bytes, qty_text: bytes, undo: list | None) -> None:
         levels = self.levels
         if undo is not None:
-            undo.append((self, key, levels.get(key)))
+            undo.append((self.is_bid, key, levels.get(key)))
         if is_zero(qty_text):
             if key in levels:
                 del levels[key]
@@ -82,7 +83,7 @@ class BookSide:
         while len(levels) > depth:
             key, old = levels.popitem(-1)
             if undo is not None:
-                undo.append((self, key, old))
+                undo.append((self.is_bid, key, old))
             self._touch(key)
 
     def top_tokens(self) -> bytes:
@@ -163,12 +164,21 @@ class Book:
         self.checksum = crc32_of_tokens(self.asks.top_tokens(), self.bids.top_tokens())
         return self.checksum
 
-    def rollback(self, undo: list, timestamp: str, checksum: int) -> None:
+    def rollback(self, undo: list[UndoEntry], timestamp: str, checksum: int) -> None:
         """Revert the changes recorded in `undo` (newest first) and restore ts/checksum."""
-        for side, key, old in reversed(undo):
-            side.restore(key, old)
+        bids, asks = self.bids, self.asks
+        for is_bid, key, old in reversed(undo):
+            (bids if is_bid else asks).restore(key, old)
         self.timestamp = timestamp
         self.checksum = checksum
+
+    def apply_text_levels(
+        self, bids: Iterable[tuple[bytes, bytes]], asks: Iterable[tuple[bytes, bytes]], timestamp: str, undo: list | None
+    ) -> int:
+        """Apply levels given as (price_text, qty_text), e.g. a diff from `diff_to`."""
+        return self.apply(
+            [Level(float(p), p, q) for p, q in bids], [Level(float(p), p, q) for p, q in asks], timestamp, undo
+        )
 
     # -- queries --------------------------------------------------------------------------
     def copy(self) -> Book:
