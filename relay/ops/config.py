@@ -261,6 +261,64 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "config"
 
 
+# pydantic error type -> operator wording (anything not listed keeps pydantic's message)
+_PLAIN_MESSAGES = {
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+}
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at `loc` (for "did you mean" on unknown keys)."""
+    model: Any = RelayConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = None
+        for cand in _flatten(field.annotation):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        if model is None:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    args = getattr(annotation, "__args__", None)
+    if not args:
+        return [annotation]
+    out: list[Any] = []
+    for a in args:
+        out.extend(_flatten(a))
+    return out
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc)
+    if model is None or not loc:
+        return "unknown key"
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return f"unknown key (expected one of: {', '.join(model.model_fields)})"
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """First error as `key.path: reason` (pydantic's own wording, minus its prefixes)."""
     err = exc.errors()[0]
@@ -268,11 +326,26 @@ def format_validation_error(exc: ValidationError) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
-    if err.get("type") == "extra_forbidden":
-        msg = "unknown key"
-    elif err.get("type") == "missing":
+    etype = str(err.get("type", ""))
+    ctx = err.get("ctx") or {}
+    raw_loc = tuple(err.get("loc", ()))
+    if etype == "extra_forbidden":
+        msg = _unknown_key(raw_loc)
+    elif etype == "missing":
         msg = "is required"
-    loc = _loc(tuple(err.get("loc", ())))
+    elif etype in _PLAIN_MESSAGES:
+        msg = _PLAIN_MESSAGES[etype]
+    elif etype == "too_short":
+        n = ctx.get("min_length", 1)
+        msg = f"needs at least {n} item{'s' if n != 1 else ''}" + (
+            " (a list of {name, url} mappings)" if raw_loc == ("upstreams",) else "")
+    elif etype in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[etype]
+        bound = next(iter(ctx.values()), "?")
+        msg = f"must be {op} {bound}"
+    elif msg.startswith("Input should be "):
+        msg = "must be " + msg[len("Input should be "):]
+    loc = _loc(raw_loc)
     if loc == "config" and ": " in msg:  # model-level errors carry their own path
         return msg
     return f"{loc}: {msg}"
@@ -292,7 +365,11 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> RelayConfig:
     try:
         return RelayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        msg = format_validation_error(exc)
+        for var, path in ENV_OVERRIDES.items():  # say where an overridden value came from
+            if var in env and msg.startswith(".".join(path) + ":"):
+                msg += f" (from ${var})"
+        raise ConfigError(msg) from None
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> RelayConfig:

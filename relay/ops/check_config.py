@@ -1,0 +1,77 @@
+"""`kraken-relay check-config FILE`: validate a config the way `run` would, then exit.
+
+Exit 0 with a one-line summary on stdout; exit 2 with one line on stderr naming the key path and
+what is wrong. Environment overrides (KRAKEN_RELAY_LISTEN, ...) are applied, exactly as `run`
+applies them, so the systemd `ExecStartPre=` and the Docker image check what will really run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from relay.ops.config import ConfigError, RelayConfig, load_config, split_host_port
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="YAML config file to validate")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when the config is valid")
+
+
+def summary(cfg: RelayConfig) -> str:
+    """One line an operator can eyeball: lines, symbols, channels, listen addresses."""
+    ch = cfg.channels
+    chans = []
+    if ch.book is not None and ch.book.symbols:
+        chans.append(f"book/{ch.book.depth}")
+    for name in ("trade", "ticker"):
+        sub = getattr(ch, name)
+        if sub is not None and sub.symbols:
+            chans.append(name)
+    if ch.ohlc is not None and ch.ohlc.symbols:
+        chans.append("ohlc/" + ",".join(map(str, ch.ohlc.intervals)))
+    if ch.instrument:
+        chans.append("instrument")
+    ups = ", ".join(u.name for u in cfg.upstreams)
+    scheme = "wss" if cfg.server.tls else "ws"
+    return (
+        f"{len(cfg.upstreams)} upstreams ({ups}); {len(ch.all_symbols())} symbols; channels {' '.join(chans)}; "
+        f"serving {scheme}://{cfg.server.listen}{cfg.server.path}; http {cfg.http.listen}"
+    )
+
+
+def warnings(cfg: RelayConfig) -> list[str]:
+    """Valid but risky settings, printed as `warning:` lines (they do not change the exit code)."""
+    out = []
+    host, _ = split_host_port(cfg.server.listen)
+    if not _is_loopback(host) and not cfg.server.token and cfg.server.tls is None:
+        out.append(f"server.listen: {cfg.server.listen} is reachable from other hosts without a token or TLS")
+    if len(cfg.upstreams) == 1:
+        out.append("upstreams: only one line configured, so there is no redundancy")
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        msg = str(exc)
+        if not msg.startswith(str(args.file)):
+            msg = f"{args.file}: {msg}"
+        print(f"invalid config {msg}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        for w in warnings(cfg):
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"config ok: {args.file}: {summary(cfg)}")
+    return 0

@@ -1,0 +1,362 @@
+"""Prometheus metrics that describe the *data* (lines, symbols, clients), read at scrape time.
+
+Why a custom Collector: the hot path handles tens of thousands of frames per second, and a
+prometheus `Counter.inc()` costs a lock and a few attribute look-ups per call. The core and I/O
+layers therefore keep plain int attributes, and the lead's wiring hands this module one
+`stats()` callable returning a plain-dict snapshot. `RelayCollector.collect()` calls it once per
+scrape and turns it into metric families. Only the exchange-to-receive lag is a real prometheus
+Histogram, observed on a sample of frames (`LagSampler`).
+
+Snapshot shape returned by `stats()` (every key optional; missing ones are simply not exported,
+counters must be monotonic totals since process start)::
+
+    {
+      "upstreams": [                          # one per configured line, label `upstream`
+        {"name": "primary",
+         "up": 1,                             # 1 while the websocket is open and streaming
+         "state": "streaming",                # one of UPSTREAM_STATES
+         "system": "online",                  # engine status on that line (online|maintenance|cancel_only|post_only)
+         "connects": 3,                       # successful websocket handshakes
+         "attempts": 4,                       # connection attempts (successful or not)
+         "budget_remaining": 96,              # attempts left in the per-address window (Cloudflare ~150/10 min)
+         "disconnects": {"close_1006": 1},    # by reason, e.g. close_1001, close_1006, frame_timeout, error
+         "frames": 123456, "bytes": 9876543,  # received
+         "last_frame_age": 0.12,              # seconds since the last frame arrived
+         "wins": 120000,                      # data frames this line delivered first (published)
+         "duplicates": 119000,                # data frames dropped because another line was first
+         "checksum_mismatches": 0,
+         "resyncs": {"checksum": 0, "stale": 0, "gap": 0}},   # resubscriptions requested, by reason
+      ],
+      "symbols": [                            # one per (symbol, channel) served, labels `symbol`, `channel`
+        {"symbol": "BTC/USD", "channel": "book",
+         "state": "ok",                       # one of SYMBOL_STATES
+         "published": 1000,                   # frames published to clients
+         "age": 0.4,                          # seconds since the last published update
+         "upstreams": {"primary": "valid", "beta": "resyncing"},   # per-line state (UPSTREAM_SYMBOL_STATES)
+         "gaps": 0, "missing_trades": 0},     # trade channel: gaps seen on every line, trade ids never seen
+      ],
+      "clients": {
+         "connected": 2, "subscriptions": 10,
+         "buffer_bytes": 0, "buffer_max_bytes": 0,   # queued output, total and the worst client
+         "frames_sent": 1234, "snapshot_resets": 0, "slow_closes": 0,
+         "rejected": {"rate_limit": 0, "bad_request": 0, "too_many_subscriptions": 0, "unknown_symbol": 0}},
+      "system_status": "online",              # best status among lines (merge.system_status())
+      "ready": 1,                             # same verdict as /readyz
+    }
+
+Event-loop lag comes from a `LoopLagMonitor` given to `RelayMetrics`, not from the snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, TypedDict
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from relay import __version__
+from relay.ops.loopmon import LoopLagMonitor
+
+PREFIX = "kraken_relay_"
+UPSTREAM_STATES = ("connecting", "subscribing", "streaming", "backoff", "maintenance", "stopped")
+SYMBOL_STATES = ("ok", "resyncing", "stale", "down")
+UPSTREAM_SYMBOL_STATES = ("valid", "resyncing", "stale", "down")
+SYSTEM_STATUSES = ("online", "maintenance", "cancel_only", "post_only")
+# exchange timestamp -> our receive time; Kraken stamps in µs, loopback/LAN lag is ms, WAN 10-300 ms
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamStats(TypedDict, total=False):
+    name: str
+    up: int
+    state: str
+    system: str
+    connects: int
+    attempts: int
+    budget_remaining: int
+    disconnects: Mapping[str, int]
+    frames: int
+    bytes: int
+    last_frame_age: float
+    wins: int
+    duplicates: int
+    checksum_mismatches: int
+    resyncs: Mapping[str, int]
+
+
+class SymbolStats(TypedDict, total=False):
+    symbol: str
+    channel: str
+    state: str
+    published: int
+    age: float
+    upstreams: Mapping[str, str]
+    gaps: int
+    missing_trades: int
+
+
+class ClientStats(TypedDict, total=False):
+    connected: int
+    subscriptions: int
+    buffer_bytes: int
+    buffer_max_bytes: int
+    frames_sent: int
+    snapshot_resets: int
+    slow_closes: int
+    rejected: Mapping[str, int]
+
+
+class RelayStats(TypedDict, total=False):
+    upstreams: list[UpstreamStats]
+    symbols: list[SymbolStats]
+    clients: ClientStats
+    system_status: str
+    ready: int
+
+
+def _num(value: Any) -> float | None:
+    """Accept ints/floats (and bools); anything else is skipped rather than breaking the scrape."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class _Families:
+    """Lazily created metric families, yielded in creation order."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Metric] = {}
+
+    def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        fam = self._by_name.get(name)
+        if fam is None:
+            fam = self._by_name[name] = GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
+        return fam  # type: ignore[return-value]
+
+    def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
+        fam = self._by_name.get(name)
+        if fam is None:
+            fam = self._by_name[name] = CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
+        return fam  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._by_name.values())
+
+
+def _add(fam: GaugeMetricFamily | CounterMetricFamily, labels: list[str], value: Any) -> None:
+    v = _num(value)
+    if v is not None:
+        fam.add_metric(labels, v)
+
+
+def _enum(fam: GaugeMetricFamily, labels: list[str], current: Any, known: Iterable[str]) -> None:
+    """Enum-as-gauge: one series per known state, 1 for the current one (an unknown state is added)."""
+    states = list(known)
+    if isinstance(current, str) and current not in states:
+        states.append(current)
+    for s in states:
+        fam.add_metric([*labels, s], 1.0 if s == current else 0.0)
+
+
+class RelayCollector:
+    """A prometheus Collector exporting a `stats()` snapshot (shape: see the module docstring)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]], loop_monitor: LoopLagMonitor | None = None) -> None:
+        self._stats = stats
+        self._loop = loop_monitor
+        self.scrape_errors = 0
+
+    def collect(self) -> Iterable[Metric]:
+        f = _Families()
+        info = f.gauge("build_info", "Build information (always 1).", ("version",))
+        info.add_metric([__version__], 1.0)
+        try:
+            snap = self._stats() or {}
+            self._collect_snapshot(f, snap)
+        except Exception:  # a scrape must never take the relay down, nor stop exporting the rest
+            self.scrape_errors += 1
+            log.exception("metrics stats() snapshot failed")
+        errs = f.counter("scrape_errors", "Scrapes whose stats snapshot failed (partial data exported).")
+        errs.add_metric([], float(self.scrape_errors))
+        if self._loop is not None:
+            f.gauge("event_loop_lag_seconds", "Current event-loop lag (how late a periodic timer fires).").add_metric(
+                [], self._loop.lag()
+            )
+            f.gauge("event_loop_lag_max_seconds", "Worst event-loop lag over the last minute.").add_metric(
+                [], self._loop.max_lag()
+            )
+        return [m for m in f if m.samples]  # no HELP/TYPE noise for series nobody reported
+
+    # -----------------------------------------------------------------------------------------
+    def _collect_snapshot(self, f: _Families, snap: Mapping[str, Any]) -> None:
+        for u in snap.get("upstreams") or ():
+            self._upstream(f, u)
+        for s in snap.get("symbols") or ():
+            self._symbol(f, s)
+        clients = snap.get("clients")
+        if clients:
+            self._clients(f, clients)
+        status = snap.get("system_status")
+        if isinstance(status, str):
+            _enum(f.gauge("system_status", "Best engine status among the lines (1 = current).", ("status",)),
+                  [], status, SYSTEM_STATUSES)
+        _add(f.gauge("ready", "1 when every configured symbol has fresh valid data (same as /readyz)."), [],
+             snap.get("ready"))
+
+    def _upstream(self, f: _Families, u: Mapping[str, Any]) -> None:
+        name = str(u.get("name", "?"))
+        L = ("upstream",)
+        _add(f.gauge("upstream_up", "1 while the upstream websocket is open and streaming.", L), [name], u.get("up"))
+        if "state" in u:
+            _enum(f.gauge("upstream_state", "Upstream session state (1 = current).", ("upstream", "state")),
+                  [name], u["state"], UPSTREAM_STATES)
+        if "system" in u:
+            _enum(f.gauge("upstream_system_status", "Engine status reported on this line (1 = current).",
+                          ("upstream", "status")), [name], u["system"], SYSTEM_STATUSES)
+        _add(f.counter("upstream_connects", "Successful websocket handshakes.", L), [name], u.get("connects"))
+        _add(f.counter("upstream_connect_attempts", "Connection attempts, successful or not.", L), [name],
+             u.get("attempts"))
+        _add(f.gauge("upstream_connect_budget_remaining",
+                     "Connection attempts left in the per-address window before Kraken/Cloudflare throttles.", L),
+             [name], u.get("budget_remaining"))
+        disc = f.counter("upstream_disconnects", "Connections lost, by reason.", ("upstream", "reason"))
+        for reason, n in (u.get("disconnects") or {}).items():
+            _add(disc, [name, str(reason)], n)
+        _add(f.counter("upstream_frames_received", "Websocket frames received.", L), [name], u.get("frames"))
+        _add(f.counter("upstream_bytes_received", "Websocket payload bytes received.", L), [name], u.get("bytes"))
+        _add(f.gauge("upstream_last_frame_age_seconds", "Seconds since this line delivered any frame.", L),
+             [name], u.get("last_frame_age"))
+        _add(f.counter("upstream_first_arrivals", "Data frames this line delivered first (published).", L),
+             [name], u.get("wins"))
+        _add(f.counter("upstream_duplicates", "Data frames dropped because another line was first.", L),
+             [name], u.get("duplicates"))
+        _add(f.counter("upstream_checksum_mismatches", "Book checksum mismatches on this line.", L), [name],
+             u.get("checksum_mismatches"))
+        res = f.counter("upstream_resyncs", "Symbol resubscriptions requested on this line, by reason.",
+                        ("upstream", "reason"))
+        for reason, n in (u.get("resyncs") or {}).items():
+            _add(res, [name, str(reason)], n)
+
+    def _symbol(self, f: _Families, s: Mapping[str, Any]) -> None:
+        labels = [str(s.get("symbol", "?")), str(s.get("channel", "?"))]
+        L = ("symbol", "channel")
+        _add(f.counter("published_frames", "Frames published to clients.", L), labels, s.get("published"))
+        if "state" in s:
+            _enum(f.gauge("symbol_state", "Published feed state per symbol (1 = current).", (*L, "state")),
+                  labels, s["state"], SYMBOL_STATES)
+        _add(f.gauge("symbol_last_update_age_seconds", "Seconds since the last published update.", L), labels,
+             s.get("age"))
+        per_line = s.get("upstreams")
+        if per_line:
+            valid = f.gauge("symbol_upstream_valid", "1 when this line holds fresh valid data for the symbol.",
+                            (*L, "upstream"))
+            for up, state in per_line.items():
+                valid.add_metric([*labels, str(up)], 1.0 if state == "valid" else 0.0)
+            n_valid = sum(1 for state in per_line.values() if state == "valid")
+            f.gauge("symbol_valid_upstreams", "Lines holding fresh valid data for the symbol (redundancy left).",
+                    L).add_metric(labels, float(n_valid))
+        _add(f.counter("trade_gaps", "Trade-id gaps seen (on every line, i.e. not filled by another line).", L),
+             labels, s.get("gaps"))
+        _add(f.counter("trades_missing", "Trade ids never received from any line.", L), labels,
+             s.get("missing_trades"))
+
+    def _clients(self, f: _Families, c: Mapping[str, Any]) -> None:
+        _add(f.gauge("clients_connected", "Downstream websocket clients connected."), [], c.get("connected"))
+        _add(f.gauge("client_subscriptions", "Downstream subscriptions (client x channel x symbol)."), [],
+             c.get("subscriptions"))
+        _add(f.gauge("client_buffer_bytes", "Output bytes queued for all clients."), [], c.get("buffer_bytes"))
+        _add(f.gauge("client_buffer_max_bytes", "Output bytes queued for the most backlogged client."), [],
+             c.get("buffer_max_bytes"))
+        _add(f.counter("client_frames_sent", "Frames sent to clients (sum over clients)."), [], c.get("frames_sent"))
+        _add(f.counter("client_snapshot_resets", "Times a lagging client was reset with a fresh snapshot."), [],
+             c.get("snapshot_resets"))
+        _add(f.counter("client_slow_closes", "Clients closed because their output buffer overflowed."), [],
+             c.get("slow_closes"))
+        rej = f.counter("client_rejected_requests", "Client requests rejected, by reason.", ("reason",))
+        for reason, n in (c.get("rejected") or {}).items():
+            _add(rej, [str(reason)], n)
+
+
+# ---------------------------------------------------------------------------------------------
+class LagSampler:
+    """Observes exchange-to-receive lag on one frame in `every`, for one upstream.
+
+    The caller does `if sampler.due(): sampler.observe_rfc3339(ts_text, time.time())` – one
+    integer decrement per frame on the hot path, the parsing only on sampled frames.
+    """
+
+    __slots__ = ("_observe", "_every", "_left")
+
+    def __init__(self, observe: Callable[[float], None], every: int = 64) -> None:
+        self._observe = observe
+        self._every = max(1, every)
+        self._left = 1  # sample the first frame
+
+    def due(self) -> bool:
+        self._left -= 1
+        if self._left <= 0:
+            self._left = self._every
+            return True
+        return False
+
+    def observe(self, seconds: float) -> None:
+        # clocks differ: a negative lag is clock skew, recorded as 0 rather than dropped
+        self._observe(seconds if seconds > 0 else 0.0)
+
+    def observe_rfc3339(self, timestamp: str | bytes, received: float | None = None) -> None:
+        """Kraken's `timestamp` (e.g. 2023-10-06T17:35:55.440295Z) against our wall clock."""
+        ts = parse_rfc3339(timestamp)
+        if ts is not None:
+            self.observe((time.time() if received is None else received) - ts)
+
+
+def parse_rfc3339(text: str | bytes) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp, or None if it does not parse."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+class RelayMetrics:
+    """Owns the relay's registry: the snapshot collector, the lag histogram, process metrics.
+
+    Wiring: `m = RelayMetrics(stats, loop_monitor)`; each upstream session gets
+    `m.lag_sampler("primary")`; `HttpServer(..., registry=m.registry, ...)` serves it.
+    """
+
+    def __init__(
+        self,
+        stats: Callable[[], Mapping[str, Any]],
+        loop_monitor: LoopLagMonitor | None = None,
+        *,
+        process_metrics: bool = True,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.collector = RelayCollector(stats, loop_monitor)
+        self.registry.register(self.collector)  # type: ignore[arg-type]
+        self.lag = Histogram(
+            PREFIX + "upstream_lag_seconds",
+            "Exchange timestamp to receive time, on a sample of data frames (includes clock skew).",
+            ["upstream"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def lag_sampler(self, upstream: str, every: int = 64) -> LagSampler:
+        return LagSampler(self.lag.labels(upstream).observe, every)
