@@ -29,3 +29,16 @@ def book_checksum(asks: Iterable[tuple[bytes, bytes]], bids: Iterable[tuple[byte
     ask_part = b"".join(level_token(p, q) for p, q in list(asks)[:TOP_LEVELS])
     bid_part = b"".join(level_token(p, q) for p, q in list(bids)[:TOP_LEVELS])
     return crc32_of_tokens(ask_part, bid_part)
+
+
+def level3_checksum(
+    asks: Iterable[tuple[bytes, Iterable[bytes]]], bids: Iterable[tuple[bytes, Iterable[bytes]]]
+) -> int:
+    """Level3 variant: 10 price levels per side, each order's (limit_price, order_qty) in queue order."""
+
+    def part(levels: Iterable[tuple[bytes, Iterable[bytes]]]) -> bytes:
+        return b"".join(
+            checksum_token(price) + checksum_token(q) for price, qtys in list(levels)[:TOP_LEVELS] for q in qtys
+        )
+
+    return crc32_of_tokens(part(asks), part(bids))
