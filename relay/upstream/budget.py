@@ -1,0 +1,74 @@
+"""Connection-attempt budget per egress address (sliding window).
+
+Cloudflare allows about 150 connect attempts per IP per rolling 10 minutes and then blocks the
+IP for 10 minutes; every line leaving from the same address shares that allowance. One
+`AttemptBudget` per egress (source address, proxy address, or "default") keeps the relay under a
+configured limit. Sans-I/O: callers pass `now`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from urllib.parse import urlsplit
+
+from relay.ops.config import BudgetConfig, UpstreamConfig
+
+
+def egress_of(up: UpstreamConfig) -> str:
+    """The address Kraken sees: the proxy's when a proxy is used, else the source address."""
+    if up.proxy:
+        parts = urlsplit(up.proxy)
+        return f"proxy:{parts.hostname}:{parts.port}"
+    return up.source_address or "default"
+
+
+class AttemptBudget:
+    """At most `attempts` acquisitions in any window of `window` seconds."""
+
+    def __init__(self, attempts: int, window: float) -> None:
+        self.attempts = attempts
+        self.window = window
+        self._times: deque[float] = deque(maxlen=attempts)
+        self.granted = 0
+        self.denied = 0
+
+    def _expire(self, now: float) -> None:
+        times = self._times
+        while times and times[0] <= now - self.window:
+            times.popleft()
+
+    def wait_time(self, now: float) -> float:
+        """0 if an attempt is allowed now, else seconds until the oldest one leaves the window."""
+        self._expire(now)
+        if len(self._times) < self.attempts:
+            return 0.0
+        return self._times[0] + self.window - now
+
+    def try_acquire(self, now: float) -> float:
+        """Take one attempt if allowed (returns 0.0), else return the wait time and take nothing."""
+        wait = self.wait_time(now)
+        if wait > 0:
+            self.denied += 1
+            return wait
+        self._times.append(now)
+        self.granted += 1
+        return 0.0
+
+    def used(self, now: float) -> int:
+        self._expire(now)
+        return len(self._times)
+
+
+class BudgetRegistry:
+    """One budget per egress address, created on first use."""
+
+    def __init__(self, cfg: BudgetConfig) -> None:
+        self.cfg = cfg
+        self.budgets: dict[str, AttemptBudget] = {}
+
+    def for_upstream(self, up: UpstreamConfig) -> AttemptBudget:
+        key = egress_of(up)
+        budget = self.budgets.get(key)
+        if budget is None:
+            budget = self.budgets[key] = AttemptBudget(self.cfg.attempts, self.cfg.window)
+        return budget

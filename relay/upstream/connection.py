@@ -1,0 +1,366 @@
+"""One upstream line: its asyncio task (connect, subscribe, read, watchdog) and its counters.
+
+Two tasks per live connection keep the hot path short:
+
+* the reader only does `recv(decode=False)` -> `merge.feed` -> `merge.take` -> publish, plus a
+  few counters; control frames (status, acks) are handled inline because they are rare;
+* the housekeeper sleeps until the next deadline (frame timeout, ping due, subscription timer)
+  or until woken, then checks the frame deadline, sends paced subscription frames and pings.
+
+The deadline is checked against the time of the last frame of any kind (heartbeats included):
+it proves the connection alive. Data freshness per symbol is the merge's job; it comes back as
+resync requests handled by `request_resync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from relay.core.events import AckEvent, StatusEvent, UnknownEvent
+from relay.core.v2 import encode_ping
+from relay.ops.config import RelayConfig, UpstreamConfig
+from relay.upstream.backoff import ReconnectPolicy, Stagger
+from relay.upstream.budget import AttemptBudget, egress_of
+from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
+from relay.upstream.transport import classify_error, close_reason, open_connection
+
+log = structlog.get_logger("relay.upstream")
+
+Publish = Callable[[list[Any]], None]
+
+# Connection states shown to operators.
+DOWN = "down"
+BACKOFF = "backoff"
+CONNECTING = "connecting"
+SUBSCRIBING = "subscribing"
+LIVE = "live"
+MAINTENANCE = "maintenance"
+
+
+class UpstreamConnection:
+    """Keeps one upstream connected forever and feeds every frame to the merge."""
+
+    def __init__(
+        self,
+        index: int,
+        up: UpstreamConfig,
+        cfg: RelayConfig,
+        merge: Any,
+        publish: Publish,
+        budget: AttemptBudget,
+        stagger: Stagger,
+        desired: list[SubKey],
+        *,
+        planner_options: dict[str, Any] | None = None,
+        stable_after: float = 10.0,
+        max_queue: int = 64,
+    ) -> None:
+        self.index = index
+        self.up = up
+        self.name = up.name
+        self.cfg = cfg
+        self.merge = merge
+        self.publish = publish
+        self.budget = budget
+        self.egress = egress_of(up)
+        self.stagger = stagger
+        self.max_queue = max_queue
+        self.policy = ReconnectPolicy(cfg.reconnect, stable_after=stable_after)
+        sub = cfg.subscribe
+        opts = dict(
+            batch_size=sub.batch_size,
+            requests_per_second=sub.requests_per_second,
+            retry_delay=sub.retry_delay,
+            ack_timeout=max(10.0, cfg.reconnect.handshake_timeout),
+        )
+        opts.update(planner_options or {})
+        self.planner = SubscriptionPlanner(desired, **opts)
+        # -- operator state ----------------------------------------------------------------
+        self.state = DOWN
+        self.system: str | None = None  # engine status last reported on this line
+        self.last_disconnect: str | None = None
+        self.attempts = 0
+        self.connects = 0
+        self.disconnects: Counter[str] = Counter()  # live connection lost, by reason
+        self.failures: Counter[str] = Counter()  # attempt failed, by reason
+        self.budget_waits = 0
+        self.frames = 0
+        self.bytes = 0
+        self.last_frame_time: float | None = None
+        self.connected_at: float | None = None
+        self.next_attempt_at: float | None = None
+        self.rejections: dict[str, str] = {}  # subscription label -> last error
+        self.resyncs: Counter[str] = Counter()  # by reason
+        self.unknown_frames = 0
+        # -- runtime ---------------------------------------------------------------------------
+        self._loop = asyncio.get_running_loop()
+        self._clock = self._loop.time
+        self._ws: ClientConnection | None = None
+        self._wake = asyncio.Event()
+        self._close_reason: str | None = None
+        self._status_seen = False
+        self._maintenance = False
+        self._last_sent = 0.0
+        self._stopping = False
+
+    # -- main loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        delay = 0.0
+        while not self._stopping:
+            if delay > 0:
+                self.state = MAINTENANCE if self._maintenance else BACKOFF
+                self.next_attempt_at = self._clock() + delay
+                await asyncio.sleep(delay)
+            await self._wait_turn()
+            self.next_attempt_at = None
+            self.attempts += 1
+            self.state = CONNECTING
+            try:
+                ws = await open_connection(
+                    self.up, handshake_timeout=self.cfg.reconnect.handshake_timeout, max_queue=self.max_queue
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure means: back off and try again, forever
+                reason = classify_error(exc)
+                self.failures[reason] += 1
+                self.last_disconnect = reason
+                delay = self.policy.next_delay(self._clock(), reason, self._maintenance)
+                log.warning("upstream connect failed", upstream=self.name, reason=reason, retry_in=round(delay, 3))
+                continue
+            self.connects += 1
+            now = self._clock()
+            self.connected_at = now
+            self.policy.on_connected(now)
+            self.merge.upstream_up(self.index, now)
+            log.info("upstream connected", upstream=self.name, egress=self.egress)
+            reason = await self._session(ws)
+            self.disconnects[reason] += 1
+            self.last_disconnect = reason
+            now = self._clock()
+            self.merge.upstream_down(self.index, now)
+            self._drain()
+            if self._stopping:
+                break
+            delay = self.policy.next_delay(now, reason, self._maintenance)
+            log.warning("upstream disconnected", upstream=self.name, reason=reason, retry_in=round(delay, 3))
+        self.state = DOWN
+
+    async def _wait_turn(self) -> None:
+        """Respect the pool-wide stagger and this egress address's attempt budget."""
+        while True:
+            wait = self.stagger.reserve(self._clock())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            wait = self.budget.try_acquire(self._clock())
+            if wait <= 0:
+                return
+            self.budget_waits += 1
+            self.state = BACKOFF
+            self.next_attempt_at = self._clock() + wait
+            log.warning("upstream attempt budget exhausted", upstream=self.name, egress=self.egress, wait=round(wait, 3))
+            await asyncio.sleep(wait)
+
+    async def _session(self, ws: ClientConnection) -> str:
+        self._ws = ws
+        self._close_reason = None
+        self._status_seen = False
+        self.state = SUBSCRIBING
+        now = self._clock()
+        self.last_frame_time = now
+        self._last_sent = now
+        keeper = asyncio.create_task(self._housekeep(ws), name=f"upstream-{self.name}-keeper")
+        try:
+            await self._read(ws)
+            reason = "closed"  # pragma: no cover - _read only ends by exception
+        except ConnectionClosed as exc:
+            reason = self._close_reason or close_reason(exc)
+        except asyncio.CancelledError:
+            ws.transport.abort()
+            raise
+        except Exception as exc:  # a bug in a consumer must not kill the line forever
+            reason = self._close_reason or f"error {type(exc).__name__}"
+            log.exception("upstream session failed", upstream=self.name)
+        finally:
+            keeper.cancel()
+            try:
+                await keeper
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._ws = None
+            self.planner.disconnected()
+            self._status_seen = False
+            if ws.state.name != "CLOSED":
+                ws.transport.abort()
+        return reason
+
+    async def _read(self, ws: ClientConnection) -> None:
+        recv = ws.recv
+        clock = self._clock
+        feed = self.merge.feed
+        take = self.merge.take
+        publish = self.publish
+        index = self.index
+        control = self._control
+        while True:
+            raw = await recv(decode=False)
+            now = clock()
+            self.frames += 1
+            self.bytes += len(raw)
+            self.last_frame_time = now
+            ev = feed(index, raw, now)
+            if ev is not None:
+                control(ev, now)
+            pubs = take()
+            if pubs:
+                try:
+                    publish(pubs)
+                except Exception:
+                    log.exception("publish callback failed", upstream=self.name)
+
+    def _control(self, ev: Any, now: float) -> None:
+        if isinstance(ev, StatusEvent):
+            self.system = ev.system
+            self._maintenance = ev.system == "maintenance"
+            self.merge.line_status(self.index, ev.system, now)
+            if not self._status_seen:
+                self._status_seen = True
+                self.planner.reset()
+                self._wake.set()
+            log.info("upstream status", upstream=self.name, system=ev.system)
+            self._update_state()
+        elif isinstance(ev, AckEvent):
+            res = self.planner.on_ack(ev, now)
+            for key, error in res.rejected:
+                self.rejections[key.label()] = error
+                log.warning("subscription rejected", upstream=self.name, subscription=key.label(), error=error)
+            for key in res.accepted:
+                self.rejections.pop(key.label(), None)
+            warnings = ev.result.get("warnings") if ev.success else None
+            if warnings:
+                log.info("subscription warnings", upstream=self.name, warnings=warnings)
+            self._wake.set()
+            self._update_state()
+        elif isinstance(ev, UnknownEvent):
+            self.unknown_frames += 1
+
+    def _update_state(self) -> None:
+        if self._ws is None:
+            return
+        if self._maintenance:
+            self.state = MAINTENANCE
+        elif self._status_seen and self.planner.settled():
+            self.state = LIVE
+        else:
+            self.state = SUBSCRIBING
+
+    async def _housekeep(self, ws: ClientConnection) -> None:
+        live = self.cfg.liveness
+        clock = self._clock
+        try:
+            while True:
+                self._wake.clear()
+                now = clock()
+                if now - (self.last_frame_time or now) >= live.frame_timeout:
+                    self._close_reason = "timeout"
+                    log.warning("upstream silent", upstream=self.name, timeout=live.frame_timeout)
+                    ws.transport.abort()
+                    return
+                frames = self.planner.poll(now)
+                for key, error in self.planner.last_timeouts:
+                    self.rejections[key.label()] = error
+                    log.warning("subscription not acknowledged", upstream=self.name, subscription=key.label())
+                if now - self._last_sent >= live.ping_interval:
+                    frames.append(encode_ping(self.planner.next_req_id()))
+                if frames:
+                    async with asyncio.timeout(live.frame_timeout):
+                        for frame in frames:
+                            await ws.send(frame, text=True)
+                    self._last_sent = clock()
+                self._update_state()
+                now = clock()
+                wake_at = min(
+                    (self.last_frame_time or now) + live.frame_timeout,
+                    self._last_sent + live.ping_interval,
+                )
+                nxt = self.planner.next_wakeup(now)
+                if nxt is not None:
+                    wake_at = min(wake_at, nxt)
+                try:
+                    async with asyncio.timeout(max(0.0, wake_at - now) + 0.001):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        except (ConnectionClosed, TimeoutError, OSError) as exc:
+            self._close_reason = self._close_reason or (
+                "timeout" if isinstance(exc, TimeoutError) else classify_error(exc)
+            )
+            ws.transport.abort()
+
+    # -- control from the pool ---------------------------------------------------------------
+    def request_resync(self, channel: str, symbol: str, reason: str) -> str:
+        """Resubscribe one symbol on this line (paced by the planner)."""
+        if self._ws is None or not self._status_seen:
+            return "not connected"  # the reconnect resubscribes everything anyway
+        now = self._clock()
+        result = self.planner.resync(channel, symbol, now)
+        if result in ("started", "deferred"):
+            self.merge.symbol_resubscribing(self.index, channel, symbol, now)
+            self.resyncs[reason] += 1
+            self._wake.set()
+            self._update_state()
+            log.info("resubscribing", upstream=self.name, channel=channel, symbol=symbol, reason=reason, when=result)
+        return result
+
+    def set_desired(self, desired: list[SubKey]) -> None:
+        self.planner.set_desired(desired)
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        ws = self._ws
+        if ws is not None:
+            try:
+                await asyncio.wait_for(ws.close(), 2.0)
+            except Exception:
+                ws.transport.abort()
+
+    def _drain(self) -> None:
+        pubs = self.merge.take()
+        if pubs:
+            try:
+                self.publish(pubs)
+            except Exception:
+                log.exception("publish callback failed", upstream=self.name)
+
+    # -- operator view -----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.up.url,
+            "egress": self.egress,
+            "state": self.state,
+            "system": self.system,
+            "last_disconnect": self.last_disconnect,
+            "attempts": self.attempts,
+            "connects": self.connects,
+            "disconnects": dict(self.disconnects),
+            "failures": dict(self.failures),
+            "budget_waits": self.budget_waits,
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "last_frame_time": self.last_frame_time,
+            "next_attempt_at": self.next_attempt_at,
+            "subscriptions": self.planner.states(),
+            "rejections": dict(self.rejections),
+            "resyncs": dict(self.resyncs),
+            "subscribe_requests": self.planner.requests_sent,
+            "unknown_frames": self.unknown_frames,
+        }

@@ -1,0 +1,142 @@
+"""The set of redundant upstream lines, plus the merge's timer task.
+
+Each configured upstream runs in its own task (`UpstreamConnection.run`); one failing never
+disturbs another. They share a `Stagger` (reconnects never storm together) and one attempt
+budget per egress address. The ticker calls `merge.tick(now)` every `tick_interval`, publishes
+what it produced and routes the merge's resync requests to the right line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+
+from relay.ops.config import ChannelsConfig, RelayConfig
+from relay.upstream.backoff import Stagger
+from relay.upstream.budget import BudgetRegistry
+from relay.upstream.connection import Publish, UpstreamConnection
+from relay.upstream.subscriptions import desired_from_channels
+
+log = structlog.get_logger("relay.upstream")
+
+
+class UpstreamPool:
+    """Owns every upstream connection of a relay. `start()`, `stop()`, `stats()`, `set_symbols()`."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        merge: Any,
+        publish: Publish,
+        *,
+        tick_interval: float = 0.1,
+        planner_options: dict[str, Any] | None = None,
+        stable_after: float = 10.0,
+        max_queue: int = 64,
+    ) -> None:
+        self.config = config
+        self.merge = merge
+        self.publish = publish
+        self.tick_interval = tick_interval
+        self.planner_options = planner_options
+        self.stable_after = stable_after
+        self.max_queue = max_queue
+        self.budgets = BudgetRegistry(config.budget)
+        self.stagger = Stagger(config.reconnect.stagger)
+        self.connections: list[UpstreamConnection] = []
+        self.resync_requests = 0
+        self.resync_ignored = 0
+        self._tasks: list[asyncio.Task] = []
+        self._desired = desired_from_channels(config.channels)
+        self._clock = time.monotonic
+
+
+    async def start(self) -> None:
+        """Register every upstream with the merge and start its task, plus the ticker."""
+        if self._tasks:
+            return
+        self._clock = asyncio.get_running_loop().time
+        for up in self.config.upstreams:
+            index = self.merge.add_upstream(up.name)
+            conn = UpstreamConnection(
+                index,
+                up,
+                self.config,
+                self.merge,
+                self.publish,
+                self.budgets.for_upstream(up),
+                self.stagger,
+                list(self._desired),
+                planner_options=self.planner_options,
+                stable_after=self.stable_after,
+                max_queue=self.max_queue,
+            )
+            self.connections.append(conn)
+        for conn in self.connections:
+            self._tasks.append(asyncio.create_task(conn.run(), name=f"upstream-{conn.name}"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="upstream-ticker"))
+
+    async def stop(self) -> None:
+        """Close every connection (bounded), then cancel the tasks."""
+        await asyncio.gather(*(c.stop() for c in self.connections), return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def by_index(self, index: int) -> UpstreamConnection | None:
+        for conn in self.connections:
+            if conn.index == index:
+                return conn
+        return None
+
+    def set_symbols(self, channels: ChannelsConfig) -> None:
+        """Config reload: subscribe added symbols and unsubscribe removed ones on every line."""
+        self._desired = desired_from_channels(channels)
+        for conn in self.connections:
+            conn.set_desired(list(self._desired))
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        merge = self.merge
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            try:
+                merge.tick(loop.time())
+                self._route_requests()
+                pubs = merge.take()
+                if pubs:
+                    self.publish(pubs)
+            except Exception:  # the timer must survive a bug in one tick
+                log.exception("merge tick failed")
+
+    def _route_requests(self) -> None:
+        for req in self.merge.take_requests():
+            self.resync_requests += 1
+            conn = self.by_index(req.upstream)
+            result = conn.request_resync(req.channel, req.symbol, req.reason) if conn else "unknown upstream"
+            if result not in ("started", "deferred"):
+                self.resync_ignored += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Plain data for metrics and the health endpoint."""
+        symbols: dict[str, Any] = {}
+        for sym in self.config.channels.all_symbols():
+            try:
+                symbols[sym] = self.merge.symbol_state(sym)
+            except Exception:
+                symbols[sym] = None
+        loop_now = self._clock()
+        return {
+            "upstreams": [c.stats() for c in self.connections],
+            "symbols": symbols,
+            "budgets": {
+                egress: {"used": b.used(loop_now), "limit": b.attempts, "window": b.window, "denied": b.denied}
+                for egress, b in self.budgets.budgets.items()
+            },
+            "resync_requests": self.resync_requests,
+            "resync_ignored": self.resync_ignored,
+        }

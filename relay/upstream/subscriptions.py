@@ -1,0 +1,377 @@
+"""Sans-I/O subscription planner for one upstream connection.
+
+It owns the desired set of (channel, symbol, param) subscriptions and turns it into request
+frames: batched per (channel, param) up to `batch_size` symbols, paced by a token bucket
+(`requests_per_second`) so neither the initial subscribe nor repeated resyncs trip Kraken's
+`Exceeded msg rate`. Every per-symbol acknowledgement is checked: a rejected symbol is retried
+with a growing delay and never holds back the others; a missing ack counts as a rejection.
+
+Resyncs (checksum mismatch, stale symbol) are unsubscribe + subscribe of that one symbol,
+limited per symbol by a minimum interval that doubles on repeated resyncs and decays when the
+symbol stays quiet. After a reconnect `reset()` replays exactly the desired set.
+
+Fed a clock; `poll(now)` returns frames to send, `next_wakeup(now)` when to call it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from relay.core.events import AckEvent
+from relay.core.v2 import encode_subscribe
+from relay.ops.config import ChannelsConfig
+
+
+class SubKey(NamedTuple):
+    channel: str
+    symbol: str  # "" for instrument
+    param: int  # depth for book, interval for ohlc, else 0
+
+    def label(self) -> str:
+        base = f"{self.channel}:{self.symbol}" if self.symbol else self.channel
+        return f"{base}:{self.param}" if self.param else base
+
+
+def desired_from_channels(ch: ChannelsConfig) -> list[SubKey]:
+    """The subscriptions a relay needs for a `channels:` config section."""
+    keys: list[SubKey] = []
+    if ch.instrument:
+        keys.append(SubKey("instrument", "", 0))
+    if ch.book is not None:
+        keys += [SubKey("book", s, ch.book.depth) for s in ch.book.symbols]
+    if ch.trade is not None:
+        keys += [SubKey("trade", s, 0) for s in ch.trade.symbols]
+    if ch.ticker is not None:
+        keys += [SubKey("ticker", s, 0) for s in ch.ticker.symbols]
+    if ch.ohlc is not None:
+        keys += [SubKey("ohlc", s, i) for s in ch.ohlc.symbols for i in ch.ohlc.intervals]
+    return keys
+
+
+def request_params(channel: str, param: int) -> dict:
+    """Channel parameters; trade asks for a snapshot so trades missed while down are recovered."""
+    if channel == "book":
+        return {"depth": param, "snapshot": True}
+    if channel == "ohlc":
+        return {"interval": param, "snapshot": True}
+    return {"snapshot": True}
+
+
+# Entry states.
+PENDING = "pending"  # subscribe to be sent
+SENT = "sent"  # subscribe sent, waiting for its ack
+ACTIVE = "active"
+RETRY = "retry"  # rejected; subscribe again at retry_at
+DEFERRED = "deferred"  # resync asked for, waiting for the per-symbol minimum interval
+UNSUB = "unsub"  # unsubscribe to be sent (resync or removal)
+UNSUB_SENT = "unsub_sent"
+IN_FLIGHT = frozenset((PENDING, SENT, UNSUB, UNSUB_SENT))
+
+
+@dataclass(slots=True)
+class Entry:
+    key: SubKey
+    state: str = PENDING
+    wanted: bool = True
+    req_id: int | None = None
+    sent_at: float = 0.0
+    rejections: int = 0  # consecutive rejections, drives the retry delay
+    retry_at: float = 0.0
+    last_error: str | None = None
+    needs_unsub: bool = False  # Kraken says it is still subscribed: unsubscribe first
+    resync_level: int = 0
+    last_resync: float = float("-inf")
+    resync_at: float = 0.0
+    resyncs: int = 0
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    channel: str
+    param: int
+    keys: list[SubKey]
+    open: set[SubKey] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class AckResult:
+    accepted: list[SubKey] = field(default_factory=list)
+    rejected: list[tuple[SubKey, str]] = field(default_factory=list)
+    unsubscribed: list[SubKey] = field(default_factory=list)
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = float("-inf")
+
+    def refill(self, now: float) -> None:
+        if self.at == float("-inf"):
+            self.tokens = self.burst
+        else:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        self.refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def ready_at(self, now: float) -> float:
+        self.refill(now)
+        return now if self.tokens >= 1.0 else now + (1.0 - self.tokens) / self.rate
+
+    def fill(self) -> None:
+        self.tokens = self.burst
+        self.at = float("-inf")
+
+
+class SubscriptionPlanner:
+    """Desired subscriptions of one connection -> paced request frames; acks -> retries."""
+
+    def __init__(
+        self,
+        desired: Iterable[SubKey],
+        *,
+        batch_size: int = 20,
+        requests_per_second: float = 5.0,
+        burst: float = 2.0,
+        retry_delay: float = 5.0,
+        max_retry_delay: float = 300.0,
+        resync_min_interval: float = 1.0,
+        resync_max_interval: float = 60.0,
+        ack_timeout: float = 10.0,
+        first_req_id: int = 1,
+    ) -> None:
+        self.batch_size = batch_size
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max(max_retry_delay, retry_delay)
+        self.resync_min_interval = resync_min_interval
+        self.resync_max_interval = max(resync_max_interval, resync_min_interval)
+        self.ack_timeout = ack_timeout
+        self.bucket = TokenBucket(requests_per_second, max(1.0, burst))
+        self.entries: dict[SubKey, Entry] = {k: Entry(k) for k in desired}
+        self._requests: dict[int, _Request] = {}
+        self._req_id = first_req_id - 1
+        self.requests_sent = 0
+        self.rejections_total = 0
+        self.connected = False
+        self.last_timeouts: list[tuple[SubKey, str]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def next_req_id(self) -> int:
+        self._req_id += 1
+        return self._req_id
+
+    def reset(self) -> None:
+        """A new connection: nothing is subscribed there; replay every wanted subscription."""
+        for key in [k for k, e in self.entries.items() if not e.wanted]:
+            del self.entries[key]
+        for e in self.entries.values():
+            e.state, e.req_id, e.rejections, e.needs_unsub, e.last_error = PENDING, None, 0, False, None
+        self._requests.clear()
+        self.bucket.fill()
+        self.connected = True
+
+    def disconnected(self) -> None:
+        self.connected = False
+
+    def set_desired(self, desired: Iterable[SubKey]) -> None:
+        """Config reload: add new subscriptions, unsubscribe removed ones."""
+        want = dict.fromkeys(desired)
+        for key in want:
+            e = self.entries.get(key)
+            if e is None:
+                self.entries[key] = Entry(key)
+            else:
+                e.wanted = True
+        for key, e in list(self.entries.items()):
+            if key in want:
+                continue
+            e.wanted = False
+            if e.state in (PENDING, RETRY) or not self.connected:
+                del self.entries[key]
+            elif e.state in (ACTIVE, DEFERRED):
+                e.state = UNSUB
+            # SENT / UNSUB / UNSUB_SENT: resolved when the ack arrives
+
+    # -- resync ---------------------------------------------------------------------------
+    def resync(self, channel: str, symbol: str, now: float) -> str:
+        """Resubscribe one symbol. Returns started | deferred | in_progress | unknown."""
+        found = [e for k, e in self.entries.items() if k.channel == channel and k.symbol == symbol and e.wanted]
+        if not found:
+            return "unknown"
+        result = "in_progress"
+        for e in found:
+            if e.state != ACTIVE:
+                continue
+            if now - e.last_resync > 2 * self.resync_max_interval:
+                e.resync_level = 0  # quiet for long: forgive earlier trouble
+            interval = min(self.resync_min_interval * (2 ** min(e.resync_level, 32)), self.resync_max_interval)
+            earliest = e.last_resync + interval
+            if now >= earliest:
+                self._start_resync(e, now)
+                result = "started"
+            else:
+                e.state, e.resync_at = DEFERRED, earliest
+                if result != "started":
+                    result = "deferred"
+        return result
+
+    def _start_resync(self, e: Entry, now: float) -> None:
+        e.state = UNSUB
+        e.last_resync = now
+        e.resync_level += 1
+        e.resyncs += 1
+
+    # -- acks -----------------------------------------------------------------------------
+    def on_ack(self, ev: AckEvent, now: float) -> AckResult:
+        res = AckResult()
+        req = self._requests.get(ev.req_id) if ev.req_id is not None else None
+        if req is not None:
+            if ev.symbol is not None:
+                keys = [k for k in req.open if k.symbol == ev.symbol]
+            elif req.channel == "instrument" or ev.success is False or len(req.open) == 1:
+                keys = list(req.open)  # a whole-request answer (instrument, or rejection w/o symbol)
+            else:
+                keys = []
+            method = req.method
+        else:
+            method = ev.method
+            want_state = SENT if method == "subscribe" else UNSUB_SENT
+            keys = [
+                k
+                for k, e in self.entries.items()
+                if e.state == want_state
+                and (ev.channel is None or k.channel == ev.channel)
+                and (k.symbol == (ev.symbol or ""))
+            ]
+        for key in keys:
+            if req is not None:
+                req.open.discard(key)
+            e = self.entries.get(key)
+            if e is None:
+                continue
+            if method == "subscribe" and e.state == SENT:
+                self._sub_ack(e, ev, now, res)
+            elif method == "unsubscribe" and e.state == UNSUB_SENT:
+                res.unsubscribed.append(key)
+                if e.wanted:
+                    e.state = PENDING
+                else:
+                    del self.entries[key]
+        if req is not None and not req.open:
+            self._requests.pop(ev.req_id, None)  # type: ignore[arg-type]
+        return res
+
+    def _sub_ack(self, e: Entry, ev: AckEvent, now: float, res: AckResult) -> None:
+        if ev.success:
+            e.rejections, e.last_error, e.needs_unsub = 0, None, False
+            e.state = ACTIVE if e.wanted else UNSUB
+            res.accepted.append(e.key)
+            return
+        error = ev.error or "rejected"
+        self._reject(e, error, now)
+        res.rejected.append((e.key, error))
+
+    def _reject(self, e: Entry, error: str, now: float) -> None:
+        self.rejections_total += 1
+        if not e.wanted:
+            del self.entries[e.key]
+            return
+        e.rejections += 1
+        e.last_error = error
+        e.needs_unsub = "already" in error.lower()
+        delay = min(self.retry_delay * (2 ** min(e.rejections - 1, 32)), self.max_retry_delay)
+        e.state, e.retry_at = RETRY, now + delay
+
+    # -- timers and frames ----------------------------------------------------------------
+    def _promote(self, now: float) -> list[tuple[SubKey, str]]:
+        timeouts: list[tuple[SubKey, str]] = []
+        for e in list(self.entries.values()):
+            st = e.state
+            if st == RETRY and e.retry_at <= now:
+                e.state = UNSUB if e.needs_unsub else PENDING
+            elif st == DEFERRED and e.resync_at <= now:
+                self._start_resync(e, now)
+            elif st == SENT and e.sent_at + self.ack_timeout <= now:
+                self._reject(e, "no acknowledgement", now)
+                timeouts.append((e.key, "no acknowledgement"))
+            elif st == UNSUB_SENT and e.sent_at + self.ack_timeout <= now:
+                if e.wanted:
+                    e.state, e.needs_unsub = PENDING, False
+                else:
+                    del self.entries[e.key]
+        if timeouts:
+            live = {k for k, e in self.entries.items() if e.state in (SENT, UNSUB_SENT)}
+            for rid, req in list(self._requests.items()):
+                req.open &= live
+                if not req.open:
+                    del self._requests[rid]
+        return timeouts
+
+    def poll(self, now: float) -> list[bytes]:
+        """Frames to send now (unsubscribes first), as many as the token bucket allows."""
+        self.last_timeouts = self._promote(now)
+        if not self.connected:
+            return []
+        frames: list[bytes] = []
+        for method, state, next_state in (("unsubscribe", UNSUB, UNSUB_SENT), ("subscribe", PENDING, SENT)):
+            groups: dict[tuple[str, int], list[Entry]] = {}
+            for e in self.entries.values():
+                if e.state == state:
+                    groups.setdefault((e.key.channel, e.key.param), []).append(e)
+            for (channel, param), entries in groups.items():
+                step = 1 if channel == "instrument" else self.batch_size
+                for i in range(0, len(entries), step):
+                    if not self.bucket.take(now):
+                        return frames
+                    batch = entries[i : i + step]
+                    rid = self.next_req_id()
+                    symbols = None if channel == "instrument" else [e.key.symbol for e in batch]
+                    params = request_params(channel, param)
+                    if method == "unsubscribe":
+                        params.pop("snapshot", None)
+                    frames.append(encode_subscribe(channel, symbols, rid, method=method, **params))
+                    keys = [e.key for e in batch]
+                    self._requests[rid] = _Request(method, channel, param, keys, set(keys))
+                    for e in batch:
+                        e.state, e.req_id, e.sent_at = next_state, rid, now
+                    self.requests_sent += 1
+        return frames
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When `poll` has something to do next (None: only an ack or a resync can change that)."""
+        times: list[float] = []
+        sendable = False
+        for e in self.entries.values():
+            st = e.state
+            if st in (PENDING, UNSUB):
+                sendable = True
+            elif st == RETRY:
+                times.append(e.retry_at)
+            elif st == DEFERRED:
+                times.append(e.resync_at)
+            elif st in (SENT, UNSUB_SENT):
+                times.append(e.sent_at + self.ack_timeout)
+        if sendable and self.connected:
+            times.append(self.bucket.ready_at(now))
+        return min(times) if times else None
+
+    # -- queries --------------------------------------------------------------------------
+    def settled(self) -> bool:
+        """Nothing in flight: every wanted subscription is active or waiting for a retry."""
+        return not any(e.state in IN_FLIGHT for e in self.entries.values())
+
+    def states(self) -> dict[str, str]:
+        return {k.label(): e.state for k, e in self.entries.items()}
+
+    def rejected(self) -> dict[str, str]:
+        return {k.label(): e.last_error for k, e in self.entries.items() if e.last_error}
