@@ -18,3 +18,13 @@ def v2_wire_frames() -> list[bytes]:
     if not V2_WIRE.exists():
         pytest.skip(f"fixtures not found at {FIXTURES}")
     return [ln.strip() for ln in V2_WIRE.read_bytes().splitlines() if ln.strip()]
+
+
+try:  # hypothesis profiles: CI runs thousands of generated cases, local runs fewer
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("dev", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+except ImportError:  # pragma: no cover
+    pass
