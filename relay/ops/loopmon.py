@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from itertools import islice
 
 
 class LoopLagMonitor:
     """Measures event-loop lag every `interval` seconds; keeps the last value and a windowed max.
 
-    `lag()` also accounts for a timer that has not fired yet: if the loop has been stuck for 3 s,
-    the pending tick is already 3 s late even though it could not record it.
+    `lag()` is the worst lag of the last `recent` seconds, and also accounts for a timer that has
+    not fired yet: if the loop has been stuck for 3 s, the pending tick is already 3 s late even
+    though it could not record it. The short memory keeps a probe that arrives just after a
+    stall from missing it.
     """
 
-    def __init__(self, interval: float = 0.25, window: int = 240, threshold: float = 1.0) -> None:
-        if interval <= 0 or window < 1 or threshold <= 0:
-            raise ValueError("interval and threshold must be > 0, window >= 1")
+    def __init__(
+        self, interval: float = 0.25, window: int = 240, threshold: float = 1.0, recent: float = 1.0
+    ) -> None:
+        if interval <= 0 or window < 1 or threshold <= 0 or recent < 0:
+            raise ValueError("interval and threshold must be > 0, window >= 1, recent >= 0")
         self.interval = interval
         self.threshold = threshold
+        self._recent_ticks = max(1, min(window, round(recent / interval)))
         self._samples: deque[float] = deque(maxlen=window)  # bounded: last `window` ticks only
         self._last = 0.0
         self._due = 0.0
@@ -63,11 +69,15 @@ class LoopLagMonitor:
 
     # -- readings ----------------------------------------------------------------------------
     def lag(self) -> float:
-        """Current lag in seconds: the last measured one, or how overdue the pending tick is."""
+        """Current lag in seconds: the worst recent one, or how overdue the pending tick is."""
+        recent = max(islice(reversed(self._samples), self._recent_ticks), default=0.0)
         if self._loop is None or self._handle is None:
-            return self._last
-        overdue = self._loop.time() - self._due
-        return max(self._last, overdue)
+            return recent
+        return max(recent, self._loop.time() - self._due)
+
+    def last(self) -> float:
+        """The most recent single measurement."""
+        return self._last
 
     def max_lag(self) -> float:
         """Worst lag over the recent window (about `window * interval` seconds)."""
