@@ -1,0 +1,148 @@
+"""Server test harness: a real Merge fed by captured frames, a LocalServer on 127.0.0.1:0, and
+small websocket clients that keep a checksum-verified book."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from relay.core.book import Book
+from relay.core.merge import Merge, MergeSettings
+from relay.core.v2 import V2Parser
+from relay.ops.config import ChannelsConfig, ServerConfig
+from relay.server.listener import LocalServer
+
+
+class Relay:
+    """Merge + server, fed synchronously the way the app does it (feed, then publish take())."""
+
+    def __init__(self, server: LocalServer, merge: Merge) -> None:
+        self.server, self.merge = server, merge
+        self.ups = [merge.add_upstream("primary"), merge.add_upstream("secondary")]
+        for up in self.ups:
+            merge.upstream_up(up, time.monotonic())
+            merge.line_status(up, "online", time.monotonic())
+        self.flush()
+
+    def feed(self, raw: bytes, up: int = 0) -> None:
+        self.merge.feed(up, raw, time.monotonic())
+        self.flush()
+
+    def flush(self) -> None:
+        self.server.publish(self.merge.take())
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/v2"
+
+
+def channels(**kw) -> ChannelsConfig:
+    data = {"book": {"symbols": ["BTC/USD"], "depth": 100}, "trade": {"symbols": ["BTC/USD"]},
+            "ticker": {"symbols": ["BTC/USD"]}, "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]}}
+    data.update(kw)
+    return ChannelsConfig.model_validate(data)
+
+
+@pytest.fixture
+async def make_relay() -> AsyncIterator:
+    made: list[LocalServer] = []
+
+    async def _make(server_kw: dict | None = None, chans: ChannelsConfig | None = None, **kw) -> Relay:
+        cfg = ServerConfig.model_validate(server_kw or {})
+        merge = Merge(MergeSettings(book_depth=100))
+        server = LocalServer(cfg, merge, chans or channels(), host="127.0.0.1", port=0, **kw)
+        await server.start()
+        made.append(server)
+        return Relay(server, merge)
+
+    yield _make
+    for s in made:
+        await s.stop()
+
+
+class Client:
+    """A test client: JSON messages in order, and per-(symbol, depth) books verified by checksum."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.parser = V2Parser()
+        self.books: dict[str, Book] = {}
+        self.checksums_ok = 0
+        self.checksum_bad = 0
+        self.log: list[dict] = []
+
+    @classmethod
+    async def open(cls, url: str, **kw) -> "Client":
+        ws = await connect(url, compression=None, max_size=None, open_timeout=10, **kw)
+        return cls(ws)
+
+    async def send(self, msg: dict) -> None:
+        await self.ws.send(orjson.dumps(msg).decode())
+
+    async def recv(self, timeout: float = 5.0) -> dict:
+        raw = await asyncio.wait_for(self.ws.recv(decode=False), timeout)
+        msg = orjson.loads(raw)
+        self.log.append(msg)
+        if msg.get("channel") == "book":
+            self._book(raw, depth=self.depth)
+        return msg
+
+    depth = 10
+
+    def _book(self, raw: bytes, depth: int) -> None:
+        ev = self.parser.parse(raw)
+        book = self.books.get(ev.symbol)
+        if ev.snapshot or book is None:
+            assert ev.snapshot, "book update before any snapshot"
+            book = self.books[ev.symbol] = Book(ev.symbol, depth)
+            crc = book.load_snapshot(ev.bids, ev.asks, ev.timestamp)
+        else:
+            crc = book.apply(ev.bids, ev.asks, ev.timestamp, None)
+        if crc == ev.checksum:
+            self.checksums_ok += 1
+        else:
+            self.checksum_bad += 1
+
+    async def until(self, pred, timeout: float = 5.0, limit: int = 100000) -> dict:
+        deadline = asyncio.get_running_loop().time() + timeout
+        for _ in range(limit):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            msg = await self.recv(left)
+            if pred(msg):
+                return msg
+        raise AssertionError(f"condition not met; last messages: {self.log[-5:]}")
+
+    async def barrier(self, timeout: float = 5.0) -> None:
+        """Ping round trip: everything published before it has been received after it."""
+        self._ping = getattr(self, "_ping", 1000) + 1
+        rid = self._ping
+        await self.send({"method": "ping", "req_id": rid})
+        await self.until(lambda m: m.get("method") == "pong" and m.get("req_id") == rid, timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator:
+    opened: list[Client] = []
+
+    async def _open(url: str, **kw) -> Client:
+        c = await Client.open(url, **kw)
+        opened.append(c)
+        return c
+
+    yield _open
+    for c in opened:
+        try:
+            await asyncio.wait_for(c.ws.close(), 2)
+        except (asyncio.TimeoutError, websockets.WebSocketException, OSError):
+            pass
