@@ -26,7 +26,7 @@ from relay.server.hub import Hub, Source
 
 log = logging.getLogger("relay.server")
 
-HANDSHAKE_BACKLOG = 64  # connections allowed to be mid-handshake beyond max_clients
+HANDSHAKE_BACKLOG = 64  # extra sockets allowed mid-handshake (beyond 2 x max_clients) before aborting
 
 
 class LocalServer:
@@ -158,7 +158,7 @@ class LocalServer:
 
     def handshake_started(self, conn: ClientConnection) -> bool:
         pending = len(self.connections) - len(self.open_clients)
-        if pending >= self.config.max_clients + HANDSHAKE_BACKLOG:
+        if pending >= 2 * self.config.max_clients + HANDSHAKE_BACKLOG:
             self.refusals["handshake_backlog"] += 1
             return False
         self.connections.add(conn)
