@@ -20,7 +20,7 @@ the published book is rolled back and other upstreams and symbols are untouched.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from relay.core.book import Book, Level
 from relay.core.events import BookEvent
@@ -48,17 +48,17 @@ class LineBook:
         self.stale = False
 
 
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     """The published frame that produced state `seq`, with what it takes to undo it."""
 
-    __slots__ = ("raw", "undo", "prev_ts", "prev_crc", "recv_time")
+    raw: bytes | None
+    undo: list
+    prev_ts: str
+    prev_crc: int
+    recv_time: float
 
-    def __init__(self, raw: bytes | None, undo: list, prev_ts: str, prev_crc: int, recv_time: float) -> None:
-        self.raw = raw
-        self.undo = undo
-        self.prev_ts = prev_ts
-        self.prev_crc = prev_crc
-        self.recv_time = recv_time
+
+_new_tuple = tuple.__new__  # builds NamedTuples without their Python-level __new__ (hot path)
 
 
 class BookArbiter:
@@ -195,12 +195,11 @@ class BookArbiter:
             if old.raw is not None:
                 merge.seen.pop(old.raw, None)
         self.seq += 1
-        hist.append(HistoryEntry(raw, undo, prev_ts, prev_crc, now))
+        hist.append(_new_tuple(HistoryEntry, (raw, undo, prev_ts, prev_crc, now)))
         if raw is not None:
             merge.seen[raw] = (self, self.seq)
             frame = raw
-        out = merge.outbox
-        out.append(merge.Publication("book", self.symbol, self.depth, frame, False))
+        merge.outbox.append(_new_tuple(merge.Publication, ("book", self.symbol, self.depth, frame, False)))
         if self.views:
             self._update_views(undo)
         self.published += 1

@@ -41,6 +41,12 @@ PUBLIC_CHANNELS = ("book", "trade", "ticker", "ohlc", "instrument")
 
 _LEVEL_RE = re.compile(rb'"price"\s*:\s*([-+0-9.eE]+)\s*,\s*"qty"\s*:\s*([-+0-9.eE]+)')
 _FLAT_OBJECT_RE = re.compile(rb"\{[^{}]*\}")
+# Kraken's own compact layout of a book frame. Frames in exactly this shape (all of Kraken's)
+# skip the JSON parser; anything else (spacing, key order, new keys) takes the general path.
+_BOOK_FRAME_RE = re.compile(
+    rb'\{"channel":"book","type":"(snapshot|update)","data":\[\{"symbol":"([^"\\]+)",'
+    rb'"bids":\[([^\]]*)\],"asks":\[([^\]]*)\],"checksum":(\d+),"timestamp":"([^"\\]*)"\}\]\}'
+)
 _loads = orjson.loads
 
 
@@ -72,6 +78,23 @@ class V2Parser:
         self.lexeme_fallbacks = 0
 
     def parse(self, raw: bytes) -> Event:
+        if raw.startswith(b'{"channel":"book"') and not self.force_precision:
+            m = _BOOK_FRAME_RE.fullmatch(raw)
+            if m is not None:
+                kind, sym, bids, asks, crc, ts = m.groups()
+                findall = _LEVEL_RE.findall
+                try:
+                    return BookEvent(
+                        sym.decode(),
+                        kind == b"snapshot",
+                        [(float(p), p, q) for p, q in findall(bids)],  # type: ignore[misc]
+                        [(float(p), p, q) for p, q in findall(asks)],  # type: ignore[misc]
+                        int(crc),
+                        ts.decode(),
+                        raw,
+                    )
+                except ValueError:
+                    pass  # a level that is not a number: let the general path report it
         try:
             msg = _loads(raw)
         except orjson.JSONDecodeError:
@@ -124,8 +147,8 @@ class V2Parser:
             else:
                 alex, blex = lexemes[:n_asks], lexemes[n_asks:]
             try:
-                bids = [Level(float(p), p, q) for p, q in blex]
-                asks = [Level(float(p), p, q) for p, q in alex]
+                bids = [(float(p), p, q) for p, q in blex]
+                asks = [(float(p), p, q) for p, q in alex]
             except ValueError:
                 return self._unknown("book level is not a number", raw)
         else:

@@ -117,7 +117,7 @@ def test_unknown_keys_are_ignored() -> None:
         b'"asks":[],"checksum":5,"timestamp":"t","new_field":[1,{"a":2}]}]}'
     )
     ev = V2Parser().parse(raw)
-    assert isinstance(ev, BookEvent) and ev.bids[0].qty_text == b"2.00000000"
+    assert isinstance(ev, BookEvent) and ev.bids[0][2] == b"2.00000000"
 
 
 def test_reserialized_capture_replays_with_instrument_precision() -> None:
@@ -146,5 +146,5 @@ def test_encode_book_round_trips_exact_text() -> None:
     raw = encode_book("ETH/USD", True, [(b"3001.42", b"1.25000000")], [(b"3001.43", b"0.75000000")], 12, "t")
     ev = V2Parser().parse(raw)
     assert isinstance(ev, BookEvent) and ev.snapshot and ev.checksum == 12
-    assert (ev.bids[0].price_text, ev.bids[0].qty_text) == (b"3001.42", b"1.25000000")
+    assert ev.bids[0][1:] == (b"3001.42", b"1.25000000")
     assert orjson.loads(raw)["data"][0]["asks"][0]["qty"] == 0.75
