@@ -66,8 +66,7 @@ class Consumer:
         self.last_trade = {s: 0 for s in symbols}
         self.trade_ids: dict[str, list[int]] = {s: [] for s in symbols}
         self.trade_errors: list[str] = []
-        self.last_data: dict[str, float] = {}
-        self.max_gap: dict[str, float] = {s: 0.0 for s in symbols}
+        self.book_times: dict[str, list[float]] = {s: [] for s in symbols}
         self.pubs = 0
 
     def __call__(self, pubs: list[Publication]) -> None:
@@ -79,11 +78,10 @@ class Consumer:
             elif pub.channel == "trade":
                 self._trade(pub)
 
-    def _gap(self, symbol: str, now: float) -> None:
-        last = self.last_data.get(symbol)
-        if last is not None:
-            self.max_gap[symbol] = max(self.max_gap[symbol], now - last)
-        self.last_data[symbol] = now
+    def longest_gap(self, symbol: str, since: float) -> float:
+        """Longest time between two published book frames of `symbol` after `since`."""
+        times = [t for t in self.book_times[symbol] if t >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
     def _book(self, pub: Publication, now: float) -> None:
         ev = self.parser.parse(pub.frame)
@@ -101,7 +99,7 @@ class Consumer:
         self.book_frames[ev.symbol] += 1
         if crc != ev.checksum:
             self.mismatches.append((ev.symbol, crc, ev.checksum or -1))
-        self._gap(ev.symbol, now)
+        self.book_times[ev.symbol].append(now)
 
     def _trade(self, pub: Publication) -> None:
         ev = self.parser.parse(pub.frame)
@@ -182,3 +180,38 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             await dst.drain()
     finally:
         dst.close()
+
+
+class TapMerge(Merge):
+    """The real merge, plus a record of when each line delivered book data per symbol (the
+    healthy line's own longest gap is the yardstick for the merged stream's gaps)."""
+
+    def __init__(self, settings: MergeSettings, symbols: list[str]) -> None:
+        super().__init__(settings)
+        self.tap_symbols = [(s, f'"symbol":"{s}"'.encode()) for s in symbols]
+        self.arrivals: dict[tuple[int, str], list[float]] = {}
+
+    def feed(self, up: int, raw: bytes, now: float) -> Any:
+        if raw.startswith(b'{"channel":"book"'):
+            for sym, needle in self.tap_symbols:
+                if needle in raw:
+                    self.arrivals.setdefault((up, sym), []).append(now)
+                    break
+        return super().feed(up, raw, now)
+
+    def longest_gap(self, up: int, symbol: str, since: float) -> float:
+        times = [t for t in self.arrivals.get((up, symbol), []) if t >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def make_tap_merge(cfg: RelayConfig, symbols: list[str]) -> TapMerge:
+    return TapMerge(
+        MergeSettings(
+            book_depth=cfg.channels.book.depth if cfg.channels.book else DEPTH,
+            trade_gap_wait=0.2,
+            stale_after=cfg.liveness.stale_after,
+            history=cfg.merge.history,
+            recent_trades=cfg.merge.recent_trades,
+        ),
+        symbols,
+    )

@@ -257,3 +257,21 @@ async def test_unusable_source_address_keeps_retrying() -> None:
         assert await until(lambda: sum(r.conn(0).failures.values()) >= 2, timeout=3.0)
         assert r.conn(0).state in ("backoff", "connecting")
         assert "source address unavailable" in r.conn(0).failures
+
+
+def test_runs_on_uvloop_with_source_address() -> None:
+    """Production runs on uvloop: same pool, source address passed through to its transport."""
+    import uvloop
+
+    async def main() -> tuple[set[str], int, str]:
+        async with rig(n=1, up_extra=[{"source_address": "127.0.0.2"}]) as r:
+            ok = await r.all_live()
+            await until(lambda: r.consumer.book_frames["BTC/USD"] > 5)
+            assert ok
+            return {ip for _, ip, _ in r.lines[0].connection_log}, r.consumer.book_frames["BTC/USD"], type(
+                asyncio.get_running_loop()
+            ).__module__
+
+    ips, frames, loop_module = uvloop.run(main())
+    assert loop_module.startswith("uvloop")
+    assert ips == {"127.0.0.2"} and frames > 5
