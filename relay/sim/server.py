@@ -18,6 +18,7 @@ websocket port through `process_request`, so a client needs only one base URL pe
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -164,8 +166,8 @@ class Line:
         self.server: Server | None = None
         self.conns: set[SimConn] = set()
         self.index: dict[SubKey, dict[SimConn, int]] = {}
-        self.queue: deque[tuple[float, MarketEvent]] = deque()
-        self.last_at = 0.0
+        self.queue: list[tuple[float, int, MarketEvent]] = []  # heap by delivery time
+        self.last_at: dict[str, float] = {}
         self.rng = random.Random(None if sim.config.seed is None else sim.config.seed * 1000 + idx)
         self.wake = asyncio.Event()
         self.faults: dict[str, tuple[float | None, dict[str, Any]]] = {}
@@ -195,6 +197,12 @@ class Line:
 
     # -- delivery ---------------------------------------------------------------------------
     def push(self, events: list[MarketEvent], now: float) -> None:
+        """Schedule events with this line's latency + jitter.
+
+        Delivery times are monotonic per symbol (a symbol's frames never overtake each other),
+        not per line: frames of different symbols may swap, so each line interleaves symbols in
+        its own order, and which line delivers an event first varies, as with Kraken.
+        """
         if not self.index:
             return
         cfg = self.cfg
@@ -206,13 +214,14 @@ class Line:
         jitter = cfg.jitter
         last = self.last_at
         q = self.queue
+        push = heapq.heappush
         for ev in events:
             at = base + rnd() * jitter if jitter else base
-            if at < last:
-                at = last
-            last = at
-            q.append((at, ev))
-        self.last_at = last
+            prev = last.get(ev.symbol, 0.0)
+            if at < prev:
+                at = prev
+            last[ev.symbol] = at
+            push(q, (at, ev.seq, ev))
         if len(q) > self.sim.config.max_line_queue:
             self.sim._log(f"line {self.idx}: {len(q)} events queued, dropping its clients")
             q.clear()
@@ -237,8 +246,9 @@ class Line:
                 await asyncio.sleep(at - now)
                 continue
             dirty: set[SimConn] = set()
+            pop = heapq.heappop
             while q and q[0][0] <= now:
-                at, ev = q.popleft()
+                at, _, ev = pop(q)
                 late = now - at
                 if late > self.late_max:
                     self.late_max = late
@@ -505,9 +515,9 @@ class Simulator:
 
     # -- handshake / REST -------------------------------------------------------------------
     def _process_request(self, conn: ServerConnection, request: Request, line: Line) -> Response | None:
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
         if path.startswith("/0/public/"):
-            return self._rest(path[len("/0/public/"):], line)
+            return self._rest(path[len("/0/public/"):], line, parse_qs(query))
         now = time.monotonic()
         peer = str(conn.remote_address[0]) if conn.remote_address else ""
         log = self.connection_log[line.idx]
@@ -531,9 +541,19 @@ class Simulator:
         log.append((time.time(), peer, "accepted"))
         return None
 
-    def _rest(self, name: str, line: Line) -> Response:
+    def _rest(self, name: str, line: Line, query: dict[str, list[str]]) -> Response:
         if name == "AssetPairs":
-            return _json_response(rest_asset_pairs(self.instruments))
+            body = rest_asset_pairs(self.instruments)
+            wanted = [p for v in query.get("pair", []) for p in v.split(",") if p]
+            if wanted:  # Kraken keys the answer by the names asked for (any of its spellings)
+                by_name = {}
+                for inst, (key, info) in zip(self.instruments, body["result"].items()):
+                    for alias in (key, info["altname"], info["wsname"], inst.symbol):
+                        by_name[alias] = info
+                if any(p not in by_name for p in wanted):
+                    return _json_response({"error": ["EQuery:Unknown asset pair"]})
+                body = {"error": [], "result": {p: by_name[p] for p in wanted}}
+            return _json_response(body)
         if name == "Assets":
             return _json_response(rest_assets(self.instruments))
         if name == "Time":
