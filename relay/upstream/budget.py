@@ -31,6 +31,7 @@ class AttemptBudget:
         self._times: deque[float] = deque(maxlen=attempts)
         self.granted = 0
         self.denied = 0
+        self.blocked_until = float("-inf")  # set by an HTTP 429: the whole address backs off
 
     def _expire(self, now: float) -> None:
         times = self._times
@@ -40,9 +41,14 @@ class AttemptBudget:
     def wait_time(self, now: float) -> float:
         """0 if an attempt is allowed now, else seconds until the oldest one leaves the window."""
         self._expire(now)
+        blocked = self.blocked_until - now
         if len(self._times) < self.attempts:
-            return 0.0
-        return self._times[0] + self.window - now
+            return max(0.0, blocked)
+        return max(blocked, self._times[0] + self.window - now)
+
+    def block(self, until: float) -> None:
+        """Cloudflare answered 429 to this address: no attempt from it before `until`."""
+        self.blocked_until = max(self.blocked_until, until)
 
     def try_acquire(self, now: float) -> float:
         """Take one attempt if allowed (returns 0.0), else return the wait time and take nothing."""

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from relay.core.events import AckEvent, StatusEvent, UnknownEvent
 from relay.core.v2 import encode_ping
 from relay.ops.config import RelayConfig, UpstreamConfig
-from relay.upstream.backoff import ReconnectPolicy, Stagger
+from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, egress_of
 from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
 from relay.upstream.transport import classify_error, close_reason, open_connection
@@ -132,7 +132,10 @@ class UpstreamConnection:
                 reason = classify_error(exc)
                 self.failures[reason] += 1
                 self.last_disconnect = reason
-                delay = self.policy.next_delay(self._clock(), reason, self._maintenance)
+                now = self._clock()
+                delay = self.policy.next_delay(now, reason, self._maintenance)
+                if reason == RATE_LIMITED:  # per address: every line leaving from it backs off
+                    self.budget.block(now + delay)
                 log.warning("upstream connect failed", upstream=self.name, reason=reason, retry_in=round(delay, 3))
                 continue
             self.connects += 1

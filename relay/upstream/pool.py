@@ -130,8 +130,15 @@ class UpstreamPool:
             except Exception:
                 symbols[sym] = None
         loop_now = self._clock()
+        upstreams = []
+        for conn in self.connections:
+            st = conn.stats()
+            st["symbols"] = {
+                sym: (state or {}).get("upstreams", {}).get(conn.name, "down") for sym, state in symbols.items()
+            }
+            upstreams.append(st)
         return {
-            "upstreams": [c.stats() for c in self.connections],
+            "upstreams": upstreams,
             "symbols": symbols,
             "budgets": {
                 egress: {"used": b.used(loop_now), "limit": b.attempts, "window": b.window, "denied": b.denied}

@@ -59,6 +59,13 @@ def test_budget_sliding_window() -> None:
     assert b.used(10.0) == 3
 
 
+def test_429_blocks_the_whole_address() -> None:
+    b = AttemptBudget(100, 600.0)
+    b.block(30.0)
+    assert b.try_acquire(10.0) == pytest.approx(20.0)
+    assert b.try_acquire(30.0) == 0.0
+
+
 def test_egress_shared_by_source_address_and_proxy() -> None:
     reg = BudgetRegistry(BudgetConfig(attempts=5, window=60))
     a = UpstreamConfig(name="a", url="wss://ws.kraken.com/v2")

@@ -74,6 +74,8 @@ async def test_two_lines_subscribe_and_publish_a_verified_feed() -> None:
         up = st["upstreams"][0]
         assert up["state"] == "live" and up["connects"] == 1 and up["frames"] > 0 and up["bytes"] > 0
         assert st["symbols"]["BTC/USD"]["upstreams"] == {"line0": "valid", "line1": "valid"}
+        assert up["symbols"] == {"BTC/USD": "valid", "ETH/USD": "valid"}
+        assert up["subscriptions"]["book:BTC/USD:10"] == "active"
 
 
 async def test_one_line_dropped_reconnects_and_restores_subscriptions_other_undisturbed() -> None:
@@ -121,14 +123,19 @@ async def test_rejected_symbol_is_retried_and_reported_without_blocking_others()
         assert r.conn(0).state == "live" and not r.conn(0).rejections
 
 
-async def test_handshake_429_backs_off_to_max_delay() -> None:
-    async with rig(n=1) as r:
+async def test_handshake_429_backs_off_to_max_delay_for_the_whole_address() -> None:
+    async with rig(n=2) as r:
         assert await r.all_live()
         r.lines[0].http_status = 429
         await r.lines[0].close_all()
+        assert await until(lambda: r.conn(0).failures.get("429", 0) >= 1, timeout=4.0)
+        t429 = r.lines[0].connection_log[-1][0]
+        await r.lines[1].close_all()  # the other line shares the address: it must wait too
         assert await until(lambda: r.conn(0).failures.get("429", 0) >= 2, timeout=4.0)
         refused = [t for t, _, outcome in r.lines[0].connection_log if outcome == "http 429"]
         assert refused[1] - refused[0] >= 0.4  # max_delay
+        assert await until(lambda: r.conn(1).connects == 2, timeout=4.0)
+        assert r.lines[1].connection_log[-1][0] - t429 >= 0.35
         r.lines[0].http_status = None
         assert await until(lambda: r.conn(0).state == "live", timeout=3.0)
 
