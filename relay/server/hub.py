@@ -91,16 +91,22 @@ class Hub:
         self.clients: set[Session] = set()
         self.pending: list[_Pending] = []
         self._pending_keys: set[tuple[str, str]] = set()
-        self.static: dict[str, frozenset[str]] = {
+        self.static: dict[str, frozenset[str]] = {}
+        self.set_channels(channels)
+        self.book_depth = channels.book.depth if channels.book else 0
+        self.published = 0
+        self.delivered = 0
+
+    def set_channels(self, channels: ChannelsConfig) -> None:
+        """The configured (always live) symbols; called again on a config reload (SIGHUP)."""
+        self.channels = channels
+        self.static = {
             "book": frozenset(channels.book.symbols if channels.book else ()),
             "trade": frozenset(channels.trade.symbols if channels.trade else ()),
             "ticker": frozenset(channels.ticker.symbols if channels.ticker else ()),
             "ohlc": frozenset(channels.ohlc.symbols if channels.ohlc else ()),
         }
-        self.book_depth = channels.book.depth if channels.book else 0
         self.ohlc_intervals = frozenset(channels.ohlc.intervals if channels.ohlc else ())
-        self.published = 0
-        self.delivered = 0
 
     # -- clients --------------------------------------------------------------------------
     def add_client(self, client: Session) -> None:
