@@ -15,6 +15,7 @@ resync requests handled by `request_resync`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -61,8 +62,10 @@ class UpstreamConnection:
         planner_options: dict[str, Any] | None = None,
         stable_after: float = 10.0,
         max_queue: int = 64,
+        lag_sampler: Any = None,
     ) -> None:
         self.index = index
+        self.lag = lag_sampler  # optional: `.due()` per frame, `.observe_rfc3339(ts)` on samples
         self.up = up
         self.name = up.name
         self.cfg = cfg
@@ -212,12 +215,15 @@ class UpstreamConnection:
         publish = self.publish
         index = self.index
         control = self._control
+        due = self.lag.due if self.lag is not None else None
         while True:
             raw = await recv(decode=False)
             now = clock()
             self.frames += 1
             self.bytes += len(raw)
             self.last_frame_time = now
+            if due is not None and due():
+                self._sample_lag(raw)
             ev = feed(index, raw, now)
             if ev is not None:
                 control(ev, now)
@@ -227,6 +233,14 @@ class UpstreamConnection:
                     publish(pubs)
                 except Exception:
                     log.exception("publish callback failed", upstream=self.name)
+
+    def _sample_lag(self, raw: bytes) -> None:
+        """Exchange timestamp of a sampled data frame vs our wall clock (metrics only)."""
+        i = raw.find(b'"timestamp":"')
+        if i >= 0:
+            j = raw.find(b'"', i + 13)
+            if j > 0:
+                self.lag.observe_rfc3339(raw[i + 13 : j], time.time())
 
     def _control(self, ev: Any, now: float) -> None:
         if isinstance(ev, StatusEvent):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -36,6 +37,7 @@ class UpstreamPool:
         planner_options: dict[str, Any] | None = None,
         stable_after: float = 10.0,
         max_queue: int = 64,
+        lag_sampler: Callable[[str], Any] | None = None,
     ) -> None:
         self.config = config
         self.merge = merge
@@ -44,6 +46,7 @@ class UpstreamPool:
         self.planner_options = planner_options
         self.stable_after = stable_after
         self.max_queue = max_queue
+        self.lag_sampler = lag_sampler  # e.g. RelayMetrics.lag_sampler: name -> sampler
         self.budgets = BudgetRegistry(config.budget)
         self.stagger = Stagger(config.reconnect.stagger)
         self.connections: list[UpstreamConnection] = []
@@ -73,6 +76,7 @@ class UpstreamPool:
                 planner_options=self.planner_options,
                 stable_after=self.stable_after,
                 max_queue=self.max_queue,
+                lag_sampler=self.lag_sampler(up.name) if self.lag_sampler else None,
             )
             self.connections.append(conn)
         for conn in self.connections:

@@ -282,3 +282,24 @@ def test_runs_on_uvloop_with_source_address() -> None:
     ips, frames, loop_module = uvloop.run(main())
     assert loop_module.startswith("uvloop")
     assert ips == {"127.0.0.2"} and frames > 5
+
+
+async def test_lag_sampler_sees_exchange_timestamps() -> None:
+    from relay.ops.metrics import LagSampler
+
+    seen: list[float] = []
+    market = Market(SYMBOLS, interval=0.02)
+    line = FakeLine(market)
+    await line.start()
+    cfg = small_config([{"name": "a", "url": line.url}], SYMBOLS)
+    merge = make_merge(cfg)
+    pool = UpstreamPool(cfg, merge, lambda pubs: None, lag_sampler=lambda name: LagSampler(seen.append, every=4))
+    market.start()
+    await pool.start()
+    try:
+        assert await until(lambda: len(seen) >= 5)
+        assert all(0 <= s < 5 for s in seen)
+    finally:
+        await pool.stop()
+        await market.stop()
+        await line.stop()
