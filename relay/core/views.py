@@ -45,14 +45,16 @@ class DepthView:
                 return []
         new = _top(side, self.depth)
         out: list[tuple[bytes, bytes]] = []
-        for key, val in new.items():
-            old = view.get(key)
-            if old is None or old[1] != val[1]:
-                out.append((val[0], val[1]))
+        # Deletes first, then sets: clients that truncate after every level (python-kraken-sdk)
+        # would otherwise cut the level entering at the bottom before the delete makes room.
         levels = side.levels
         for key, old in view.items():
             if key not in new and key not in levels:
                 out.append((old[0], zero_like(old[1])))
+        for key, val in new.items():
+            old = view.get(key)
+            if old is None or old[1] != val[1]:
+                out.append((val[0], val[1]))
         if is_bid:
             self.bids = new
         else:
