@@ -140,6 +140,8 @@ def _v1(asset: str) -> str:
 def rest_pair_key(inst: Instrument) -> str:
     """REST pair key: `XXBTZUSD` for legacy pairs, `SOLUSD` otherwise (as Kraken does)."""
     b, q = _asset_id(inst.base), _asset_id(inst.quote)
+    if inst.base == "DOGE":  # a newer listing: legacy asset id, plain pair key (XDGUSD)
+        return _v1(inst.base) + _v1(inst.quote)
     if len(b) == 4 and len(q) == 4 and b[0] in "XZ" and q[0] in "XZ":
         return b + q
     return _v1(inst.base) + _v1(inst.quote)
