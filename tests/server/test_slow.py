@@ -123,7 +123,7 @@ async def test_reader_that_never_catches_up_is_closed_1008(make_relay, clients):
 
 async def test_slow_client_does_not_delay_others(make_relay, clients):
     """p99 latency of fast readers with a stuck reader present vs. without (measured, loose bound)."""
-    relay = await make_relay(SMALL)
+    relay = await make_relay(SMALL, close_timeout=0.3)
     frames = v2_wire_frames()
     relay.feed(frames[0])
     base = empty_update(relay)
