@@ -2,7 +2,8 @@
 
 `DegradedRelay` is a bad day on one relay: one line down with its connect budget nearly spent,
 checksum mismatches and resyncs on the other, a stale symbol, a symbol left with one valid line,
-missing trades, slow clients, not ready. `OutageRelay` has every line down. Counters grow on
+missing trades, slow clients, not ready. `OutageRelay` has every line down during a Kraken
+maintenance. Counters grow on
 every call (one call per scrape), so rate()/increase() expressions see movement.
 """
 
@@ -36,8 +37,8 @@ class DegradedRelay:
                 {"name": "primary", "up": 1, "state": "streaming", "system": "online", "connects": 2,
                  "attempts": 3, "budget_remaining": 97, "disconnects": {"close_1006": 1},
                  "frames": 1000 * n, "bytes": 180_000 * n, "last_frame_age": 0.05,
-                 "wins": 700 * n, "duplicates": 250 * n, "checksum_mismatches": 3 * n,
-                 "resyncs": {"checksum": 3 * n, "stale": 0, "gap": n}},
+                 "wins": 700 * n, "duplicates": 250 * n, "checksum_mismatches": 10 * n,
+                 "resyncs": {"checksum": 10 * n, "stale": 0, "gap": n}},
                 {"name": "beta", "up": 0, "state": "backoff", "system": "maintenance", "connects": 40,
                  "attempts": 95, "budget_remaining": 5, "disconnects": {"close_1001": 10 * n, "frame_timeout": n},
                  "frames": 300 * n, "bytes": 54_000 * n, "last_frame_age": 42.0,
@@ -70,16 +71,16 @@ class OutageRelay:
         self.calls += 1
         return {
             "upstreams": [
-                {"name": "primary", "up": 0, "state": "connecting", "connects": 5, "attempts": 5 + self.calls,
-                 "budget_remaining": 90, "last_frame_age": 120.0},
-                {"name": "beta", "up": 0, "state": "connecting", "connects": 5, "attempts": 5 + self.calls,
-                 "budget_remaining": 90, "last_frame_age": 120.0},
+                {"name": "primary", "up": 0, "state": "maintenance", "system": "maintenance", "connects": 5,
+                 "attempts": 5 + self.calls, "budget_remaining": 90, "last_frame_age": 120.0},
+                {"name": "beta", "up": 0, "state": "maintenance", "system": "maintenance", "connects": 5,
+                 "attempts": 5 + self.calls, "budget_remaining": 90, "last_frame_age": 120.0},
             ],
             "symbols": [
                 {"symbol": "BTC/USD", "channel": "book", "state": "down", "published": 100, "age": 120.0,
                  "upstreams": {"primary": "down", "beta": "down"}},
             ],
             "clients": {"connected": 0, "subscriptions": 0},
-            "system_status": "online",
+            "system_status": "maintenance",
             "ready": 0,
         }

@@ -32,8 +32,8 @@ def test_snapshot_is_exported_with_labels_and_prefix() -> None:
     assert val(s, "kraken_relay_upstream_state", upstream="beta", state="streaming") == 0
     assert val(s, "kraken_relay_upstream_system_status", upstream="beta", status="maintenance") == 1
     assert val(s, "kraken_relay_upstream_disconnects_total", upstream="beta", reason="close_1001") == 10
-    assert val(s, "kraken_relay_upstream_checksum_mismatches_total", upstream="primary") == 3
-    assert val(s, "kraken_relay_upstream_resyncs_total", upstream="primary", reason="checksum") == 3
+    assert val(s, "kraken_relay_upstream_checksum_mismatches_total", upstream="primary") == 10
+    assert val(s, "kraken_relay_upstream_resyncs_total", upstream="primary", reason="checksum") == 10
     assert val(s, "kraken_relay_upstream_first_arrivals_total", upstream="primary") == 700
     assert val(s, "kraken_relay_upstream_connect_budget_remaining", upstream="beta") == 5
     assert val(s, "kraken_relay_symbol_state", symbol="ETH/USD", channel="book", state="stale") == 1
@@ -49,7 +49,7 @@ def test_snapshot_is_exported_with_labels_and_prefix() -> None:
     assert val(s, "kraken_relay_ready") == 0
     assert val(s, "kraken_relay_system_status", status="online") == 1
     # counters move between scrapes because the snapshot is re-read every time
-    assert val(scrape(m), "kraken_relay_upstream_checksum_mismatches_total", upstream="primary") == 6
+    assert val(scrape(m), "kraken_relay_upstream_checksum_mismatches_total", upstream="primary") == 20
     assert all(name.startswith(("kraken_relay_",)) for name, _ in s)
 
 
