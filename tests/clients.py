@@ -11,8 +11,9 @@ Reusable by any test: point `url` at something that speaks Kraken v2 on loopback
 - `run_ccxt_watch_order_book(ws_url, rest_url, symbols, n, timeout, depth)`: ccxt's `kraken`
   (pro) `watch_order_book`. Markets are loaded from `rest_url` (`/0/public/AssetPairs` and
   `/0/public/Assets`, e.g. the simulator's) or, when `rest_url` is None, from the real 2021
-  AssetPairs capture (`cryptofeed/sample_data/KRAKEN.0`, `.d` dark-pool pairs removed) plus the
-  simulator's Assets answer. ccxt's own checksum check is off by default and works on floats, so
+  AssetPairs capture (`cryptofeed/sample_data/KRAKEN.0`, `.d` dark-pool pairs removed; without
+  fixtures, `relay.sim.instruments`' synthesized AssetPairs) plus the synthesized Assets answer.
+  `n` counts book frames per symbol. ccxt's own checksum check is off by default and works on floats, so
   the harness verifies every book itself: ccxt's book (price, amount) rendered with the market's
   precision, CRC32 of the top 10 compared with the frame's `checksum`.
 """
@@ -146,8 +147,11 @@ async def run_ccxt_watch_order_book(
     if rest_url is not None:
         ex.urls["api"]["public"] = rest_url.rstrip("/")
     else:
-        pairs_body = _capture_markets()
         insts = load_instruments()
+        if KRAKEN_REST_CAPTURE.exists():
+            pairs_body = _capture_markets()
+        else:  # no fixtures: the simulator's synthesized AssetPairs for the wanted symbols
+            pairs_body = rest_asset_pairs([insts[s] for s in symbols])
         assets_body = rest_assets([insts[s] for s in insts if s in symbols])
 
         async def public_get_asset_pairs(params: dict | None = None) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from relay.sim import LineConfig, SimConfig, Simulator
@@ -20,9 +22,11 @@ async def test_kraken_sdk_orderbook_client_all_books_valid() -> None:
     assert set(r.per_symbol) == {"BTC/USD", "ETH/USD"}
 
 
-async def test_kraken_sdk_notices_a_corrupted_checksum() -> None:
+async def test_kraken_sdk_notices_a_corrupted_checksum(monkeypatch: pytest.MonkeyPatch) -> None:
     """The harness must be able to fail: one wrong checksum is reported by the sdk."""
     pytest.importorskip("kraken.spot")
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr("kraken.spot.orderbook.asyncio_sleep", lambda s: real_sleep(min(s, 0.05)))
     async with Simulator(SimConfig(symbols=["BTC/USD"], rate=500, seed=3)) as sim:
         sim.inject(0, "corrupt_checksum", symbol="BTC/USD")
         r = await run_kraken_sdk_orderbook(sim.urls[0], ["BTC/USD"], depth=10, n_updates=200, timeout=20)
