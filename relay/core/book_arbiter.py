@@ -148,10 +148,11 @@ class BookArbiter:
         if ev.checksum is not None and crc != ev.checksum:
             self._invalidate(up, lb, "checksum")
             return
-        if not self.ready or self.orphaned:
+        if not self.ready or (self.orphaned and book.timestamp >= self.pub.timestamp):
             self._publish_snapshot(book, ev.raw, now, up)
             lb.mode, lb.pos, lb.book, lb.behind_since, lb.stale = FOLLOW, self.seq, None, None, False
             return
+        # Older than what clients hold (a slow line): keep it aside until it overtakes.
         lb.mode, lb.book, lb.behind_since, lb.stale = OWN, book, None, False
         self._consider_own(up, lb, now)
 
@@ -160,7 +161,11 @@ class BookArbiter:
         book = lb.book
         assert book is not None
         pub = self.pub
-        if book.timestamp > pub.timestamp:
+        if book.timestamp > pub.timestamp and self.orphaned:
+            # Every line was lost meanwhile: clients get a fresh snapshot, not a diff.
+            self._publish_snapshot(book, None, now, up)
+            lb.mode, lb.pos, lb.book, lb.behind_since = FOLLOW, self.seq, None, None
+        elif book.timestamp > pub.timestamp:
             bids, asks = pub.diff_to(book)
             if bids or asks:
                 prev_ts, prev_crc = pub.timestamp, pub.checksum

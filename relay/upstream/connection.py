@@ -98,6 +98,7 @@ class UpstreamConnection:
         self.bytes = 0
         self.last_frame_time: float | None = None
         self.connected_at: float | None = None
+        self.down_since: float | None = None  # loop time the line went down (None while connected)
         self.next_attempt_at: float | None = None
         self.rejections: dict[str, str] = {}  # subscription label -> last error
         self.resyncs: Counter[str] = Counter()  # by reason
@@ -116,6 +117,7 @@ class UpstreamConnection:
     # -- main loop ---------------------------------------------------------------------------
     async def run(self) -> None:
         delay = 0.0
+        self.down_since = self._clock()
         while not self._stopping:
             if delay > 0:
                 self.state = MAINTENANCE if self._maintenance else BACKOFF
@@ -144,6 +146,7 @@ class UpstreamConnection:
             self.connects += 1
             now = self._clock()
             self.connected_at = now
+            self.down_since = None
             self.policy.on_connected(now)
             self.merge.upstream_up(self.index, now)
             log.info("upstream connected", upstream=self.name, egress=self.egress)
@@ -151,6 +154,7 @@ class UpstreamConnection:
             self.disconnects[reason] += 1
             self.last_disconnect = reason
             now = self._clock()
+            self.down_since = now
             self.merge.upstream_down(self.index, now)
             self._drain()
             if self._stopping:
@@ -374,6 +378,8 @@ class UpstreamConnection:
             "frames": self.frames,
             "bytes": self.bytes,
             "last_frame_time": self.last_frame_time,
+            "connected_at": self.connected_at if self.down_since is None else None,
+            "down_since": self.down_since,  # down and retrying (never gives up) since then
             "next_attempt_at": self.next_attempt_at,
             "subscriptions": self.planner.states(),
             "rejections": dict(self.rejections),

@@ -269,3 +269,26 @@ def test_depth_views_are_valid_kraken_streams() -> None:
         assert [lv for lv in c.book.bids] == full.bids.best(d)
         assert [lv for lv in c.book.asks] == full.asks.best(d)
     assert clients[10].book_frames < clients[100].book_frames  # shallow views skip deep changes
+
+
+def test_an_older_snapshot_never_moves_clients_backwards_after_the_only_valid_line_fails() -> None:
+    """Found by the property test: the leader fails its checksum while the other line's first
+    (older) snapshot is still in flight; that snapshot must wait until it overtakes."""
+    s = book_stream(20, depth=10, seed=4)
+    m, (a, b) = new_merge()
+    client = VerifyingClient()
+    m.feed(a, s.snapshot, 0)
+    for raw in s.updates[:5]:
+        m.feed(a, raw, 0.1)
+    m.feed(a, s.updates[6], 0.2)  # a lost update 5: checksum fails, a is invalid, no line is valid
+    client.receive(m.take())
+    m.feed(b, s.snapshot, 0.3)  # b's snapshot is older than what clients hold
+    for raw in s.updates[:5]:
+        m.feed(b, raw, 0.3)
+        client.receive(m.take())
+    assert client.timestamps == sorted(client.timestamps) and client.book.same_levels(s.books[5])
+    for raw in s.updates[5:]:
+        m.feed(b, raw, 0.4)
+        client.receive(m.take())
+    assert client.timestamps == sorted(client.timestamps)
+    assert client.mismatches == 0 and client.book.same_levels(s.books[20])

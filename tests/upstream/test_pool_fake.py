@@ -217,6 +217,13 @@ async def test_maintenance_line_serves_nothing_others_carry_on() -> None:
         assert await until(lambda: r.consumer.book_frames["BTC/USD"] > frames + 10)
         r.lines[0].set_status("online")
         assert await until(lambda: r.conn(0).state == "live")
+        r.lines[1].set_status("maintenance")
+        assert await until(lambda: r.conn(1).state == "maintenance")
+        await r.lines[1].close_all(1013, "Market data unavailable")
+        assert await until(lambda: r.conn(1).next_attempt_at is not None)
+        # while the line reports maintenance, attempts are >= maintenance_delay (5 s) apart
+        assert r.conn(1).next_attempt_at - asyncio.get_running_loop().time() >= 4.5
+        assert r.conn(1).state == "maintenance" and r.conn(1).stats()["down_since"] is not None
         assert await until(lambda: r.merge.symbol_state("BTC/USD")["upstreams"]["line0"] == "valid", timeout=3.0)
         assert r.consumer.mismatches == []
 
