@@ -167,3 +167,18 @@ async def test_direct_publications_fan_out_unchanged(make_relay, clients):
     for c in cs:
         raw = await c.ws.recv(decode=False)
         assert raw == frame
+
+
+async def test_reload_adds_symbols_without_dropping_clients(make_relay, clients):
+    from tests.server.conftest import channels
+
+    relay = await make_relay()
+    c = await clients(relay.url)
+    await c.recv()
+    await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})
+    assert (await c.recv())["error"] == "Currency pair not supported ETH/USD"
+    relay.server.hub.set_channels(channels(ticker={"symbols": ["BTC/USD", "ETH/USD"]}))
+    relay.feed(ticker_frame("ETH/USD"))
+    await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})
+    assert (await c.recv())["success"]
+    assert (await c.recv())["data"][0]["symbol"] == "ETH/USD"

@@ -160,3 +160,24 @@ def test_trade_snapshot_defaults_false_others_true():
     book = parse_request(b'{"method":"subscribe","params":{"channel":"book","symbol":["A/B","A/B"]}}')
     assert trade.snapshot is False and book.snapshot is True and book.depth == 10
     assert book.symbols == ["A/B"]
+
+
+async def test_tls_endpoint(make_relay, tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not available")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    relay = await make_relay({"tls": {"cert": str(cert), "key": str(key)}})
+    assert relay.server.url.startswith("wss://127.0.0.1:")
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ws = await connect(relay.server.url, ssl=ctx, open_timeout=5)
+    assert '"status"' in await ws.recv()
+    await ws.send('{"method":"ping","req_id":5}')
+    assert '"pong"' in await ws.recv()
+    await ws.close()
