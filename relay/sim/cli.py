@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import time
+from pathlib import Path
 
 from relay.sim.faults import FAULT_KINDS, load_schedule, parse_fault
 from relay.sim.server import LineConfig, SimConfig, Simulator
+
+CAPTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/derived/python-kraken-sdk_orderbook-v2.wire.ndjson"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst-factor", type=float, default=4.0)
     parser.add_argument("--subscribe-rate", type=float, default=20.0,
                         help="subscribe requests/s per connection before 'Exceeded msg rate'")
-    parser.add_argument("--replay", default=None, help="replay a v2 book capture (ndjson) instead of generating")
+    parser.add_argument("--replay", default=None,
+                        help="replay a v2 book capture (ndjson) instead of generating; 'capture' = the shared "
+                             "real BTC/USD capture (fixtures)")
     parser.add_argument("--no-loop", action="store_true", help="replay once, do not loop")
     parser.add_argument("--fault", action="append", default=[], metavar="T:LINE:KIND[:DUR][:k=v,..]",
                         help="scripted fault, repeatable; kinds: " + ", ".join(FAULT_KINDS))
@@ -61,13 +67,16 @@ def build_config(args: argparse.Namespace) -> SimConfig:
     lat = _per_line(args.latency, n, "latency")
     jit = _per_line(args.jitter, n, "jitter")
     faults = [parse_fault(f) for f in args.fault]
+    replay = args.replay
+    if replay == "capture":
+        replay = str(CAPTURE)
     if args.faults:
         faults += load_schedule(args.faults)
     return SimConfig(
         symbols=[s.strip() for s in args.symbols.split(",") if s.strip()],
         rate=args.rate, trade_rate=args.trade_rate, seed=args.seed, host=args.host,
         lines=[LineConfig(latency=lat[i], jitter=jit[i], port=ports[i]) for i in range(n)],
-        control_port=args.control_port, replay=args.replay, replay_loop=not args.no_loop,
+        control_port=args.control_port, replay=replay, replay_loop=not args.no_loop,
         levels=args.levels, burst_every=args.burst_every, burst_factor=args.burst_factor,
         subscribe_rate=args.subscribe_rate, faults=faults,
         log=lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True),
@@ -77,6 +86,8 @@ def build_config(args: argparse.Namespace) -> SimConfig:
 async def _run(config: SimConfig, duration: float | None) -> None:
     sim = Simulator(config)
     await sim.start()
+    gc.collect()
+    gc.freeze()  # the books are long-lived: keep them out of every later GC pass (latency tails)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -137,3 +137,20 @@ def test_fault_schedule_parsing(tmp_path) -> None:
     specs = load_schedule(p)
     assert [(x.at, x.line, x.kind, x.duration, x.params) for x in specs] == [
         (1.0, 0, "drop", None, {}), (2.5, 1, "slow", 2.0, {"delay": 0.2})]
+
+
+def test_real_instrument_snapshot_gives_precisions_beyond_the_builtin_table() -> None:
+    from relay.sim.instruments import _FIXTURE
+
+    if not _FIXTURE.exists():
+        pytest.skip("fixtures not available")
+    insts = load_instruments()
+    assert len(insts) > 600
+    atom = insts["ATOM/USD"]
+    assert atom.raw["symbol"] == "ATOM/USD" and atom.price_precision == atom.raw["price_precision"]
+    eng = MarketEngine([atom], MarketSettings(rate=10, seed=1))
+    price = orjson.loads(eng.snapshot("book", "ATOM/USD", 10, time.time()))
+    raw = eng.snapshot("book", "ATOM/USD", 10, time.time())
+    first = raw.split(b'"price":', 1)[1].split(b",", 1)[0]
+    assert len(first.split(b".")[1]) == atom.price_precision
+    assert price["data"][0]["symbol"] == "ATOM/USD"
