@@ -1,11 +1,30 @@
-.PHONY: test bench demo
-PY ?= python
+# Two commands on a fresh machine (Python 3.11+): `make demo` and `make test`.
+# Both create .venv and install the project into it on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
 
-test:
+.PHONY: install test demo bench bench-e2e soak tools clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench:
+demo: $(STAMP)
+	$(PY) -m relay demo
+
+bench: $(STAMP)
 	$(PY) bench/core_bench.py
 
-demo:
-	$(PY) -m relay demo
+tools:
+	bash .ci/install-tools
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
