@@ -284,6 +284,7 @@ class UpstreamConnection:
 
     async def _housekeep(self, ws: ClientConnection) -> None:
         live = self.cfg.liveness
+        status_timeout = self.cfg.reconnect.handshake_timeout
         clock = self._clock
         try:
             while True:
@@ -292,6 +293,12 @@ class UpstreamConnection:
                 if now - (self.last_frame_time or now) >= live.frame_timeout:
                     self._close_reason = "timeout"
                     log.warning("upstream silent", upstream=self.name, timeout=live.frame_timeout)
+                    ws.transport.abort()
+                    return
+                if not self._status_seen and now - (self.connected_at or now) >= status_timeout:
+                    # pongs keep the socket "alive", but without a status nothing gets subscribed
+                    self._close_reason = "no status"
+                    log.warning("upstream sent no status", upstream=self.name, timeout=status_timeout)
                     ws.transport.abort()
                     return
                 frames = self.planner.poll(now)
@@ -311,6 +318,8 @@ class UpstreamConnection:
                     (self.last_frame_time or now) + live.frame_timeout,
                     self._last_sent + live.ping_interval,
                 )
+                if not self._status_seen:
+                    wake_at = min(wake_at, (self.connected_at or now) + status_timeout)
                 nxt = self.planner.next_wakeup(now)
                 if nxt is not None:
                     wake_at = min(wake_at, nxt)

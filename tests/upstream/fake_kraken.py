@@ -118,6 +118,7 @@ class FakeLine:
         self.http_status: int | None = None  # refuse handshakes with this HTTP status
         self.status = "online"
         self.stall = False  # send nothing at all (not even heartbeats)
+        self.status_on_connect = True
         self.corrupt: set[str] = set()  # symbols whose book checksums are wrong on this line
         self.silent: set[str] = set()  # symbols whose data stops on this line (heartbeats go on)
         self.conns: set[_Conn] = set()
@@ -190,7 +191,8 @@ class FakeLine:
         self.conns.add(c)
         hb = asyncio.create_task(self._heartbeats(c))
         try:
-            self._send(c, encode_status(self.status, "2.0.0", 1))
+            if self.status_on_connect:
+                self._send(c, encode_status(self.status, "2.0.0", 1))
             async for msg in ws:
                 req = orjson.loads(msg)
                 if req.get("method") == "ping":

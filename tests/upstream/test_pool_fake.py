@@ -99,9 +99,20 @@ async def test_silent_connection_hits_the_frame_deadline_and_recovers() -> None:
         r.lines[1].stall = True
         assert await until(lambda: r.conn(1).disconnects.get("timeout", 0) >= 1, timeout=3.0)
         r.lines[1].stall = False
-        assert await until(lambda: r.conn(1).state == "live", timeout=3.0)
+        # a reconnect made during the stall got no status: it is dropped after handshake_timeout
+        assert await until(lambda: r.conn(1).state == "live", timeout=5.0), r.conn(1).stats()
         assert r.conn(0).connects == 1
         assert r.consumer.mismatches == [] and r.consumer.trade_errors == []
+
+
+async def test_connection_without_status_is_dropped() -> None:
+    async with rig(n=1, reconnect={"handshake_timeout": 0.5}) as r:
+        assert await r.all_live()
+        r.lines[0].status_on_connect = False
+        await r.lines[0].close_all()
+        assert await until(lambda: r.conn(0).disconnects.get("no status", 0) >= 1, timeout=3.0)
+        r.lines[0].status_on_connect = True
+        assert await r.all_live()
 
 
 async def test_own_pings_keep_the_connection_busy() -> None:
