@@ -39,4 +39,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('KRAKEN_RELAY_HTTP_LISTEN', '127.0.0.1:9100').rpartition(':')[2]; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["kraken-relay"]
-CMD ["run", "/etc/kraken-relay/relay.yaml"]
+CMD ["run", "--config", "/etc/kraken-relay/relay.yaml"]

@@ -13,15 +13,15 @@ counters must be monotonic totals since process start)::
     {
       "upstreams": [                          # one per configured line, label `upstream`
         {"name": "primary",
-         "up": 1,                             # 1 while the websocket is open and streaming
-         "state": "streaming",                # one of UPSTREAM_STATES
+         "up": 1,                             # 1 while the websocket is open (subscribing, live, maintenance)
+         "state": "live",                     # one of UPSTREAM_STATES
          "system": "online",                  # engine status on that line (online|maintenance|cancel_only|post_only)
          "connects": 3,                       # successful websocket handshakes
          "attempts": 4,                       # connection attempts (successful or not)
          "budget_remaining": 96,              # attempts left in the per-address window (Cloudflare ~150/10 min)
          "disconnects": {"close_1006": 1},    # by reason, e.g. close_1001, close_1006, frame_timeout, error
          "frames": 123456, "bytes": 9876543,  # received
-         "last_frame_age": 0.12,              # seconds since the last frame arrived
+         "last_frame_age": 0.12,              # seconds since the last frame arrived (None: never)
          "wins": 120000,                      # data frames this line delivered first (published)
          "duplicates": 119000,                # data frames dropped because another line was first
          "checksum_mismatches": 0,
@@ -65,10 +65,11 @@ from relay import __version__
 from relay.ops.loopmon import LoopLagMonitor
 
 PREFIX = "kraken_relay_"
-UPSTREAM_STATES = ("connecting", "subscribing", "streaming", "backoff", "maintenance", "stopped")
+UPSTREAM_STATES = ("down", "backoff", "connecting", "subscribing", "live", "maintenance")  # upstream session
 SYMBOL_STATES = ("ok", "resyncing", "stale", "down")
-UPSTREAM_SYMBOL_STATES = ("valid", "resyncing", "stale", "down")
+UPSTREAM_SYMBOL_STATES = ("valid", "resyncing", "stale", "down", "maintenance")
 SYSTEM_STATUSES = ("online", "maintenance", "cancel_only", "post_only")
+RESYNC_REASONS = ("checksum", "stale", "gap")  # exported as 0 before the first one, so rate() works
 # exchange timestamp -> our receive time; Kraken stamps in µs, loopback/LAN lag is ms, WAN 10-300 ms
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -215,11 +216,11 @@ class RelayCollector:
     def _upstream(self, f: _Families, u: Mapping[str, Any]) -> None:
         name = str(u.get("name", "?"))
         L = ("upstream",)
-        _add(f.gauge("upstream_up", "1 while the upstream websocket is open and streaming.", L), [name], u.get("up"))
-        if "state" in u:
+        _add(f.gauge("upstream_up", "1 while the upstream websocket is open (subscribing, live or in maintenance).", L), [name], u.get("up"))
+        if u.get("state"):
             _enum(f.gauge("upstream_state", "Upstream session state (1 = current).", ("upstream", "state")),
                   [name], u["state"], UPSTREAM_STATES)
-        if "system" in u:
+        if u.get("system"):  # "" until the line has reported a status
             _enum(f.gauge("upstream_system_status", "Engine status reported on this line (1 = current).",
                           ("upstream", "status")), [name], u["system"], SYSTEM_STATUSES)
         _add(f.counter("upstream_connects", "Successful websocket handshakes.", L), [name], u.get("connects"))
@@ -243,14 +244,16 @@ class RelayCollector:
              u.get("checksum_mismatches"))
         res = f.counter("upstream_resyncs", "Symbol resubscriptions requested on this line, by reason.",
                         ("upstream", "reason"))
-        for reason, n in (u.get("resyncs") or {}).items():
-            _add(res, [name, str(reason)], n)
+        if "resyncs" in u:
+            resyncs = {**dict.fromkeys(RESYNC_REASONS, 0), **(u.get("resyncs") or {})}
+            for reason, n in resyncs.items():
+                _add(res, [name, str(reason)], n)
 
     def _symbol(self, f: _Families, s: Mapping[str, Any]) -> None:
         labels = [str(s.get("symbol", "?")), str(s.get("channel", "?"))]
         L = ("symbol", "channel")
         _add(f.counter("published_frames", "Frames published to clients.", L), labels, s.get("published"))
-        if "state" in s:
+        if s.get("state"):
             _enum(f.gauge("symbol_state", "Published feed state per symbol (1 = current).", (*L, "state")),
                   labels, s["state"], SYMBOL_STATES)
         _add(f.gauge("symbol_last_update_age_seconds", "Seconds since the last published update.", L), labels,

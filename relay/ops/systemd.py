@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from relay.ops.loopmon import LoopLagMonitor
 
@@ -83,6 +84,24 @@ class Notifier:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:200]
+
+
+def status_text(stats: Mapping[str, Any]) -> str:
+    """A one-line STATUS= for `systemctl status`, from the metrics snapshot (relay/ops/metrics.py).
+
+    e.g. "2/2 lines up, 24/24 feeds ok, 3 clients, kraken online"
+    """
+    ups = list(stats.get("upstreams") or ())
+    syms = list(stats.get("symbols") or ())
+    up = sum(1 for u in ups if u.get("up"))
+    ok = sum(1 for s in syms if s.get("state") == "ok")
+    parts = [f"{up}/{len(ups)} lines up", f"{ok}/{len(syms)} feeds ok"]
+    clients = (stats.get("clients") or {}).get("connected")
+    if clients is not None:
+        parts.append(f"{clients} client{'s' if clients != 1 else ''}")
+    if stats.get("system_status"):
+        parts.append(f"kraken {stats['system_status']}")
+    return ", ".join(parts)
 
 
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:

@@ -34,7 +34,7 @@ class DegradedRelay:
         n = self.calls
         return {
             "upstreams": [
-                {"name": "primary", "up": 1, "state": "streaming", "system": "online", "connects": 2,
+                {"name": "primary", "up": 1, "state": "live", "system": "online", "connects": 2,
                  "attempts": 3, "budget_remaining": 97, "disconnects": {"close_1006": 1},
                  "frames": 1000 * n, "bytes": 180_000 * n, "last_frame_age": 0.05,
                  "wins": 700 * n, "duplicates": 250 * n, "checksum_mismatches": 10 * n,

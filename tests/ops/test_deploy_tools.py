@@ -80,7 +80,7 @@ def test_unit_has_the_required_settings() -> None:
     assert svc["WatchdogSec"] and svc["Restart"] == "always"
     assert svc["ExecStartPre"].startswith(VENV_BIN + " check-config")
     assert svc["ExecStartPre"].endswith("/etc/kraken-relay/relay.yaml")
-    assert svc["ExecStart"].endswith("/etc/kraken-relay/relay.yaml")
+    assert svc["ExecStart"] == VENV_BIN + " run --config /etc/kraken-relay/relay.yaml"
     assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert svc["LimitNOFILE"] == "65536"
     for key, value in {"DynamicUser": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",

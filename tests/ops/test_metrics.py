@@ -29,7 +29,7 @@ def test_snapshot_is_exported_with_labels_and_prefix() -> None:
     assert val(s, "kraken_relay_upstream_up", upstream="primary") == 1
     assert val(s, "kraken_relay_upstream_up", upstream="beta") == 0
     assert val(s, "kraken_relay_upstream_state", upstream="beta", state="backoff") == 1
-    assert val(s, "kraken_relay_upstream_state", upstream="beta", state="streaming") == 0
+    assert val(s, "kraken_relay_upstream_state", upstream="beta", state="live") == 0
     assert val(s, "kraken_relay_upstream_system_status", upstream="beta", status="maintenance") == 1
     assert val(s, "kraken_relay_upstream_disconnects_total", upstream="beta", reason="close_1001") == 10
     assert val(s, "kraken_relay_upstream_checksum_mismatches_total", upstream="primary") == 10
@@ -57,7 +57,8 @@ def test_partial_and_odd_snapshots_do_not_break_the_scrape() -> None:
     snaps = [
         {},
         {"upstreams": [{"name": "a"}], "symbols": [{"symbol": "X/Y"}], "clients": {}},
-        {"upstreams": [{"name": "a", "up": "yes", "frames": None, "state": "weird-new-state"}]},
+        {"upstreams": [{"name": "a", "up": "yes", "resyncs": {}, "frames": None, "state": "weird-new-state", "system": "",
+                        "last_frame_age": None}]},
     ]
     for snap in snaps:
         m = RelayMetrics(lambda snap=snap: snap, process_metrics=False)
@@ -67,6 +68,9 @@ def test_partial_and_odd_snapshots_do_not_break_the_scrape() -> None:
     s = scrape(RelayMetrics(lambda: snaps[2], process_metrics=False))
     assert ("kraken_relay_upstream_up", frozenset({("upstream", "a")})) not in s  # "yes" is not a number
     assert val(s, "kraken_relay_upstream_state", upstream="a", state="weird-new-state") == 1
+    assert not any(n == "kraken_relay_upstream_system_status" for n, _ in s)  # no status reported yet
+    assert not any(n == "kraken_relay_upstream_last_frame_age_seconds" for n, _ in s)
+    assert val(s, "kraken_relay_upstream_resyncs_total", upstream="a", reason="gap") == 0  # zero before the first
 
 
 def test_failing_stats_still_exports_the_rest_and_counts_the_error() -> None:
