@@ -63,17 +63,15 @@ class MergeSettings:
 
 @dataclass(slots=True)
 class UpstreamStats:
-    """Plain counters per upstream, read by the metrics collector at scrape time."""
+    """Merge outcomes per upstream, read by the metrics collector at scrape time (frames and
+    bytes received are counted once, by the connection)."""
 
     name: str
-    frames: int = 0
-    bytes: int = 0
     duplicates: int = 0
     wins: int = 0
     checksum_mismatches: int = 0
     resyncs: dict[str, int] = field(default_factory=dict)
     unknown: int = 0
-    last_frame: float = 0.0
 
 
 @dataclass(slots=True)
@@ -169,14 +167,10 @@ class Merge:
 
     # -- the hot path -------------------------------------------------------------------------
     def feed(self, up: int, raw: bytes, now: float) -> ControlEvent | None:
-        st = self.upstream_stats[up]
-        st.frames += 1
-        st.bytes += len(raw)
-        st.last_frame = now
         hit = self.seen.get(raw)
         if hit is not None and not self._blocked[up]:
             if hit[0].on_dup(up, hit[1], now):
-                st.duplicates += 1
+                self.upstream_stats[up].duplicates += 1
                 return None
         ev = self.parser.parse(raw)
         t = type(ev)
@@ -215,7 +209,7 @@ class Merge:
             self.instrument.on_event(up, ev, now)  # type: ignore[arg-type]
             return None
         if t.__name__ == "UnknownEvent":
-            st.unknown += 1
+            self.upstream_stats[up].unknown += 1
         return ev  # type: ignore[return-value]
 
     def remember(self, raw: bytes, arbiter: Any, token: int) -> None:
