@@ -326,7 +326,7 @@ class ClientConnection(asyncio.Protocol):
     def _flush(self) -> None:
         self._scheduled = False
         out = self._out
-        if not out or self.closing or self.transport is None:
+        if not out or self.closing or self.transport is None or self.transport.is_closing():
             out.clear()
             self._out_bytes = 0
             return

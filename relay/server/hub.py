@@ -119,9 +119,9 @@ class Hub:
         client.relay_subscribed = False
         for key in list(client.subs):
             self._unregister(client, key, now)
-        if self.pending:
-            self.pending = [p for p in self.pending if p.client is not client]
-            self._pending_keys = {(p.sub.channel, p.symbol) for p in self.pending}
+        mine = [p for p in self.pending if p.client is client]
+        if mine:
+            self._drop_pending(mine, now)  # releases their upstream demand too
 
     def subscription_count(self) -> int:
         return sum(len(s) for s in self.subs.values()) + len(self.relay_clients)

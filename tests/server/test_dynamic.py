@@ -82,3 +82,22 @@ async def test_dynamic_disabled_rejects_unknown_symbols(make_relay, clients):
     assert replies[0]["error"] == "Currency pair not supported ETH/USD"
     assert replies[1]["success"] and replies[1]["result"]["symbol"] == "BTC/USD"
     assert pool.calls == []
+
+
+async def test_client_leaving_while_waiting_releases_the_demand(make_relay, clients):
+    pool = FakePool()
+    relay = await make_relay(DYN, demand=pool)
+    c = await clients(relay.url)
+    await c.recv()
+    await c.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["SOL/USD"]}})
+    for _ in range(100):
+        if pool.calls:
+            break
+        await asyncio.sleep(0.01)
+    await c.close()
+    for _ in range(100):
+        if len(pool.calls) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert pool.calls == [("demand", "book", "SOL/USD"), ("release", "book", "SOL/USD")]
+    assert relay.server.stats()["pending_subscriptions"] == 0
