@@ -24,7 +24,7 @@ FAULT_KINDS: dict[str, str] = {
     "corrupt_checksum": "the next book frame of symbol= carries a wrong checksum",
     "maintenance": "status maintenance, book frozen, no trades; then status online and fresh snapshots",
     "cancel_only": "status cancel_only, no trades/ohlc (book keeps moving); then online",
-    "refuse": "new websocket connections are aborted during the handshake",
+    "refuse": "new connections aborted at the handshake (mode=tcp: port closed, ECONNREFUSED)",
     "slow": "extra latency delay= seconds for events sent during the fault",
     "budget": "handshake answered HTTP 429 once more than limit= attempts in window= seconds",
 }

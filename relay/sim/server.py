@@ -164,6 +164,7 @@ class Line:
         self.cfg = cfg
         self.port = cfg.port
         self.server: Server | None = None
+        self.old_servers: list[Server] = []  # replaced by `refuse mode=tcp`; their sessions live on
         self.conns: set[SimConn] = set()
         self.index: dict[SubKey, dict[SimConn, int]] = {}
         self.queue: list[tuple[float, int, MarketEvent]] = []  # heap by delivery time
@@ -424,10 +425,12 @@ class Simulator:
         for line in self.lines:
             for c in list(line.conns):
                 c.abort()
-            if line.server is not None:
-                line.server.close()
+            for server in [*line.old_servers, line.server]:
+                if server is None:
+                    continue
+                server.close()
                 try:
-                    await asyncio.wait_for(line.server.wait_closed(), 5)
+                    await asyncio.wait_for(server.wait_closed(), 5)
                 except (asyncio.TimeoutError, Exception):
                     pass
 
@@ -740,6 +743,12 @@ class Simulator:
             elif kind == "corrupt_checksum":
                 ln.corrupt.add(params["symbol"])
             else:
+                if kind == "refuse" and params.get("mode") == "tcp" and "refuse" not in ln.faults:
+                    # stop listening: new connections get ECONNREFUSED; open sessions stay up
+                    if ln.server is not None:
+                        ln.server.server.close()
+                        ln.old_servers.append(ln.server)
+                        ln.server = None
                 ln.faults[kind] = (until, dict(params))
                 if kind == "silent_symbol":
                     ln.silent.add(params["symbol"])
@@ -773,6 +782,8 @@ class Simulator:
                     ln.resnapshot()
                 elif k == "cancel_only":
                     self._send_status(ln)
+                elif k == "refuse" and ln.server is None and self._running:
+                    self._tasks.append(asyncio.ensure_future(self._relisten(ln)))
                 elif k == "stall":
                     for c in list(ln.conns):
                         c.flush()
@@ -780,6 +791,15 @@ class Simulator:
             self.market.frozen = False
         if not any(k in ln.faults for ln in self.lines for k in ("maintenance", "cancel_only")):
             self.market.trading = True
+
+    async def _relisten(self, line: Line) -> None:
+        for _ in range(50):  # bounded: the port should be free again at once
+            try:
+                line.server = await self._serve(line, line.port)
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        self._log(f"line {line.idx}: could not listen on port {line.port} again")
 
     def _send_status(self, line: Line) -> None:
         for c in list(line.conns):

@@ -194,6 +194,21 @@ async def test_refuse_then_accept() -> None:
         assert sim.connection_log[0][-1][2] == "accepted"
 
 
+async def test_refuse_tcp_mode_closes_the_port_keeps_open_sessions() -> None:
+    async with Simulator(_cfg()) as sim:
+        async with connect(sim.urls[0]) as old:
+            await recv_json(old)
+            sim.inject(0, "refuse", 0.5, mode="tcp")
+            with pytest.raises(ConnectionRefusedError):
+                async with connect(sim.urls[0]):
+                    pass
+            await old.send(orjson.dumps({"method": "ping", "req_id": 1}).decode())
+            assert (await recv_json(old))["method"] == "pong"  # the open session is untouched
+            await asyncio.sleep(0.7)
+            async with connect(sim.urls[0]) as ws:
+                assert (await recv_json(ws))["channel"] == "status"
+
+
 async def test_budget_answers_429_on_handshake() -> None:
     async with Simulator(_cfg()) as sim:
         sim.inject(0, "budget", 5, limit=2, window=10)
