@@ -95,13 +95,15 @@ class Instrument:
 
 
 def _fixture_path() -> Path | None:
+    """Where the real instrument snapshot is: env, then beside the checkout, then beside the cwd."""
     env = os.environ.get("KRAKEN_INSTRUMENTS")
     if env:
         return Path(env)
+    rel = Path("kraken-data-recorder/test/data/instrument_snapshot.json")
     fixtures = os.environ.get("KRAKEN_FIXTURES")
-    if fixtures:
-        return Path(fixtures) / "kraken-data-recorder/test/data/instrument_snapshot.json"
-    return _FIXTURE
+    candidates = [Path(fixtures) / rel] if fixtures else []
+    candidates += [_FIXTURE, Path.cwd().parent / "shared/fixtures/kraken" / rel]
+    return next((c for c in candidates if c.exists()), None)
 
 
 def load_instruments(path: Path | None = None) -> dict[str, Instrument]:

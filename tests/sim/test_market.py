@@ -140,9 +140,9 @@ def test_fault_schedule_parsing(tmp_path) -> None:
 
 
 def test_real_instrument_snapshot_gives_precisions_beyond_the_builtin_table() -> None:
-    from relay.sim.instruments import _FIXTURE
+    from tests.conftest import INSTRUMENT_SNAPSHOT
 
-    if not _FIXTURE.exists():
+    if not INSTRUMENT_SNAPSHOT.exists():
         pytest.skip("fixtures not available")
     insts = load_instruments()
     assert len(insts) > 600
