@@ -130,17 +130,21 @@ async def until(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.
 
 
 class ConnectProxy:
-    """A minimal HTTP CONNECT proxy on 127.0.0.1:0 that counts the tunnels it opened."""
+    """A minimal HTTP CONNECT (or, with socks=True, SOCKS5 no-auth) proxy on 127.0.0.1:0 that
+    counts the tunnels it opened and records the peer address of each client."""
 
-    def __init__(self) -> None:
+    def __init__(self, socks: bool = False) -> None:
+        self.socks = socks
         self.connects: list[str] = []
+        self.peers: list[str] = []
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        scheme = "socks5" if self.socks else "http"
+        return f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -154,16 +158,24 @@ class ConnectProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
-            if method != "CONNECT":
-                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
-                writer.close()
-                return
-            host, port = target.rsplit(":", 1)
+            self.peers.append(writer.get_extra_info("peername")[0])
+            if self.socks:
+                host, port = await asyncio.wait_for(self._socks_handshake(reader, writer), 5)
+                target = f"{host}:{port}"
+            else:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+                if method != "CONNECT":
+                    writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                    writer.close()
+                    return
+                host, port = target.rsplit(":", 1)
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
             self.connects.append(target)
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if self.socks:
+                writer.write(b"\x05\x00\x00\x01" + bytes(4) + bytes(2))
+            else:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
             a = asyncio.ensure_future(_pipe(reader, up_writer))
             b = asyncio.ensure_future(_pipe(up_reader, writer))
@@ -171,6 +183,25 @@ class ConnectProxy:
             await asyncio.gather(a, b, return_exceptions=True)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
             writer.close()
+
+
+    @staticmethod
+    async def _socks_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[str, int]:
+        ver, n = await reader.readexactly(2)
+        await reader.readexactly(n)
+        writer.write(b"\x05\x00")  # no authentication
+        ver, cmd, _, atyp = await reader.readexactly(4)
+        if ver != 5 or cmd != 1:
+            raise ValueError("only SOCKS5 CONNECT")
+        if atyp == 1:
+            host = ".".join(str(b) for b in await reader.readexactly(4))
+        elif atyp == 3:
+            (ln,) = await reader.readexactly(1)
+            host = (await reader.readexactly(ln)).decode()
+        else:
+            raise ValueError("no IPv6 here")
+        port = int.from_bytes(await reader.readexactly(2), "big")
+        return host, port
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

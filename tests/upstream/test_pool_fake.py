@@ -262,6 +262,30 @@ async def test_http_connect_proxy_is_honoured() -> None:
         await proxy.stop()
 
 
+async def test_socks5_proxy_with_source_address() -> None:
+    proxy = ConnectProxy(socks=True)
+    await proxy.start()
+    try:
+        async with rig(n=1, up_extra=[{"proxy": proxy.url, "source_address": "127.0.0.2"}]) as r:
+            assert await r.all_live()
+            assert len(proxy.connects) == 1
+            assert proxy.peers == ["127.0.0.2"]  # the source address applies to the proxy hop
+            assert {ip for _, ip, _ in r.lines[0].connection_log} == {"127.0.0.1"}  # Kraken sees the proxy
+    finally:
+        await proxy.stop()
+
+
+async def test_http_proxy_with_source_address() -> None:
+    proxy = ConnectProxy()
+    await proxy.start()
+    try:
+        async with rig(n=1, up_extra=[{"proxy": proxy.url, "source_address": "127.0.0.2"}]) as r:
+            assert await r.all_live()
+            assert proxy.peers == ["127.0.0.2"] and len(proxy.connects) == 1
+    finally:
+        await proxy.stop()
+
+
 async def test_reload_adds_and_removes_symbols() -> None:
     async with rig(n=1) as r:
         assert await r.all_live()
