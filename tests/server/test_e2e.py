@@ -157,6 +157,43 @@ async def ccxt_watch(ws_url: str, rest_url: str, kind: str, symbol: str, seconds
     return seen
 
 
+async def sdk_ws_client(base_url: str, seconds: float) -> dict[str, Any]:
+    """python-kraken-sdk `SpotWSClient`: ticker + trade on the relay for `seconds`."""
+    import logging
+
+    from kraken.spot import SpotWSClient
+
+    seen: dict[str, Any] = {"acks": [], "trade_ids": [], "tickers": 0, "errors": [], "statuses": 0}
+
+    async def on_message(msg: Any) -> None:
+        if not isinstance(msg, dict):
+            return
+        if msg.get("method") == "subscribe":
+            seen["acks"].append(msg.get("success"))
+        elif msg.get("channel") == "status":
+            seen["statuses"] += 1
+        elif msg.get("channel") == "ticker":
+            seen["tickers"] += 1
+        elif msg.get("channel") == "trade" and msg.get("type") == "update":
+            seen["trade_ids"] += [t["trade_id"] for t in msg["data"] if t["symbol"] == "BTC/USD"]
+        elif "error" in msg:
+            seen["errors"].append(msg["error"])
+
+    logging.getLogger("kraken").setLevel(logging.CRITICAL)
+    client = SpotWSClient(callback=on_message, ws_url=base_url)
+    try:
+        await asyncio.wait_for(client.start(), 10)
+        await client.subscribe(params={"channel": "ticker", "symbol": SYMBOLS})
+        await client.subscribe(params={"channel": "trade", "symbol": ["BTC/USD"]})
+        await asyncio.sleep(seconds)
+        if client.exception_occur:
+            seen["errors"].append("client reported an exception")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 5)
+    return seen
+
+
 async def test_real_clients_against_the_relay_while_one_line_fails():
     from tests.clients import run_ccxt_watch_order_book, run_kraken_sdk_orderbook
 
@@ -169,11 +206,12 @@ async def test_real_clients_against_the_relay_while_one_line_fails():
                 await asyncio.sleep((duration or 0) + 0.8)
 
         before = r.server.stats()["accepted"]
-        sdk, ccxt_book, trades, ticker, _ = await asyncio.gather(
+        sdk, ccxt_book, trades, ticker, sdkws, _ = await asyncio.gather(
             run_kraken_sdk_orderbook(r.url, SYMBOLS, depth=10, n_updates=100_000, timeout=5.5),
             run_ccxt_watch_order_book(r.url, r.sim.rest_url, SYMBOLS, n=100_000, timeout=5.5, depth=25),
             ccxt_watch(r.url, r.sim.rest_url, "trades", "BTC/USD", 5.0),
             ccxt_watch(r.url, r.sim.rest_url, "ticker", "ETH/USD", 5.0),
+            sdk_ws_client(r.url[: -len("/v2")], 5.0),
             faults(),
         )
         print("sdk", sdk.frames, sdk.valid, sdk.invalid, sdk.errors[:3])
@@ -187,4 +225,9 @@ async def test_real_clients_against_the_relay_while_one_line_fails():
         assert trades["errors"] == [] and len(ids) > 10
         assert ids == list(range(ids[0], ids[0] + len(ids)))  # exactly once, no gap
         assert ticker["errors"] == [] and ticker["tickers"] > 5
-        assert r.server.stats()["accepted"] - before == 4  # nobody had to reconnect
+        print("sdk ws", {k: (v if not isinstance(v, list) or len(v) < 5 else len(v)) for k, v in sdkws.items()})
+        assert sdkws["errors"] == [] and sdkws["acks"] == [True, True, True] and sdkws["statuses"] >= 1
+        tids = sdkws["trade_ids"]
+        assert len(tids) > 10 and tids == list(range(tids[0], tids[0] + len(tids)))
+        assert sdkws["tickers"] > 5
+        assert r.server.stats()["accepted"] - before == 5  # nobody had to reconnect
