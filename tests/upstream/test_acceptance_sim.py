@@ -67,6 +67,7 @@ async def sim_rig(up_extra: list[dict] | None = None, **sections: Any) -> AsyncI
     )
     await sim.start()
     ups = [{"name": f"line{i}", "url": url, **((up_extra or [{}, {}])[i])} for i, url in enumerate(sim.urls)]
+    sections.setdefault("channels", {"instrument": True})
     cfg = small_config(ups, SYMBOLS, **sections)
     merge = make_tap_merge(cfg, SYMBOLS)
     consumer = Consumer(SYMBOLS, asyncio.get_running_loop().time)
@@ -221,3 +222,17 @@ async def test_proxy_url_is_honoured() -> None:
             assert len(proxy.connects) == 2
     finally:
         await proxy.stop()
+
+
+async def test_every_channel_subscribes_and_every_ack_is_checked() -> None:
+    channels = {"instrument": True, "ticker": {"symbols": SYMBOLS}, "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]}}
+    async with sim_rig(channels=channels) as r:
+        assert await r.all_live()
+        for c in r.pool.connections:
+            states = c.planner.states()
+            assert set(states.values()) == {"active"}
+            assert {"instrument", "ticker:BTC/USD", "ohlc:BTC/USD:1", "ohlc:BTC/USD:5", "trade:ETH/USD"} <= set(states)
+        assert await until(lambda: r.merge.ticker_snapshot("BTC/USD") is not None)
+        assert await until(lambda: r.merge.instrument_snapshot() is not None)
+        ohlc = [m for _, m in r.sim.requests[0] if m.get("params", {}).get("channel") == "ohlc"]
+        assert sorted(m["params"]["interval"] for m in ohlc) == [1, 5]
