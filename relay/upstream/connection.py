@@ -267,8 +267,7 @@ class UpstreamConnection:
             warnings = ev.result.get("warnings") if ev.success else None
             if warnings:
                 log.info("subscription warnings", upstream=self.name, warnings=warnings)
-            self._wake.set()
-            self._update_state()
+            self._wake.set()  # the housekeeper sends follow-ups and updates the state, once per burst
         elif isinstance(ev, UnknownEvent):
             self.unknown_frames += 1
 
@@ -345,7 +344,6 @@ class UpstreamConnection:
             self.merge.symbol_resubscribing(self.index, channel, symbol, now)
             self.resyncs[reason] += 1
             self._wake.set()
-            self._update_state()
             log.info("resubscribing", upstream=self.name, channel=channel, symbol=symbol, reason=reason, when=result)
         return result
 
