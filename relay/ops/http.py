@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -48,6 +49,7 @@ class HttpServer:
         max_connections: int = 64,
         request_timeout: float = 5.0,
         max_request_bytes: int = 8192,
+        metrics_cache_seconds: float = 0.5,
     ) -> None:
         self.host = host
         self._port = port
@@ -60,6 +62,9 @@ class HttpServer:
         self.max_request_bytes = max_request_bytes
         self._server: asyncio.Server | None = None
         self._active: set[asyncio.Task[None]] = set()
+        self.metrics_cache_seconds = metrics_cache_seconds
+        self._metrics_lock = asyncio.Lock()
+        self._metrics_cache: dict[str, tuple[float, bytes]] = {}
         self.requests = 0
         self.refused = 0
 
@@ -135,12 +140,34 @@ class HttpServer:
                              extra=(("Allow", "GET, HEAD"),))
             return
         path = target.split("?", 1)[0]
-        status, ctype, body = self.route(path, headers)
+        if path == "/metrics":
+            status, ctype, body = HTTPStatus.OK, *await self.metrics_body(headers.get("accept", ""))
+        else:
+            status, ctype, body = self.route(path, headers)
         await self._send(writer, status, body, ctype, head_only=method == "HEAD")
+
+    async def metrics_body(self, accept: str) -> tuple[str, bytes]:
+        """(content type, exposition) with the event loop blocked as little as possible.
+
+        Collecting reads live relay state, so it runs on the loop (a consistent snapshot, ~3 ms
+        for 100 symbols); turning ~3,500 samples into text costs ~11 ms more and runs in a
+        worker thread. One encoding at a time; scrapes arriving within `metrics_cache_seconds`
+        of the last one (an HA Prometheus pair) share its result.
+        """
+        encoder, ctype = choose_encoder(accept)
+        now = time.monotonic()
+        async with self._metrics_lock:
+            cached = self._metrics_cache.get(ctype)
+            if cached is not None and now - cached[0] < self.metrics_cache_seconds:
+                return ctype, cached[1]
+            families = _Collected(list(self.registry.collect()))
+            body = await asyncio.to_thread(encoder, families)  # type: ignore[arg-type]
+            self._metrics_cache[ctype] = (time.monotonic(), body)
+            return ctype, body
 
     def route(self, path: str, headers: Mapping[str, str]) -> tuple[HTTPStatus, str, bytes]:
         """Pure routing: (status, content type, body) for a GET of `path`."""
-        if path == "/metrics":
+        if path == "/metrics":  # synchronous variant (tests, tools); the server uses metrics_body()
             encoder, ctype = choose_encoder(headers.get("accept", ""))
             return HTTPStatus.OK, ctype, encoder(self.registry)
         if path == "/healthz":
@@ -192,6 +219,16 @@ class HttpServer:
         if not head_only:
             writer.write(body)
         await writer.drain()
+
+
+class _Collected:
+    """Already-collected metric families, shaped like a registry for the exposition encoders."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self._families)
 
 
 def readiness(

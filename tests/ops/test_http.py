@@ -162,3 +162,20 @@ def test_readiness_needs_one_valid_line_per_symbol() -> None:
     ok, detail = readiness(["BTC/USD", "DOGE/USD"], states.__getitem__)  # unknown symbol
     assert not ok and detail["DOGE/USD"]["ready"] is False
     assert readiness([], states.__getitem__)[0] is False
+
+
+async def test_concurrent_scrapes_share_one_collection() -> None:
+    stats = DegradedRelay()
+    metrics = RelayMetrics(stats, process_metrics=False)
+    srv = HttpServer("127.0.0.1", 0, metrics.registry, metrics_cache_seconds=30)
+    await srv.start()
+    try:
+        results = await asyncio.gather(*(get(srv.port, "/metrics") for _ in range(5)))
+        assert [r[0] for r in results] == [200] * 5
+        assert len({r[2] for r in results}) == 1
+        assert stats.calls == 1  # one snapshot served to all five scrapers
+        srv.metrics_cache_seconds = 0
+        await get(srv.port, "/metrics")
+        assert stats.calls == 2
+    finally:
+        await srv.stop()
