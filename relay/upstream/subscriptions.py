@@ -128,6 +128,11 @@ class TokenBucket:
         self.refill(now)
         return now if self.tokens >= 1.0 else now + (1.0 - self.tokens) / self.rate
 
+    def penalize(self, now: float) -> None:
+        """Empty the bucket and owe one burst: the next request waits (burst + 1) / rate."""
+        self.refill(now)
+        self.tokens = min(self.tokens, -self.burst)
+
     def fill(self) -> None:
         self.tokens = self.burst
         self.at = float("-inf")
@@ -283,6 +288,8 @@ class SubscriptionPlanner:
 
     def _reject(self, e: Entry, error: str, now: float) -> None:
         self.rejections_total += 1
+        if "msg rate" in error.lower():
+            self.bucket.penalize(now)  # Kraken says we are too fast: pause this connection's requests
         if not e.wanted:
             del self.entries[e.key]
             return

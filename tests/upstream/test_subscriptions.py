@@ -200,3 +200,14 @@ def test_instrument_has_no_symbol_list() -> None:
     assert m["params"] == {"channel": "instrument", "snapshot": True}
     p.on_ack(AckEvent("subscribe", True, "instrument", None, m["req_id"]), 0.0)
     assert p.settled() and p.states() == {"instrument": ACTIVE}
+
+
+def test_exceeded_msg_rate_slows_the_connection_down() -> None:
+    p = _planner(batch_size=1, requests_per_second=10.0, burst=2.0)
+    frames = p.poll(0.0)
+    assert len(frames) == 2
+    m = _msgs(frames)[0]
+    p.on_ack(AckEvent("subscribe", False, None, m["params"]["symbol"][0], m["req_id"], "Exceeded msg rate"), 0.0)
+    assert p.poll(0.25) == []  # normally 2 more requests by now
+    assert p.next_wakeup(0.25) >= 0.29
+    assert len(p.poll(0.31)) == 1
