@@ -181,3 +181,15 @@ async def test_tls_endpoint(make_relay, tmp_path):
     await ws.send('{"method":"ping","req_id":5}')
     assert '"pong"' in await ws.recv()
     await ws.close()
+
+
+async def test_fragmented_oversized_messages(make_relay, clients):
+    relay = await make_relay()
+    c = await clients(relay.url)
+    await c.recv()
+    await c.ws.send(["x" * 100_000, "y" * 100_000])  # over max_message_bytes: error reply, kept
+    assert (await c.recv())["error"] == "Message too large"
+    await c.barrier()
+    await c.ws.send(["x" * 600_000, "y" * 600_000])  # over the hard cap: closed with 1009
+    await asyncio.wait_for(c.ws.wait_closed(), 5)
+    assert c.ws.close_code == 1009

@@ -7,7 +7,6 @@ import socket
 import statistics
 import time
 
-import orjson
 
 from relay.core.merge import Publication
 from tests.conftest import v2_wire_frames
