@@ -175,7 +175,12 @@ class UpstreamConnection:
             self.budget_waits += 1
             self.state = BACKOFF
             self.next_attempt_at = self._clock() + wait
-            log.warning("upstream attempt budget exhausted", upstream=self.name, egress=self.egress, wait=round(wait, 3))
+            log.warning(
+                "upstream attempt budget exhausted or address rate-limited",
+                upstream=self.name,
+                egress=self.egress,
+                wait=round(wait, 3),
+            )
             await asyncio.sleep(wait)
 
     async def _session(self, ws: ClientConnection) -> str:

@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
+    InvalidMessage,
     InvalidStatus,
     InvalidURI,
     ProxyError,
@@ -76,6 +77,8 @@ def classify_error(exc: BaseException) -> str:
         return "tls"
     if isinstance(exc, InvalidURI):
         return "bad url"
+    if isinstance(exc, InvalidMessage):
+        return "handshake reset"  # closed before a valid HTTP response (refused while accepting)
     if isinstance(exc, InvalidHandshake):
         return "handshake"
     if isinstance(exc, OSError):

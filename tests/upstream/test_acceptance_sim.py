@@ -196,6 +196,7 @@ async def test_refuse_storm_stays_within_budget() -> None:
             t for i in range(2) for t, _, outcome in r.sim.connection_log[i] if t >= wall0 and outcome == "refused"
         )
         assert len(attempts) >= 6  # it keeps trying
+        assert r.conn(0).failures.get("handshake reset", 0) >= 1
         for i, t in enumerate(attempts):
             assert len([u for u in attempts[: i + 1] if u > t - budget["window"] + 0.02]) <= budget["attempts"]
         assert await r.all_live(timeout=6.0)
