@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from relay.core.book import Book, Level
 from relay.core.events import BookEvent
-from relay.core.v2 import encode_book
 from relay.core.views import DepthView
 
 if TYPE_CHECKING:
@@ -171,7 +170,7 @@ class BookArbiter:
                 prev_ts, prev_crc = pub.timestamp, pub.checksum
                 undo: list = []
                 pub.apply_text_levels(bids, asks, book.timestamp, undo)
-                frame = encode_book(self.symbol, False, bids, asks, pub.checksum, pub.timestamp)
+                frame = self.merge.codec.book(self.symbol, False, bids, asks, pub.checksum, pub.timestamp)
                 self._push(None, undo, prev_ts, prev_crc, now, up, frame)
             else:
                 pub.timestamp = book.timestamp
@@ -223,7 +222,7 @@ class BookArbiter:
         for depth, view in self.views.items():
             bids, asks = view.update(pub, tb, ta)
             if bids or asks:
-                frame = encode_book(self.symbol, False, bids, asks, pub.checksum, pub.timestamp)
+                frame = self.merge.codec.book(self.symbol, False, bids, asks, pub.checksum, pub.timestamp)
                 out.append(self.merge.Publication("book", self.symbol, depth, frame, False))
 
     def _publish_snapshot(self, book: Book, raw: bytes | None, now: float, up: int) -> None:
@@ -249,7 +248,7 @@ class BookArbiter:
 
     def snapshot_frame(self, depth: int) -> bytes:
         pub = self.pub
-        return encode_book(self.symbol, True, pub.bids.best(depth), pub.asks.best(depth), pub.checksum, pub.timestamp)
+        return self.merge.codec.book(self.symbol, True, pub.bids.best(depth), pub.asks.best(depth), pub.checksum, pub.timestamp)
 
     # -- forks, invalidation, staleness --------------------------------------------------------
     def _fork(self, pos: int) -> Book | None:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relay.core.events import InstrumentEvent, OhlcEvent, TickerEvent
-from relay.core.v2 import encode_elements, encode_instrument
 
 if TYPE_CHECKING:
     from relay.core.merge import Merge
@@ -36,7 +35,7 @@ class TickerArbiter:
             return
         self.timestamp, self.element = ev.timestamp, ev.element
         merge = self.merge
-        frame = encode_elements("ticker", False, [ev.element]) if ev.snapshot else ev.raw
+        frame = self.merge.codec.elements("ticker", False, [ev.element]) if ev.snapshot else ev.raw
         if not ev.snapshot:
             merge.remember(ev.raw, self, 0)
         merge.outbox.append(merge.Publication("ticker", self.symbol, 0, frame, False))
@@ -45,7 +44,7 @@ class TickerArbiter:
         self.last_update = now
 
     def snapshot_frame(self) -> bytes | None:
-        return None if self.element is None else encode_elements("ticker", True, [self.element])
+        return None if self.element is None else self.merge.codec.elements("ticker", True, [self.element])
 
 
 class OhlcArbiter:
@@ -70,7 +69,7 @@ class OhlcArbiter:
             return
         self.key, self.element = key, ev.element
         merge = self.merge
-        frame = encode_elements("ohlc", False, [ev.element], _ohlc_ts(ev.raw)) if ev.snapshot else ev.raw
+        frame = self.merge.codec.elements("ohlc", False, [ev.element], _ohlc_ts(ev.raw)) if ev.snapshot else ev.raw
         if not ev.snapshot:
             merge.remember(ev.raw, self, 0)
         merge.outbox.append(merge.Publication("ohlc", self.symbol, self.interval, frame, False))
@@ -79,7 +78,7 @@ class OhlcArbiter:
         self.last_update = now
 
     def snapshot_frame(self) -> bytes | None:
-        return None if self.element is None else encode_elements("ohlc", True, [self.element])
+        return None if self.element is None else self.merge.codec.elements("ohlc", True, [self.element])
 
 
 def _ohlc_ts(raw: bytes) -> bytes:
@@ -117,11 +116,11 @@ class InstrumentArbiter:
         merge = self.merge
         merge.remember(ev.raw, self, 0)
         if not first:
-            frame = encode_instrument(False, {"assets": changed_assets, "pairs": changed_pairs})
+            frame = self.merge.codec.instrument(False, {"assets": changed_assets, "pairs": changed_pairs})
             merge.outbox.append(merge.Publication("instrument", "", 0, frame, False))
             self.published += 1
 
     def snapshot_frame(self) -> bytes | None:
         if not self.pairs:
             return None
-        return encode_instrument(True, {"assets": list(self.assets.values()), "pairs": list(self.pairs.values())})
+        return self.merge.codec.instrument(True, {"assets": list(self.assets.values()), "pairs": list(self.pairs.values())})

@@ -26,7 +26,7 @@ from relay.core.events import (
 )
 from relay.core.latest import InstrumentArbiter, OhlcArbiter, TickerArbiter
 from relay.core.trade_arbiter import TradeArbiter
-from relay.core.v2 import V2Parser, encode_elements, encode_status
+from relay.core.v2 import V2Codec, V2Parser
 
 # Engine modes, best first: the relay reports the best mode any connected line reports.
 STATUS_RANK = {"online": 0, "post_only": 1, "limit_only": 2, "cancel_only": 3, "maintenance": 4}
@@ -92,9 +92,10 @@ class Line:
 class Merge:
     Publication = Publication  # arbiters build publications through the merge (one import)
 
-    def __init__(self, settings: MergeSettings | None = None, parser: Any = None) -> None:
+    def __init__(self, settings: MergeSettings | None = None, parser: Any = None, codec: Any = None) -> None:
         self.settings = settings or MergeSettings()
-        self.parser = parser or V2Parser()
+        self.parser = parser or V2Parser()  # upstream protocol adapter: frame bytes -> events
+        self.codec = codec or V2Codec()  # client protocol: how synthesized frames are written
         self.lines: list[Line] = []
         self.upstream_stats: list[UpstreamStats] = []
         self.counters = MergeCounters()
@@ -306,7 +307,7 @@ class Merge:
         best = min(statuses, key=STATUS_RANK.__getitem__) if statuses else "maintenance"
         if best != self._system:
             self._system = best
-            self.outbox.append(Publication("status", "", 0, encode_status(best, "relay", 0), False))
+            self.outbox.append(Publication("status", "", 0, self.codec.status(best), False))
 
     def symbol_state(self, symbol: str) -> dict[str, Any]:
         """Per symbol: the book feed state and each upstream's state for it."""
@@ -341,12 +342,12 @@ class Merge:
             st = self.symbol_state(sym)
             if self._relay_states.get(sym) != st:
                 self._relay_states[sym] = st
-                frame = encode_elements("relay", False, [_json(st)])
+                frame = self.codec.elements("relay", False, [_json(st)])
                 self.outbox.append(Publication("relay", sym, 0, frame, False))
 
     def relay_snapshot(self, symbol: str | None = None) -> bytes:
         syms = [symbol] if symbol else self.symbols()
-        return encode_elements("relay", True, [_json(self.symbol_state(s)) for s in syms])
+        return self.codec.elements("relay", True, [_json(self.symbol_state(s)) for s in syms])
 
 
 def _json(obj: Any) -> bytes:

@@ -15,7 +15,6 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from relay.core.events import Trade, TradeEvent
-from relay.core.v2 import encode_elements
 
 if TYPE_CHECKING:
     from relay.core.merge import Merge
@@ -123,7 +122,7 @@ class TradeArbiter:
             self.last_id = last
             self.recent.extend(out)
             merge = self.merge
-            merge.outbox.append(merge.Publication("trade", self.symbol, 0, encode_elements("trade", False, out), False))
+            merge.outbox.append(merge.Publication("trade", self.symbol, 0, merge.codec.elements("trade", False, out), False))
             if up is not None:
                 merge.upstream_stats[up].wins += 1
             self.published += len(out)
@@ -168,7 +167,7 @@ class TradeArbiter:
         if not self.recent:
             return None
         items = list(self.recent)[-count:] if count else []
-        return encode_elements("trade", True, items)
+        return self.merge.codec.elements("trade", True, items)
 
     def state(self) -> str:
         if self.last_id is None:

@@ -418,3 +418,20 @@ def encode_subscribe(
 
 def encode_ping(req_id: int) -> bytes:
     return orjson.dumps({"method": "ping", "req_id": req_id})
+
+
+class V2Codec:
+    """How the merge renders the frames it synthesizes, for clients of the v2 protocol.
+
+    The arbiters never format frames themselves: they call their merge's codec, so a merge for
+    another protocol (Spot v1) reuses the same arbitration with its own framing.
+    """
+
+    name = "v2"
+    book = staticmethod(encode_book)
+    elements = staticmethod(encode_elements)
+    instrument = staticmethod(encode_instrument)
+
+    @staticmethod
+    def status(system: str) -> bytes:
+        return encode_status(system, "relay", 0)
