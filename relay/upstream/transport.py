@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 import ssl
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -88,7 +89,7 @@ def classify_error(exc: BaseException) -> str:
             return "reset"
         if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             return "unreachable"
-        if isinstance(exc, __import__("socket").gaierror):
+        if isinstance(exc, socket.gaierror):
             return "dns"
         return f"os error {exc.errno}"
     if isinstance(exc, ConnectionClosed):
