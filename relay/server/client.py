@@ -77,7 +77,9 @@ class ClientConnection(asyncio.Protocol):
         self.subs: set[tuple[str, str, int]] = set()
         self.relay_filter: set[str] | None = None
         self.relay_subscribed = False
-        self.books: dict[tuple[str, int], bool] = {}  # (symbol, depth) -> live (False: needs snapshot)
+        # ("book", symbol, depth) -> live (False: needs a snapshot first). Keyed by the hub's
+        # subscription key so the per-client hot path allocates nothing.
+        self.books: dict[tuple[str, str, int], bool] = {}
         self._resync = False
         # output
         self._out: list[bytes] = []
@@ -260,9 +262,8 @@ class ClientConnection(asyncio.Protocol):
 
     deliver = queue  # non-book data (trade, ticker, ohlc, instrument, status, relay)
 
-    def deliver_book(self, symbol: str, depth: int, frame: bytes, snapshot: bool) -> None:
+    def deliver_book(self, key: tuple[str, str, int], frame: bytes, snapshot: bool) -> None:
         """Book frames are droppable: over budget they are replaced later by one snapshot."""
-        key = (symbol, depth)
         live = self.books.get(key)
         if live is None or self.closing:
             return
@@ -283,7 +284,7 @@ class ClientConnection(asyncio.Protocol):
             self.dropped += 1
             return
         if not snapshot:
-            snap = self.server.source.book_snapshot(symbol, depth)
+            snap = self.server.source.book_snapshot(key[1], key[2])
             if snap is None:
                 self.dropped += 1
                 return
@@ -291,11 +292,11 @@ class ClientConnection(asyncio.Protocol):
         self.books[key] = True
         self.queue(frame)
 
-    def start_book(self, symbol: str, depth: int, live: bool) -> None:
-        self.books[(symbol, depth)] = live
+    def start_book(self, key: tuple[str, str, int], live: bool) -> None:
+        self.books[key] = live
 
-    def stop_book(self, symbol: str, depth: int) -> None:
-        self.books.pop((symbol, depth), None)
+    def stop_book(self, key: tuple[str, str, int]) -> None:
+        self.books.pop(key, None)
 
     def _resync_books(self) -> None:
         self._resync = False
@@ -306,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
             if self._paused or self._out_bytes > self.limit // 2:
                 self._resync = True
                 return
-            snap = source.book_snapshot(*key)
+            snap = source.book_snapshot(key[1], key[2])
             if snap is not None:
                 self.books[key] = True
                 self.queue(snap)

@@ -47,9 +47,9 @@ class Session(Protocol):
 
     def queue(self, frame: bytes) -> None: ...
     def deliver(self, frame: bytes) -> None: ...
-    def deliver_book(self, symbol: str, depth: int, frame: bytes, snapshot: bool) -> None: ...
-    def start_book(self, symbol: str, depth: int, live: bool) -> None: ...
-    def stop_book(self, symbol: str, depth: int) -> None: ...
+    def deliver_book(self, key: SubKey, frame: bytes, snapshot: bool) -> None: ...
+    def start_book(self, key: SubKey, live: bool) -> None: ...
+    def stop_book(self, key: SubKey) -> None: ...
 
 
 @dataclass(slots=True)
@@ -141,11 +141,12 @@ class Hub:
             self.published += 1
             channel = pub.channel
             if channel == "book":
-                clients = subs.get(("book", pub.symbol, pub.key))
+                key = ("book", pub.symbol, pub.key)
+                clients = subs.get(key)
                 if clients:
-                    frame, snap, sym, depth = pub.frame, pub.snapshot, pub.symbol, pub.key
+                    frame, snap = pub.frame, pub.snapshot
                     for c in tuple(clients):
-                        c.deliver_book(sym, depth, frame, snap)
+                        c.deliver_book(key, frame, snap)
                     self.delivered += len(clients)
             elif channel == "status":
                 frame = pub.frame
@@ -242,7 +243,7 @@ class Hub:
                 client.queue(snap)
             # Without a snapshot (none wanted, or the book is resyncing) updates still flow only
             # once the client has a base: with snapshot=False Kraken streams updates right away.
-            client.start_book(symbol, sub.depth, live=snap is not None or not sub.snapshot)
+            client.start_book(key, live=snap is not None or not sub.snapshot)
             return
         if not sub.snapshot:
             return
@@ -313,7 +314,7 @@ class Hub:
             if not clients:
                 del self.subs[key]
         if channel == "book":
-            client.stop_book(symbol, k)
+            client.stop_book(key)
             self.source.release_book_depth(symbol, k)
         if self.demand.known(channel, symbol):
             self.demand.release(channel, symbol, now)
