@@ -128,7 +128,7 @@ class UpstreamPool:
     def stats(self) -> dict[str, Any]:
         """Plain data for metrics and the health endpoint."""
         symbols: dict[str, Any] = {}
-        for sym in self.config.channels.all_symbols():
+        for sym in dict.fromkeys(k.symbol for k in self._desired if k.symbol):  # incl. dynamic ones
             try:
                 symbols[sym] = self.merge.symbol_state(sym)
             except Exception:
