@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from relay.core.merge import Merge
 
 
-class TickerArbiter:
-    def __init__(self, merge: Merge, symbol: str) -> None:
+class NewestWins:
+    """One full-record stream (a symbol's ticker, or one ohlc interval): publish only newer records.
+
+    `order` gives the record's position (ticker: exchange timestamp; ohlc: interval start, then
+    trade count). An upstream snapshot that is newer is re-framed as an update for live clients.
+    """
+
+    def __init__(self, merge: Merge, channel: str, symbol: str, key: int = 0) -> None:
         self.merge = merge
+        self.channel = channel
         self.symbol = symbol
-        self.timestamp = ""
+        self.key = key  # the publication key: 0, or the ohlc interval
+        self.order: Any = None
         self.element: bytes | None = None
         self.published = 0
         self.last_update = 0.0
@@ -29,56 +37,44 @@ class TickerArbiter:
     def on_dup(self, up: int, token: int, now: float) -> bool:
         return True
 
-    def on_event(self, up: int, ev: TickerEvent, now: float) -> None:
-        if self.element is not None and ev.timestamp <= self.timestamp:
-            self.merge.counters.duplicates += 1
-            return
-        self.timestamp, self.element = ev.timestamp, ev.element
+    def offer(self, up: int, order: Any, element: bytes, snapshot: bool, raw: bytes, now: float) -> None:
         merge = self.merge
-        frame = self.merge.codec.elements("ticker", False, [ev.element]) if ev.snapshot else ev.raw
-        if not ev.snapshot:
-            merge.remember(ev.raw, self, 0)
-        merge.outbox.append(merge.Publication("ticker", self.symbol, 0, frame, False))
+        if self.element is not None and order <= self.order:
+            merge.counters.duplicates += 1
+            return
+        self.order, self.element = order, element
+        if snapshot:
+            extra = _ohlc_ts(raw) if self.channel == "ohlc" else b""
+            frame = merge.codec.elements(self.channel, False, [element], extra)
+        else:
+            frame = raw
+            merge.remember(raw, self, 0)
+        merge.outbox.append(merge.Publication(self.channel, self.symbol, self.key, frame, False))
         merge.upstream_stats[up].wins += 1
         self.published += 1
         self.last_update = now
 
     def snapshot_frame(self) -> bytes | None:
-        return None if self.element is None else self.merge.codec.elements("ticker", True, [self.element])
+        return None if self.element is None else self.merge.codec.elements(self.channel, True, [self.element])
 
 
-class OhlcArbiter:
+class TickerArbiter(NewestWins):
+    def __init__(self, merge: Merge, symbol: str) -> None:
+        super().__init__(merge, "ticker", symbol)
+
+    def on_event(self, up: int, ev: TickerEvent, now: float) -> None:
+        self.offer(up, ev.timestamp, ev.element, ev.snapshot, ev.raw, now)
+
+
+class OhlcArbiter(NewestWins):
     """One (symbol, interval) candle stream; a candle is newer by start time, then trade count."""
 
     def __init__(self, merge: Merge, symbol: str, interval: int) -> None:
-        self.merge = merge
-        self.symbol = symbol
+        super().__init__(merge, "ohlc", symbol, interval)
         self.interval = interval
-        self.key: tuple[str, int] = ("", -1)
-        self.element: bytes | None = None
-        self.published = 0
-        self.last_update = 0.0
-
-    def on_dup(self, up: int, token: int, now: float) -> bool:
-        return True
 
     def on_event(self, up: int, ev: OhlcEvent, now: float) -> None:
-        key = (ev.interval_begin, ev.trades)
-        if self.element is not None and key <= self.key:
-            self.merge.counters.duplicates += 1
-            return
-        self.key, self.element = key, ev.element
-        merge = self.merge
-        frame = self.merge.codec.elements("ohlc", False, [ev.element], _ohlc_ts(ev.raw)) if ev.snapshot else ev.raw
-        if not ev.snapshot:
-            merge.remember(ev.raw, self, 0)
-        merge.outbox.append(merge.Publication("ohlc", self.symbol, self.interval, frame, False))
-        merge.upstream_stats[up].wins += 1
-        self.published += 1
-        self.last_update = now
-
-    def snapshot_frame(self) -> bytes | None:
-        return None if self.element is None else self.merge.codec.elements("ohlc", True, [self.element])
+        self.offer(up, (ev.interval_begin, ev.trades), ev.element, ev.snapshot, ev.raw, now)
 
 
 def _ohlc_ts(raw: bytes) -> bytes:
@@ -97,6 +93,7 @@ class InstrumentArbiter:
         self.merge = merge
         self.assets: dict[str, Any] = {}
         self.pairs: dict[str, Any] = {}
+        self.snapshot_raw: bytes | None = None
         self.published = 0
 
     def on_dup(self, up: int, token: int, now: float) -> bool:
@@ -109,6 +106,8 @@ class InstrumentArbiter:
             self.merge.counters.duplicates += 1
             return
         first = not self.pairs and not self.assets
+        # Serve late joiners Kraken's own snapshot bytes (exact number text) until something changes.
+        self.snapshot_raw = ev.raw if (ev.snapshot and first) else None
         for a in changed_assets:
             self.assets[a.get("id")] = a
         for p in changed_pairs:
@@ -123,4 +122,6 @@ class InstrumentArbiter:
     def snapshot_frame(self) -> bytes | None:
         if not self.pairs:
             return None
+        if self.snapshot_raw is not None:
+            return self.snapshot_raw
         return self.merge.codec.instrument(True, {"assets": list(self.assets.values()), "pairs": list(self.pairs.values())})

@@ -292,3 +292,43 @@ def test_an_older_snapshot_never_moves_clients_backwards_after_the_only_valid_li
         client.receive(m.take())
     assert client.timestamps == sorted(client.timestamps)
     assert client.mismatches == 0 and client.book.same_levels(s.books[20])
+
+
+def test_ohlc_newest_candle_wins_and_snapshots_are_reframed_as_updates() -> None:
+    m, (a, b) = new_merge()
+
+    def candle(begin: str, trades: int, snapshot: bool = False) -> bytes:
+        el = b'{"symbol":"BTC/USD","open":1.0,"close":2.0,"trades":%d,"interval_begin":"%s","interval":1}' % (trades, begin.encode())
+        return encode_elements("ohlc", snapshot, [el], b',"timestamp":"2026-01-01T00:01:00.000000Z"')
+
+    m.feed(a, candle("2026-01-01T00:00:00.000000Z", 3, snapshot=True), 0)
+    m.feed(b, candle("2026-01-01T00:00:00.000000Z", 3, snapshot=True), 0)  # same candle: dropped
+    m.feed(b, candle("2026-01-01T00:00:00.000000Z", 4), 0)
+    m.feed(a, candle("2026-01-01T00:00:00.000000Z", 4), 0)  # byte-identical copy: dropped
+    m.feed(a, candle("2026-01-01T00:00:00.000000Z", 2), 0)  # older restatement: dropped
+    m.feed(a, candle("2026-01-01T00:01:00.000000Z", 1), 0)  # next interval
+    pubs = [p for p in m.take() if p.channel == "ohlc"]
+    assert [orjson.loads(p.frame)["data"][0]["trades"] for p in pubs] == [3, 4, 1]
+    assert all(orjson.loads(p.frame)["type"] == "update" and p.key == 1 for p in pubs)
+    assert orjson.loads(pubs[0].frame)["timestamp"] == "2026-01-01T00:01:00.000000Z"
+    assert b'"trades":1' in (m.ohlc_snapshot("BTC/USD", 1) or b"")
+
+
+def test_instrument_snapshot_is_served_byte_exact_until_it_changes() -> None:
+    from tests.conftest import INSTRUMENT_SNAPSHOT
+    import pytest
+
+    if not INSTRUMENT_SNAPSHOT.exists():
+        pytest.skip("instrument fixture missing")
+    raw = orjson.dumps(orjson.loads(INSTRUMENT_SNAPSHOT.read_bytes()))
+    m, (a, b) = new_merge()
+    m.feed(a, raw, 0)
+    m.feed(b, raw, 0)
+    assert m.instrument_snapshot() == raw
+    assert [p for p in m.take() if p.channel == "instrument"] == []
+    doc = orjson.loads(raw)
+    pair = dict(doc["data"]["pairs"][0], status="maintenance")
+    m.feed(a, orjson.dumps({"channel": "instrument", "type": "update", "data": {"assets": [], "pairs": [pair]}}), 1)
+    pubs = [p for p in m.take() if p.channel == "instrument"]
+    assert len(pubs) == 1 and orjson.loads(pubs[0].frame)["data"]["pairs"][0]["status"] == "maintenance"
+    assert b'"maintenance"' in (m.instrument_snapshot() or b"")
