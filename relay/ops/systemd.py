@@ -86,6 +86,39 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:200]
 
 
+class ReadyGate:
+    """Sends READY=1 once the relay is ready, or after `grace` seconds anyway.
+
+    Why the grace: with Type=notify, `systemctl start` waits for READY=1 and systemd kills the
+    service after TimeoutStartSec. During a Kraken outage or maintenance at boot the relay is
+    healthy and serving (clients get status frames) but has no data; failing the start would
+    restart it in a loop, dropping clients and burning the connection budget each time.
+    Call `poll(ready)` periodically (e.g. from the housekeeping loop).
+    """
+
+    def __init__(self, notifier: Notifier, grace: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.notifier = notifier
+        self.grace = grace
+        self._clock = clock
+        self._started = clock()
+        self.sent = False
+        self.reason = ""
+
+    def poll(self, ready: bool, status: str = "") -> bool:
+        """True on the call that sent READY=1."""
+        if self.sent:
+            return False
+        if ready:
+            self.reason = "data flowing"
+        elif self._clock() - self._started >= self.grace:
+            self.reason = f"no data after {self.grace:g}s, serving anyway"
+        else:
+            return False
+        self.sent = True
+        self.notifier.ready(f"{self.reason}; {status}" if status else self.reason)
+        return True
+
+
 def status_text(stats: Mapping[str, Any]) -> str:
     """A one-line STATUS= for `systemctl status`, from the metrics snapshot (relay/ops/metrics.py).
 

@@ -131,3 +131,22 @@ def test_status_text_summarises_the_stats_snapshot() -> None:
     assert status_text(DegradedRelay()()) == "1/2 lines up, 3/4 feeds ok, 12 clients, kraken online"
     assert status_text({}) == "0/0 lines up, 0/0 feeds ok"
     assert status_text({"clients": {"connected": 1}}) == "0/0 lines up, 0/0 feeds ok, 1 client"
+
+
+def test_ready_gate_sends_ready_once_on_data_or_after_the_grace(notify_socket) -> None:
+    from relay.ops.systemd import ReadyGate
+
+    path, sock = notify_socket
+    now = [100.0]
+    gate = ReadyGate(Notifier(env={"NOTIFY_SOCKET": path}), grace=60, clock=lambda: now[0])
+    assert gate.poll(False) is False
+    assert gate.poll(True, "2/2 lines up") is True
+    assert sock.recv(4096) == b"READY=1\nSTATUS=data flowing; 2/2 lines up"
+    assert gate.poll(True) is False and drain(sock) == []  # only once
+
+    slow = ReadyGate(Notifier(env={"NOTIFY_SOCKET": path}), grace=60, clock=lambda: now[0])
+    now[0] += 59
+    assert slow.poll(False) is False
+    now[0] += 2
+    assert slow.poll(False) is True
+    assert sock.recv(4096) == b"READY=1\nSTATUS=no data after 60s, serving anyway"
