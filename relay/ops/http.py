@@ -64,7 +64,7 @@ class HttpServer:
         self._active: set[asyncio.Task[None]] = set()
         self.metrics_cache_seconds = metrics_cache_seconds
         self._metrics_lock = asyncio.Lock()
-        self._metrics_cache: dict[str, tuple[float, bytes]] = {}
+        self._metrics_cache: tuple[float, str, bytes] = (float("-inf"), "", b"")
         self.requests = 0
         self.refused = 0
 
@@ -157,12 +157,12 @@ class HttpServer:
         encoder, ctype = choose_encoder(accept)
         now = time.monotonic()
         async with self._metrics_lock:
-            cached = self._metrics_cache.get(ctype)
-            if cached is not None and now - cached[0] < self.metrics_cache_seconds:
-                return ctype, cached[1]
+            cached_at, cached_type, cached_body = self._metrics_cache
+            if cached_type == ctype and now - cached_at < self.metrics_cache_seconds:
+                return ctype, cached_body
             families = _Collected(list(self.registry.collect()))
             body = await asyncio.to_thread(encoder, families)  # type: ignore[arg-type]
-            self._metrics_cache[ctype] = (time.monotonic(), body)
+            self._metrics_cache = (time.monotonic(), ctype, body)  # one slot: the Accept header is client-chosen
             return ctype, body
 
     def route(self, path: str, headers: Mapping[str, str]) -> tuple[HTTPStatus, str, bytes]:
