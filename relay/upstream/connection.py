@@ -45,6 +45,12 @@ LIVE = "live"
 MAINTENANCE = "maintenance"
 
 
+def reason_key(reason: str) -> str:
+    """A bounded label for counters: the close code alone (`1001`), else the reason itself.
+    The close text is server-chosen, so it stays in `last_disconnect` only."""
+    return reason.split(" ", 1)[0] if reason[:1].isdigit() else reason
+
+
 class UpstreamConnection:
     """Keeps one upstream connected forever and feeds every frame to the merge."""
 
@@ -91,7 +97,7 @@ class UpstreamConnection:
         self.last_disconnect: str | None = None
         self.attempts = 0
         self.connects = 0
-        self.disconnects: Counter[str] = Counter()  # live connection lost, by reason
+        self.disconnects: Counter[str] = Counter()  # live connection lost, by reason_key()
         self.failures: Counter[str] = Counter()  # attempt failed, by reason
         self.budget_waits = 0
         self.frames = 0
@@ -151,7 +157,7 @@ class UpstreamConnection:
             self.merge.upstream_up(self.index, now)
             log.info("upstream connected", upstream=self.name, egress=self.egress)
             reason = await self._session(ws)
-            self.disconnects[reason] += 1
+            self.disconnects[reason_key(reason)] += 1
             self.last_disconnect = reason
             now = self._clock()
             self.down_since = now

@@ -87,6 +87,7 @@ async def test_one_line_dropped_reconnects_and_restores_subscriptions_other_undi
         after = [(q["method"], q["params"]["channel"], tuple(q["params"]["symbol"])) for q in r.lines[0].requests]
         assert sorted(after[len(before):]) == sorted(before)  # exactly the same subscriptions again
         assert r.conn(0).last_disconnect == "1001 CloudFlare WebSocket proxy restarting"
+        assert r.conn(0).disconnects == {"1001": 1}  # bounded metric label: the code only
         assert r.conn(1).connects == 1 and not r.conn(1).disconnects  # the other line never noticed
         frames = dict(r.consumer.book_frames)
         assert await until(lambda: all(r.consumer.book_frames[s] > frames[s] + 10 for s in SYMBOLS))
