@@ -10,6 +10,7 @@ Clients are duck-typed (`Session` below) so the hub can be tested without socket
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,8 @@ from relay.core.v2 import encode_ack, encode_error, now_rfc3339
 from relay.ops.config import ChannelsConfig, DynamicSubscriptionsConfig
 from relay.server import requests as rq
 from relay.server.demand import DemandHandler, DemandTracker
+
+log = logging.getLogger("relay.server")
 
 SubKey = tuple[str, str, int]  # (channel, symbol, key); instrument uses ("instrument", "", 0)
 
@@ -96,6 +99,7 @@ class Hub:
         self.book_depth = channels.book.depth if channels.book else 0
         self.published = 0
         self.delivered = 0
+        self.dispatch_errors = 0
 
     def set_channels(self, channels: ChannelsConfig) -> None:
         """The configured (always live) symbols; called again on a config reload (SIGHUP)."""
@@ -135,39 +139,51 @@ class Hub:
 
     # -- publications ---------------------------------------------------------------------
     def publish(self, pubs: Iterable[Any], now: float) -> None:
-        """Fan each publication's frame out to its subscribers (frames are never re-encoded)."""
-        subs = self.subs
+        """Fan each publication's frame out to its subscribers (frames are never re-encoded).
+
+        Called from the upstream readers: a bug while serving one publication is logged and
+        counted, never raised into the upstream connection that delivered the data.
+        """
         for pub in pubs:
             self.published += 1
-            channel = pub.channel
-            if channel == "book":
-                key = ("book", pub.symbol, pub.key)
-                clients = subs.get(key)
-                if clients:
-                    frame, snap = pub.frame, pub.snapshot
-                    for c in tuple(clients):
-                        c.deliver_book(key, frame, snap)
-                    self.delivered += len(clients)
-            elif channel == "status":
-                frame = pub.frame
-                for c in tuple(self.clients):
+            try:
+                self._dispatch(pub, now)
+            except Exception:
+                self.dispatch_errors += 1
+                if self.dispatch_errors <= 10:
+                    log.exception("dispatch of a %s publication failed", pub.channel)
+
+    def _dispatch(self, pub: Any, now: float) -> None:
+        subs = self.subs
+        channel = pub.channel
+        if channel == "book":
+            key = ("book", pub.symbol, pub.key)
+            clients = subs.get(key)
+            if clients:
+                frame, snap = pub.frame, pub.snapshot
+                for c in tuple(clients):
+                    c.deliver_book(key, frame, snap)
+                self.delivered += len(clients)
+        elif channel == "status":
+            frame = pub.frame
+            for c in tuple(self.clients):
+                c.deliver(frame)
+            self.delivered += len(self.clients)
+        elif channel == "relay":
+            frame, sym = pub.frame, pub.symbol
+            for c in tuple(self.relay_clients):
+                if c.relay_filter is None or sym in c.relay_filter:
                     c.deliver(frame)
-                self.delivered += len(self.clients)
-            elif channel == "relay":
-                frame, sym = pub.frame, pub.symbol
-                for c in tuple(self.relay_clients):
-                    if c.relay_filter is None or sym in c.relay_filter:
-                        c.deliver(frame)
-                        self.delivered += 1
-            else:
-                clients = subs.get((channel, "" if channel == "instrument" else pub.symbol, pub.key))
-                if clients:
-                    frame = pub.frame
-                    for c in tuple(clients):
-                        c.deliver(frame)
-                    self.delivered += len(clients)
-            if self._pending_keys and (channel, pub.symbol) in self._pending_keys:
-                self.demand_ready(channel, pub.symbol, now)
+                    self.delivered += 1
+        else:
+            clients = subs.get((channel, "" if channel == "instrument" else pub.symbol, pub.key))
+            if clients:
+                frame = pub.frame
+                for c in tuple(clients):
+                    c.deliver(frame)
+                self.delivered += len(clients)
+        if self._pending_keys and (channel, pub.symbol) in self._pending_keys:
+            self.demand_ready(channel, pub.symbol, now)
 
     # -- requests -------------------------------------------------------------------------
     def handle(self, client: Session, sub: rq.Subscription, now: float, time_in: str) -> None:

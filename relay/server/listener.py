@@ -207,6 +207,7 @@ class LocalServer:
             "refused": dict(self.refusals),
             "subscriptions": self.hub.subscription_count(),
             "published": self.hub.published,
+            "dispatch_errors": self.hub.dispatch_errors,
             "delivered": self.hub.delivered,
             "frames_out": self.frames_out,
             "bytes_out": self.bytes_out,

@@ -182,3 +182,17 @@ async def test_reload_adds_symbols_without_dropping_clients(make_relay, clients)
     await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})
     assert (await c.recv())["success"]
     assert (await c.recv())["data"][0]["symbol"] == "ETH/USD"
+
+
+async def test_a_failing_publication_does_not_stop_the_others(make_relay, clients):
+    relay = await make_relay()
+    relay.feed(ticker_frame())
+    c = await clients(relay.url)
+    await c.recv()
+    await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD"], "snapshot": False}})
+    await c.recv()
+    bad = Publication("book", "BTC/USD", 10, b"", False)._replace(key=None)
+    relay.server.hub.subs[("book", "BTC/USD", None)] = {object()}  # a broken subscriber
+    relay.server.publish([bad, Publication("ticker", "BTC/USD", 0, ticker_frame(last=b"1.0"), False)])
+    msg = await c.recv()
+    assert msg["channel"] == "ticker" and relay.server.hub.dispatch_errors == 1
