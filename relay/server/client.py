@@ -245,7 +245,12 @@ class ClientConnection(asyncio.Protocol):
             server.error_replies += 1
             self.queue(encode_error(req.method, req.error, req.req_id, time_in, now_rfc3339(), symbol=req.symbol))
         else:
-            server.hub.handle(self, req, now, time_in)
+            try:
+                server.hub.handle(self, req, now, time_in)
+            except Exception:  # a bug must cost this request, not the connection
+                log.exception("request handling failed")
+                server.error_replies += 1
+                self.queue(encode_error(req.method, "Internal error", req.req_id, time_in, now_rfc3339()))
 
     # -- output ---------------------------------------------------------------------------
     def queue(self, frame: bytes) -> None:
