@@ -12,6 +12,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from relay.ops.config import BudgetConfig, UpstreamConfig
+from relay.upstream.backoff import Stagger
 
 
 def egress_of(up: UpstreamConfig) -> str:
@@ -78,3 +79,27 @@ class BudgetRegistry:
         if budget is None:
             budget = self.budgets[key] = AttemptBudget(self.cfg.attempts, self.cfg.window)
         return budget
+
+
+class AttemptGate:
+    """When may one upstream attempt a connection: first a pool-wide stagger slot, then one
+    attempt from its egress budget. Sans-I/O: `poll(now)` returns 0.0 when the attempt may go
+    now (budget taken), else how long to sleep before polling again."""
+
+    def __init__(self, stagger: Stagger, budget: AttemptBudget) -> None:
+        self.stagger = stagger
+        self.budget = budget
+        self._slot: float | None = None
+        self.budget_limited = False  # the last wait came from the budget (or a 429 block)
+
+    def poll(self, now: float) -> float:
+        if self._slot is None:
+            self._slot = now + self.stagger.reserve(now)
+        if now < self._slot:
+            self.budget_limited = False
+            return self._slot - now
+        self._slot = None
+        wait = self.budget.try_acquire(now)
+        self.budget_limited = wait > 0
+        return wait
+

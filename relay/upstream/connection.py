@@ -28,7 +28,7 @@ from relay.core.events import AckEvent, StatusEvent, UnknownEvent
 from relay.core.v2 import encode_ping
 from relay.ops.config import RelayConfig, UpstreamConfig
 from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
-from relay.upstream.budget import AttemptBudget, egress_of
+from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of
 from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
 from relay.upstream.transport import classify_error, close_reason, open_connection
 
@@ -80,6 +80,7 @@ class UpstreamConnection:
         self.budget = budget
         self.egress = egress_of(up)
         self.stagger = stagger
+        self.gate = AttemptGate(stagger, budget)
         self.max_queue = max_queue
         self.policy = ReconnectPolicy(cfg.reconnect, stable_after=stable_after)
         sub = cfg.subscribe
@@ -171,22 +172,17 @@ class UpstreamConnection:
 
     async def _wait_turn(self) -> None:
         """Respect the pool-wide stagger and this egress address's attempt budget."""
-        while True:
-            wait = self.stagger.reserve(self._clock())
-            if wait > 0:
-                await asyncio.sleep(wait)
-            wait = self.budget.try_acquire(self._clock())
-            if wait <= 0:
-                return
-            self.budget_waits += 1
-            self.state = BACKOFF
-            self.next_attempt_at = self._clock() + wait
-            log.warning(
-                "upstream attempt budget exhausted or address rate-limited",
-                upstream=self.name,
-                egress=self.egress,
-                wait=round(wait, 3),
-            )
+        while (wait := self.gate.poll(self._clock())) > 0:
+            if self.gate.budget_limited:
+                self.budget_waits += 1
+                self.state = BACKOFF
+                self.next_attempt_at = self._clock() + wait
+                log.warning(
+                    "upstream attempt budget exhausted or address rate-limited",
+                    upstream=self.name,
+                    egress=self.egress,
+                    wait=round(wait, 3),
+                )
             await asyncio.sleep(wait)
 
     async def _session(self, ws: ClientConnection) -> str:

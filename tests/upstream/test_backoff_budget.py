@@ -8,7 +8,7 @@ import pytest
 
 from relay.ops.config import BudgetConfig, ReconnectConfig, UpstreamConfig
 from relay.upstream.backoff import ReconnectPolicy, Stagger
-from relay.upstream.budget import AttemptBudget, BudgetRegistry, egress_of
+from relay.upstream.budget import AttemptBudget, AttemptGate, BudgetRegistry, egress_of
 
 
 def test_delays_grow_with_full_jitter_and_stay_capped() -> None:
@@ -59,6 +59,17 @@ def test_budget_sliding_window() -> None:
     assert b.used(10.0) == 3
 
 
+def test_gate_staggers_lines_then_takes_from_the_budget() -> None:
+    budget, stagger = AttemptBudget(2, 10.0), Stagger(1.0)
+    a, b, c = (AttemptGate(stagger, budget) for _ in range(3))
+    assert a.poll(0.0) == 0.0  # go
+    assert b.poll(0.0) == pytest.approx(1.0) and not b.budget_limited  # staggered
+    assert b.poll(1.0) == 0.0
+    assert c.poll(1.0) == pytest.approx(1.0)
+    assert c.poll(2.0) == pytest.approx(8.0) and c.budget_limited  # budget spent: wait for the window
+    assert budget.used(2.0) == 2
+
+
 def test_429_blocks_the_whole_address() -> None:
     b = AttemptBudget(100, 600.0)
     b.block(30.0)
@@ -79,27 +90,26 @@ def test_egress_shared_by_source_address_and_proxy() -> None:
 
 
 def _storm(n_lines: int, seconds: float, budget_cfg: BudgetConfig, rc: ReconnectConfig) -> list[float]:
-    """Every attempt of every line is refused for `seconds`; the same decisions as
-    UpstreamConnection.run/_wait_turn, on a discrete-event clock. Returns attempt times."""
+    """Every attempt of every line is refused for `seconds`. Each line runs the same loop as
+    UpstreamConnection.run (policy delay, then AttemptGate.poll until it says go) on a
+    discrete-event clock. Returns the attempt times."""
     budget = AttemptBudget(budget_cfg.attempts, budget_cfg.window)
     stagger = Stagger(rc.stagger)
+    gates = [AttemptGate(stagger, budget) for _ in range(n_lines)]
     policies = [ReconnectPolicy(rc) for _ in range(n_lines)]
-    events = [(0.0, i, 0) for i in range(n_lines)]  # (time, line, phase: 0 stagger, 1 budget)
+    events = [(0.0, i) for i in range(n_lines)]
     heapq.heapify(events)
     attempts: list[float] = []
     while events:
-        now, i, phase = heapq.heappop(events)
+        now, i = heapq.heappop(events)
         if now > seconds:
             break
-        if phase == 0:
-            heapq.heappush(events, (now + stagger.reserve(now), i, 1))
-            continue
-        wait = budget.try_acquire(now)
+        wait = gates[i].poll(now)
         if wait > 0:
-            heapq.heappush(events, (now + wait, i, 0))
+            heapq.heappush(events, (now + wait, i))
             continue
         attempts.append(now)
-        heapq.heappush(events, (now + policies[i].next_delay(now, "refused"), i, 0))
+        heapq.heappush(events, (now + policies[i].next_delay(now, "refused"), i))
     return attempts
 
 
