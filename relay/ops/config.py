@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -249,6 +250,9 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -256,8 +260,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif str(part).startswith(("function-", "tagged-union", "nullable")):
             continue
-        else:
+        elif _PLAIN_KEY.fullmatch(str(part)):
             out += ("." if out else "") + str(part)
+        else:  # a key with spaces, newlines, ... is shown quoted so the error stays one line
+            out += f"[{str(part)!r}]"
     return out or "config"
 
 
@@ -365,7 +371,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> RelayConfig:
     try:
         return RelayConfig.model_validate(data)
     except ValidationError as exc:
-        msg = format_validation_error(exc)
+        msg = format_validation_error(exc).replace("\r", "\\r").replace("\n", "\\n")  # always one line
         for var, path in ENV_OVERRIDES.items():  # say where an overridden value came from
             if var in env and msg.startswith(".".join(path) + ":"):
                 msg += f" (from ${var})"
