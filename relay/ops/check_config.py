@@ -11,12 +11,16 @@ import argparse
 import ipaddress
 import sys
 
+import yaml
+
 from relay.ops.config import ConfigError, RelayConfig, load_config, split_host_port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="YAML config file to validate")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when the config is valid")
+    parser.add_argument("--print", dest="print_effective", action="store_true",
+                        help="print the effective config (defaults and environment overrides applied) as YAML")
 
 
 def summary(cfg: RelayConfig) -> str:
@@ -52,6 +56,14 @@ def warnings(cfg: RelayConfig) -> list[str]:
     return out
 
 
+def effective_yaml(cfg: RelayConfig) -> str:
+    """The config as the relay will run it; the client token is redacted."""
+    data = cfg.model_dump(mode="json")
+    if data.get("server", {}).get("token"):
+        data["server"]["token"] = "<redacted>"
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -70,6 +82,9 @@ def main(args: argparse.Namespace) -> int:
             msg = f"{args.file}: {msg}"
         print(f"invalid config {msg}", file=sys.stderr)
         return 2
+    if getattr(args, "print_effective", False):
+        print(effective_yaml(cfg), end="")
+        return 0
     if not args.quiet:
         for w in warnings(cfg):
             print(f"warning: {w}", file=sys.stderr)

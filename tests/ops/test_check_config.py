@@ -139,3 +139,25 @@ def test_console_entry_point_exit_codes(tmp_path: Path) -> None:
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"invalid config {bad}: bogus: unknown key")
+
+
+def test_print_shows_the_effective_config_with_defaults_and_overrides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    monkeypatch.setenv("KRAKEN_RELAY_HTTP_LISTEN", "0.0.0.0:9200")
+    monkeypatch.setenv("KRAKEN_RELAY_TOKEN", "s3cret")
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD)
+    assert cli_main(["check-config", "--print", str(path)]) == 0
+    out = capsys.readouterr().out
+    doc = yaml.safe_load(out)
+    assert doc["http"]["listen"] == "0.0.0.0:9200"
+    assert doc["server"]["listen"] == "127.0.0.1:8765"  # a default, now visible
+    assert doc["server"]["token"] == "<redacted>" and "s3cret" not in out
+    assert doc["channels"]["book"]["depth"] == 25
+    # what it prints is itself a valid config (with the token placeholder)
+    from relay.ops.config import parse_config
+
+    assert parse_config(doc, env={}).http.listen == "0.0.0.0:9200"
