@@ -163,12 +163,18 @@ class SubscriptionPlanner:
         self.ack_timeout = ack_timeout
         self.bucket = TokenBucket(requests_per_second, max(1.0, burst))
         self.entries: dict[SubKey, Entry] = {k: Entry(k) for k in desired}
+        self._params: dict[str, set[int]] = {}  # channel -> params in use, for O(1) resync lookup
+        self._index_params()
         self._requests: dict[int, _Request] = {}
         self._req_id = first_req_id - 1
         self.requests_sent = 0
         self.rejections_total = 0
         self.connected = False
         self.last_timeouts: list[tuple[SubKey, str]] = []
+
+    def _index_params(self) -> None:
+        for key in self.entries:
+            self._params.setdefault(key.channel, set()).add(key.param)
 
     # -- lifecycle ------------------------------------------------------------------------
     def next_req_id(self) -> int:
@@ -197,6 +203,7 @@ class SubscriptionPlanner:
                 self.entries[key] = Entry(key)
             else:
                 e.wanted = True
+        self._index_params()
         for key, e in list(self.entries.items()):
             if key in want:
                 continue
@@ -210,7 +217,9 @@ class SubscriptionPlanner:
     # -- resync ---------------------------------------------------------------------------
     def resync(self, channel: str, symbol: str, now: float) -> str:
         """Resubscribe one symbol. Returns started | deferred | in_progress | unknown."""
-        found = [e for k, e in self.entries.items() if k.channel == channel and k.symbol == symbol and e.wanted]
+        entries = self.entries
+        keys = (SubKey(channel, symbol, p) for p in self._params.get(channel, ()))
+        found = [e for k in keys if (e := entries.get(k)) is not None and e.wanted]
         if not found:
             return "unknown"
         result = "in_progress"
