@@ -193,3 +193,18 @@ async def test_fragmented_oversized_messages(make_relay, clients):
     await c.ws.send(["x" * 600_000, "y" * 600_000])  # over the hard cap: closed with 1009
     await asyncio.wait_for(c.ws.wait_closed(), 5)
     assert c.ws.close_code == 1009
+
+
+async def test_plain_http_requests_get_a_clean_http_answer(make_relay):
+    relay = await make_relay()
+    for path, status in (("/v2", b" 426 "), ("/", b" 404 "), ("/metrics", b" 404 ")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.server.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 5)  # answered, then closed
+        writer.close()
+        assert data.startswith(b"HTTP/1.1") and status in data.split(b"\r\n", 1)[0]
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.server.port)
+    writer.write(b"\x16\x03\x01 garbage that is not http\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data == b"" or data.startswith(b"HTTP/1.1 400")
