@@ -25,7 +25,7 @@ from relay.ops.http import HttpServer, readiness
 from relay.ops.logging import configure_logging
 from relay.ops.loopmon import LoopLagMonitor
 from relay.ops.metrics import RelayMetrics
-from relay.ops.systemd import Notifier, start_watchdog
+from relay.ops.systemd import Notifier, ReadyGate, start_watchdog, status_text
 from relay.server.listener import LocalServer
 from relay.upstream.pool import UpstreamPool
 
@@ -110,16 +110,18 @@ class Relay:
         self.server = LocalServer(
             config.server, self.merge, config.channels, demand=self.dynamic, port=server_port, version=__version__
         )
-        self.pool = UpstreamPool(config, self.merge, self.server.publish)
         self.loop_monitor = LoopLagMonitor()
         self.metrics = RelayMetrics(self.stats, self.loop_monitor)
+        self.pool = UpstreamPool(config, self.merge, self.server.publish, lag_sampler=self.metrics.lag_sampler)
         host, port = split_host_port(config.http.listen)
         self.http = HttpServer(host, port if http_port is None else http_port, self.metrics.registry, self.ready, self.loop_monitor)
         self.notifier = Notifier()
+        # READY=1 once data flows, or after a grace period anyway: during a Kraken outage at boot
+        # the relay is healthy and serving status frames, and must not be restarted in a loop.
+        self.ready_gate = ReadyGate(self.notifier, grace=60.0)
         self._watchdog: Any = None
         self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
-        self.ready_notified = False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -157,15 +159,20 @@ class Relay:
         self.loop_monitor.stop()
 
     async def _housekeeping(self) -> None:
-        """Once data flows, tell systemd READY; poll dynamic symbols; keep STATUS current."""
+        """Tell systemd READY (see ready_gate) and keep STATUS current; poll dynamic symbols."""
+        ticks = 0
         while True:
             await asyncio.sleep(0.2)
             self.dynamic.poll()
+            ticks += 1
+            if self.ready_gate.sent and ticks % 25:
+                continue  # STATUS every 5 s once started
             ok, _ = self.ready()
-            if ok and not self.ready_notified:
-                self.ready_notified = True
-                self.notifier.ready("serving")
-                log.info("ready: every configured symbol has valid data")
+            status = status_text(self.stats())
+            if self.ready_gate.poll(ok, status):
+                log.info("ready", reason=self.ready_gate.reason)
+            elif self.ready_gate.sent:
+                self.notifier.status(status)
 
     def apply_channels(self) -> None:
         self.pool.set_symbols(self.dynamic.channels(self.config.channels))
