@@ -96,7 +96,10 @@ class Hub:
         self._pending_keys: set[tuple[str, str]] = set()
         self.static: dict[str, frozenset[str]] = {}
         self.set_channels(channels)
-        self.book_depth = channels.book.depth if channels.book else 0
+        # The depth the merge holds books at; with no book channel configured (dynamic-only
+        # books) it is the merge's own setting.
+        merge_depth = getattr(getattr(source, "settings", None), "book_depth", 0)
+        self.book_depth = channels.book.depth if channels.book else merge_depth
         self.published = 0
         self.delivered = 0
         self.dispatch_errors = 0
@@ -110,7 +113,7 @@ class Hub:
             "ticker": frozenset(channels.ticker.symbols if channels.ticker else ()),
             "ohlc": frozenset(channels.ohlc.symbols if channels.ohlc else ()),
         }
-        self.ohlc_intervals = frozenset(channels.ohlc.intervals if channels.ohlc else ())
+        self.ohlc_intervals = frozenset(channels.ohlc.intervals if channels.ohlc else (1,))  # Kraken's default
 
     # -- clients --------------------------------------------------------------------------
     def add_client(self, client: Session) -> None:

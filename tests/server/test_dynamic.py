@@ -101,3 +101,28 @@ async def test_client_leaving_while_waiting_releases_the_demand(make_relay, clie
         await asyncio.sleep(0.02)
     assert pool.calls == [("demand", "book", "SOL/USD"), ("release", "book", "SOL/USD")]
     assert relay.server.stats()["pending_subscriptions"] == 0
+
+
+async def test_dynamic_book_without_a_configured_book_channel(make_relay, clients):
+    from tests.conftest import v2_wire_frames
+    from tests.server.conftest import channels
+
+    pool = FakePool()
+    relay = await make_relay(DYN, chans=channels(book=None), demand=pool)
+    c = await clients(relay.url)
+    await c.recv()
+    await c.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"], "depth": 25},
+                  "req_id": 3})
+    for _ in range(100):
+        if pool.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert pool.calls == [("demand", "book", "ETH/USD")]
+    frames = [f.replace(b"BTC/USD", b"ETH/USD") for f in v2_wire_frames()[:40]]
+    for raw in frames:
+        relay.feed(raw)
+    ack = await c.recv()
+    assert ack["success"] and ack["req_id"] == 3 and ack["result"]["depth"] == 25
+    c.depth = 25
+    await c.barrier()
+    assert c.books["ETH/USD"] and c.checksum_bad == 0 and c.checksums_ok >= 1
