@@ -28,3 +28,9 @@ tools:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+
+bench-e2e: $(STAMP)
+	$(PY) bench/e2e.py --quick
+
+soak: $(STAMP)
+	$(PY) bench/soak.py

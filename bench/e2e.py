@@ -1,0 +1,566 @@
+"""End-to-end benchmarks: simulator lines -> relay -> clients, all separate processes on loopback.
+
+    python bench/e2e.py --quick          # every case, short windows (< 2 min), `make bench-e2e`
+    python bench/e2e.py                  # 10 s windows
+    python bench/e2e.py --only latency,failover
+
+Writes `bench/results/<name>.json` (name: `e2e-quick` / `e2e`, or `--name`) and prints a markdown
+table. Processes: `kraken-relay sim` (several lines), the relay (`bench/e2e_relay.py`, the same
+`relay.app.Relay` as `kraken-relay run`), and client processes (`bench/e2e_client.py`, each
+holding many raw websocket connections on one asyncio loop: 1 000 client *processes* would not
+fit on 2 cores).
+
+How latency is measured (no stamps in the frames: they stay Kraken-exact). Every client records
+the CLOCK_MONOTONIC receive time of each book frame keyed by its exact `checksum,timestamp` text
+(and each trade by `symbol:trade_id`). A client connected directly to a simulator line is the
+reference: "added latency" = relay client's time - direct client's time for the same frame, the
+relay being connected to that same line (zero configured latency/jitter). For redundancy the
+reference is a third, zero-delay line the relay does not use, so each path's full latency is
+visible. Frames the relay legitimately does not forward unchanged (a depth view that differs)
+simply do not match; the match ratio is reported. CPU is % of one core over the window, read
+from /proc for the relay, the simulator and the client processes (all on the same 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import (  # noqa: E402
+    CpuMeter,
+    deltas,
+    longest_gap,
+    relay_config,
+    rss_mb,
+    start_client_group,
+    start_clients,
+    start_relay,
+    start_sim,
+    stop_client_group,
+    stop_clients,
+    subs,
+    summary_us,
+    wait_relay_ready,
+)
+
+SYMBOLS = ["BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD"]
+VISIBLE = 0.95  # frames at a depth-10 + trade subscriber per simulated book update (measured, see README)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sim_rate(frames_per_s: float) -> float:
+    return frames_per_s / VISIBLE
+
+
+def _count_in(books: dict, trades: dict, t0: float, t1: float) -> int:
+    return sum(1 for t in books.values() if t0 <= t <= t1) + sum(1 for t in trades.values() if t0 <= t <= t1)
+
+
+def _backlog_rate(ref_b: dict, ref_t: dict, rec: tuple[dict, dict], t0: float, t1: float) -> tuple[int | None, int]:
+    """Frames/s at which a client received a stalled line's backlog: the frames the reference
+    client (unstalled line) saw well inside the stall [t0 + 0.2, t1 - 0.2], counted over the time
+    from the first to the last of them arriving (they arrive after the release, as fast as the
+    path allows). Returns (rate, frames); rate None if any of them never arrived."""
+    books, trades = rec
+    a, b = t0 + 0.2, t1 - 0.2
+    got, n = [], 0
+    for ref, mine in ((ref_b, books), (ref_t, trades)):
+        for k, t in ref.items():
+            if a <= t <= b:
+                n += 1
+                x = mine.get(k)
+                if x is not None:
+                    got.append(x)
+    if len(got) < max(2, n) or max(got) - min(got) <= 0:
+        return None, n
+    return round(len(got) / (max(got) - min(got))), n
+
+
+BARE = """
+import asyncio, sys, time, marshal, orjson, uvloop, websockets
+async def main(port, symbols):
+    times = []
+    async with websockets.connect(f"ws://127.0.0.1:{port}/v2", compression=None, max_size=2**24,
+                                  max_queue=None, ping_interval=None) as ws:
+        await ws.send(orjson.dumps({"method": "subscribe", "params": {"channel": "book", "symbol": symbols,
+                                                                      "depth": 10}}))
+        await ws.send(orjson.dumps({"method": "subscribe", "params": {"channel": "trade", "symbol": symbols,
+                                                                      "snapshot": False}}))
+        print("ready", flush=True)
+        stop = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
+        mono = time.monotonic
+        append = times.append
+        async def recv():
+            async for msg in ws:
+                append((mono(), msg))
+        task = asyncio.ensure_future(recv())
+        await stop
+        task.cancel()
+    books, trades = {}, {}
+    for t, msg in times:  # keys extracted after the run: the receive loop stays bare
+        m = msg.encode() if isinstance(msg, str) else msg
+        i = m.find(b'"checksum":')
+        if i >= 0:
+            books.setdefault(m[i + 11 : m.find(b'"}', i)], t)
+        k = m.find(b'"trade_id":')
+        while k >= 0:
+            s = m.rfind(b'"symbol":"', 0, k)
+            trades.setdefault(m[s + 10 : m.find(b'"', s + 10)] + b":" + m[k + 11 : m.find(b",", k)], t)
+            k = m.find(b'"trade_id":', k + 11)
+    sys.stdout.buffer.write(marshal.dumps((books, trades)))
+uvloop.run(main(int(sys.argv[1]), sys.argv[2].split(",")))
+"""
+
+
+async def _start_bare(port: int, symbols: list[str]):
+    """A bare `websockets` client in its own process: only stamps each received message."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BARE, str(port), ",".join(symbols), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if line.strip() != b"ready":
+        proc.kill()
+        raise RuntimeError("bare client did not start")
+    return proc
+
+
+async def _stop_bare(proc) -> list[float]:
+    import marshal
+
+    out, _ = await asyncio.wait_for(proc.communicate(b"stop\n"), 30)
+    return marshal.loads(out) if out else []
+
+
+def _first_of(ref_b: dict, ref_t: dict, r1: tuple, r2: tuple, t0: float, t1: float,
+              relay: list | None = None) -> dict:
+    """What an ideal first-arrival merge would see: per frame, the earlier of the two lines
+    (vs the reference line); with `relay`: relay client's time minus that earlier arrival."""
+    out = []
+    for w, (ref, a, b) in enumerate(((ref_b, r1[0], r2[0]), (ref_t, r1[1], r2[1]))):
+        for k, t in ref.items():
+            if t0 <= t <= t1 and k in a and k in b:
+                first = min(a[k], b[k])
+                if relay is None:
+                    out.append(first - t)
+                else:
+                    out += [rec[w][k] - first for rec in relay if k in rec[w]]
+    return summary_us(out)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.window = args.window
+        self.warm = args.warm
+        self.cases: dict[str, Any] = {}
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    # -- building blocks ----------------------------------------------------------------------
+    async def _stack(self, lines: list[tuple[float, float]], relay_lines: list[int], rate: float, *,
+                     symbols: list[str] = SYMBOLS, depth: int = 10, levels: int = 1000, **cfg: Any):
+        sim = await start_sim(lines, symbols, rate, levels=levels)
+        try:
+            relay = await start_relay(relay_config([sim.urls[i] for i in relay_lines], symbols, depth, **cfg))
+        except BaseException:
+            await sim.stop()
+            raise
+        try:
+            await wait_relay_ready(relay)
+        except BaseException:
+            await relay.stop()
+            await sim.stop()
+            raise
+        return sim, relay
+
+    async def _measure(self, sim, relay, direct_lines: list[int], n_clients: int, sub: list[dict], n_record: int,
+                       during=None) -> dict:
+        """Start direct + relay clients, warm up, measure one window; return raw material."""
+        direct = [await start_clients(sim.ports[i], 1, sub, [0]) for i in direct_lines]
+        group = await start_client_group(relay.port, n_clients, sub, n_record)
+        try:
+            await asyncio.sleep(self.warm)
+            pids_c = [c.pid for c in group]
+            meters = {"relay": CpuMeter([relay.pid]).start(), "sim": CpuMeter([sim.pid]).start(),
+                      "clients": CpuMeter(pids_c + [d.pid for d in direct]).start()}
+            t0 = time.monotonic()
+            extra = await during(t0) if during else None
+            remaining = t0 + self.window - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            t1 = time.monotonic()
+            cpu = {k: m.stop() for k, m in meters.items()}
+            rss = rss_mb(relay.pid)
+        finally:
+            dres = [await stop_clients(d) for d in direct]
+            gres = await stop_client_group(group)
+        return {"t0": t0, "t1": t1, "cpu": cpu, "rss": rss, "direct": dres, "relay": gres, "extra": extra}
+
+    # -- cases --------------------------------------------------------------------------------
+    async def latency(self) -> None:
+        """Added latency over the direct path at 1k and 10k frames/s with 1, 10, 100 clients."""
+        for target in (1000, 10000):
+            sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], _sim_rate(target))
+            try:
+                for n in (1, 10, 100):
+                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10))
+                    ref_b, ref_t = m["direct"][0]["records"][0]
+                    t0, t1 = m["t0"], m["t1"] - 0.2
+                    all_d: list[float] = []
+                    miss = 0
+                    for books, trades in m["relay"]["records"]:
+                        d, x = deltas(ref_b, books, t0, t1)
+                        all_d += d
+                        miss += x
+                        d, x = deltas(ref_t, trades, t0, t1)
+                        all_d += d
+                        miss += x
+                    ref_n = sum(1 for t in ref_b.values() if t0 <= t <= m["t1"]) + sum(
+                        1 for t in ref_t.values() if t0 <= t <= m["t1"])
+                    delivered = sum(c["books"] + c["trades"] for c in m["relay"]["conns"])
+                    span = m["t1"] - m["t0"]
+                    name = f"latency {target}/s x{n}"
+                    self.cases[name] = {
+                        "kind": "latency", "target_fps": target, "clients": n,
+                        "direct_fps": round(ref_n / span),
+                        "added": summary_us(all_d), "unmatched": miss,
+                        "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"],
+                        "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
+                        "closed": sum(c["closed"] for c in m["relay"]["conns"]),
+                        "delivered_total": delivered,
+                    }
+                    self.log(f"{name}: {self.cases[name]}")
+            finally:
+                await relay.stop()
+                await sim.stop()
+
+    async def redundancy(self) -> None:
+        """Two jittered lines: each line's latency and the relay's, against a zero-delay line."""
+        lat, jit = 0.001, 0.002
+        sim, relay = await self._stack([(0.0, 0.0), (lat, jit), (lat, jit)], [1, 2], _sim_rate(1000))
+        try:
+            m = await self._measure(sim, relay, [0, 1, 2], 10, subs(SYMBOLS, 10), 10)
+        finally:
+            await relay.stop()
+            await sim.stop()
+        t0, t1 = m["t0"], m["t1"] - 0.2
+        ref_b, ref_t = m["direct"][0]["records"][0]
+
+        def path(records: list) -> dict:
+            out: list[float] = []
+            for books, trades in records:
+                out += deltas(ref_b, books, t0, t1)[0] + deltas(ref_t, trades, t0, t1)[0]
+            return summary_us(out)
+
+        case = {
+            "kind": "redundancy", "line_latency_s": lat, "line_jitter_s": jit, "clients": 10,
+            "line1": path([m["direct"][1]["records"][0]]), "line2": path([m["direct"][2]["records"][0]]),
+            "relay": path(m["relay"]["records"]),
+            "first_of_lines": _first_of(ref_b, ref_t, m["direct"][1]["records"][0], m["direct"][2]["records"][0], t0, t1),
+            "relay_minus_first_of_lines": _first_of(ref_b, ref_t, m["direct"][1]["records"][0],
+                                                     m["direct"][2]["records"][0], t0, t1, m["relay"]["records"]),
+            "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"], "clients_cpu_pct": m["cpu"]["clients"],
+            "relay_rss_mb": round(m["rss"], 1),
+        }
+        self.cases["redundancy 2 jittered lines"] = case
+        self.log(f"redundancy: {case}")
+
+    async def throughput(self) -> None:
+        """Highest unique-frame rate the relay forwards (2 and 3 lines, 1 client) vs a bare
+        `websockets` client, both draining a backlog released at once by the simulator."""
+        rate = 10000
+        stall = self.args.stall
+        for n_lines in (2, 3):
+            lines = [(0.0, 0.0)] * (2 + n_lines)  # 0: reference, 1: bare client, 2..: relay
+            relay_lines = list(range(2, 2 + n_lines))
+            sim, relay = await self._stack(lines, relay_lines, _sim_rate(rate),
+                                           liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
+            try:
+                ref = await start_clients(sim.ports[0], 1, subs(SYMBOLS, 10), [0])
+                bare = await _start_bare(sim.ports[1], SYMBOLS)
+                group = await start_client_group(relay.port, 1, subs(SYMBOLS, 10), 1)
+                await asyncio.sleep(self.warm)
+                # bare websockets client: its line's backlog
+                bs = time.monotonic()
+                await sim.fault(1, "stall", stall)
+                await asyncio.sleep(stall + 0.05)
+                be = time.monotonic()
+                await asyncio.sleep(1.5)
+                # relay: every relay line stalled at once, then released together
+                meter = CpuMeter([relay.pid]).start()
+                rs = time.monotonic()
+                await asyncio.gather(*(sim.fault(i, "stall", stall) for i in relay_lines))
+                await asyncio.sleep(stall + 0.05)
+                re_ = time.monotonic()
+                await asyncio.sleep(max(3.0, stall))
+                cpu = meter.stop()
+                rss = rss_mb(relay.pid)
+            finally:
+                refres = await stop_clients(ref)
+                bare_times = await _stop_bare(bare)
+                gres = await stop_client_group(group)
+                await relay.stop()
+                await sim.stop()
+            ref_b, ref_t = refres["records"][0]
+            bare_rate, n_bare = _backlog_rate(ref_b, ref_t, bare_times, bs, be)
+            relay_rate, n_relay = _backlog_rate(ref_b, ref_t, gres["records"][0], rs, re_)
+            self.cases[f"throughput {n_lines} lines"] = case = {
+                "kind": "throughput", "lines": n_lines, "clients": 1, "backlog_frames": n_relay,
+                "relay_fps": relay_rate,
+                "bare_backlog_frames": n_bare, "bare_websockets_fps": bare_rate,
+                "ratio": round(relay_rate / bare_rate, 3) if relay_rate and bare_rate else None,
+                "relay_cpu_pct": cpu, "relay_rss_mb": round(rss, 1),
+            }
+            self.log(f"throughput {n_lines} lines: {case}")
+
+    async def fanout(self) -> None:
+        """1, 10, 100, 1 000 clients at a realistic 200 frames/s; then the peak rate to 100 clients."""
+        sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], _sim_rate(200),
+                                       liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
+        try:
+            for n in (1, 10, 100, 1000):
+                m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10))
+                ref_b, ref_t = m["direct"][0]["records"][0]
+                t0, t1 = m["t0"], m["t1"] - 0.2
+                d: list[float] = []
+                for books, trades in m["relay"]["records"]:
+                    d += deltas(ref_b, books, t0, t1)[0] + deltas(ref_t, trades, t0, t1)[0]
+                ref_n = _count_in(ref_b, ref_t, m["t0"], m["t1"])
+                span = m["t1"] - m["t0"]
+                self.cases[f"fanout {n} clients"] = case = {
+                    "kind": "fanout", "clients": n, "direct_fps": round(ref_n / span),
+                    "delivered_fps": round(ref_n * n / span), "added": summary_us(d),
+                    "closed": sum(c["closed"] for c in m["relay"]["conns"]),
+                    "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"],
+                    "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
+                }
+                self.log(f"fanout {n}: {case}")
+        finally:
+            await relay.stop()
+            await sim.stop()
+        await self._fanout_peak()
+
+    async def _fanout_peak(self) -> None:
+        """Peak fan-out: a backlog released at once by both relay lines, delivered to 100 clients
+        (line 0 is an unstalled reference line telling which frames were in the backlog)."""
+        n = 100
+        sim, relay = await self._stack([(0.0, 0.0)] * 3, [1, 2], _sim_rate(5000),
+                                       liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
+        try:
+            ref = await start_clients(sim.ports[0], 1, subs(SYMBOLS, 10), [0])
+            group = await start_client_group(relay.port, n, subs(SYMBOLS, 10), 4)
+            await asyncio.sleep(self.warm)
+            stall = self.args.stall * 2
+            meter = CpuMeter([relay.pid]).start()
+            rs = time.monotonic()
+            await asyncio.gather(sim.fault(1, "stall", stall), sim.fault(2, "stall", stall))
+            await asyncio.sleep(stall + 0.05)
+            re_ = time.monotonic()
+            await asyncio.sleep(4.0)
+            cpu = meter.stop()
+            refres = await stop_clients(ref)
+            gres = await stop_client_group(group)
+        finally:
+            await relay.stop()
+            await sim.stop()
+        ref_b, ref_t = refres["records"][0]
+        a, b = rs + 0.2, re_ - 0.2
+        keys = [(0, k) for k, t in ref_b.items() if a <= t <= b] + [(1, k) for k, t in ref_t.items() if a <= t <= b]
+        firsts, lasts, got = [], [], 0
+        for rec in gres["records"]:
+            ts = [rec[w][k] for w, k in keys if k in rec[w]]
+            got += len(ts)
+            if ts:
+                firsts.append(min(ts))
+                lasts.append(max(ts))
+        peak = None
+        if firsts and got == len(keys) * len(gres["records"]):
+            peak = round(len(keys) * n / max(1e-9, max(lasts) - min(firsts)))
+        self.cases["fanout peak 100 clients"] = case = {
+            "kind": "fanout_peak", "clients": n, "backlog_frames": len(keys), "delivered_fps": peak,
+            "recorded_complete": got == len(keys) * len(gres["records"]),
+            "closed": sum(c["closed"] for c in gres["conns"]), "relay_cpu_pct": cpu,
+        }
+        self.log(f"fanout peak: {case}")
+
+    async def failover(self) -> None:
+        """A line killed mid-stream: the clients' longest gap vs the survivor's own; lost trades."""
+        sim, relay = await self._stack([(0.0005, 0.001), (0.0005, 0.001)], [0, 1], _sim_rate(1000))
+        kill_at = self.window / 3
+
+        async def kill(t0: float) -> float:
+            await asyncio.sleep(kill_at)
+            await sim.fault(0, "refuse", 60.0)
+            await sim.fault(0, "drop")
+            return time.monotonic()
+
+        try:
+            m = await self._measure(sim, relay, [1], 10, subs(SYMBOLS, 10), 10, during=kill)
+        finally:
+            await relay.stop()
+            await sim.stop()
+        t0, t1 = m["t0"], m["t1"] - 0.3
+        ref_b, ref_t = m["direct"][0]["records"][0]
+        surv_gap = longest_gap(list(ref_b.values()) + list(ref_t.values()), t0, t1)
+        client_gap, lost_trades, lost_books = 0.0, 0, 0
+        for books, trades in m["relay"]["records"]:
+            client_gap = max(client_gap, longest_gap(list(books.values()) + list(trades.values()), t0, t1))
+            lost_trades += deltas(ref_t, trades, t0, t1)[1]
+            lost_books += deltas(ref_b, books, t0, t1)[1]
+        self.cases["failover"] = case = {
+            "kind": "failover", "clients": 10, "killed_at_s": round(m["extra"] - t0, 2),
+            "survivor_longest_gap_ms": round(surv_gap * 1e3, 2), "client_longest_gap_ms": round(client_gap * 1e3, 2),
+            "ratio": round(client_gap / surv_gap, 2) if surv_gap else None,
+            "trades_in_window": sum(1 for t in ref_t.values() if t0 <= t <= t1),
+            "lost_trades": lost_trades, "book_frames_missing": lost_books,
+            "closed": sum(c["closed"] for c in m["relay"]["conns"]),
+            "relay_cpu_pct": m["cpu"]["relay"], "relay_rss_mb": round(m["rss"], 1),
+        }
+        self.log(f"failover: {case}")
+
+    async def rss(self) -> None:
+        """RSS with 50 symbols at depth 1000 and 100 clients subscribed to all of them."""
+        from relay.sim.instruments import load_instruments
+
+        symbols = [s for s in load_instruments() if s.endswith("/USD")][:50]
+        sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], 1000.0, symbols=symbols, depth=1000)
+        try:
+            rss0 = rss_mb(relay.pid)
+            meter = CpuMeter([relay.pid]).start()
+            group = await start_client_group(relay.port, 100, subs(symbols, 1000), 0)
+            samples = []
+            end = time.monotonic() + max(5.0, self.window + self.warm)
+            while time.monotonic() < end:
+                samples.append(rss_mb(relay.pid))
+                await asyncio.sleep(0.25)
+            cpu = meter.stop()
+            rss1 = rss_mb(relay.pid)
+            gres = await stop_client_group(group)
+        finally:
+            await relay.stop()
+            await sim.stop()
+        self.cases["rss 50 symbols depth 1000 x100"] = case = {
+            "kind": "rss", "symbols": len(symbols), "depth": 1000, "clients": 100,
+            "relay_rss_mb_before_clients": round(rss0, 1), "relay_rss_mb": round(rss1, 1),
+            "relay_rss_mb_peak": round(max(samples, default=rss1), 1), "relay_cpu_pct": cpu,
+            "delivered_frames": sum(c["books"] + c["trades"] for c in gres["conns"]),
+            "closed": sum(c["closed"] for c in gres["conns"]),
+        }
+        self.log(f"rss: {case}")
+
+    # -- driver -------------------------------------------------------------------------------
+    async def run(self, only: list[str]) -> dict:
+        for name in only:
+            self.log(f"case {name}")
+            await getattr(self, name)()
+        return self.cases
+
+
+CASES = ["latency", "redundancy", "throughput", "fanout", "failover", "rss"]
+
+
+def _lat(d: dict | None) -> str:
+    if not d or d.get("p50_us") is None:
+        return "n/a"
+    return f"{d['p50_us']} / {d['p99_us']} / {d['p999_us']} / {d['max_us']}"
+
+
+def table(cases: dict) -> str:
+    """The markdown table (one row per case) printed at the end of a run."""
+    rows = ["| case | frames/s | latency µs p50 / p99 / p99.9 / max | result | relay CPU % | sim CPU % "
+            "| clients CPU % | relay RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for name, c in cases.items():
+        k = c["kind"]
+        fps, lat, res = "", "", ""
+        if k == "latency":
+            fps, lat = f"{c['direct_fps']} per client", "added " + _lat(c["added"])
+            res = f"{c['unmatched']} unmatched, {c['closed']} closed"
+        elif k == "redundancy":
+            lat = (f"line1 {_lat(c['line1'])}<br>line2 {_lat(c['line2'])}<br>first-of-lines {_lat(c['first_of_lines'])}"
+                   f"<br>relay {_lat(c['relay'])}")
+            res = f"relay - first arrival: {_lat(c['relay_minus_first_of_lines'])}"
+            fps = "~1000"
+        elif k == "throughput":
+            fps = f"relay {c['relay_fps']} / bare websockets {c['bare_websockets_fps']}"
+            res = f"ratio {c['ratio']} (backlog {c['backlog_frames']} frames)"
+        elif k == "fanout":
+            fps, lat = f"{c['direct_fps']} per client, {c['delivered_fps']} out", "added " + _lat(c["added"])
+            res = f"{c['closed']} closed"
+        elif k == "fanout_peak":
+            fps = f"{c['delivered_fps']} out"
+            res = f"backlog {c['backlog_frames']} frames x {c['clients']} clients, complete={c['recorded_complete']}"
+        elif k == "failover":
+            res = (f"longest gap: clients {c['client_longest_gap_ms']} ms vs survivor {c['survivor_longest_gap_ms']} ms "
+                   f"(x{c['ratio']}); lost trades {c['lost_trades']}/{c['trades_in_window']}; "
+                   f"book frames missing {c['book_frames_missing']}")
+        elif k == "rss":
+            res = (f"RSS {c['relay_rss_mb']} MB (peak {c['relay_rss_mb_peak']}, before clients "
+                   f"{c['relay_rss_mb_before_clients']})")
+        rows.append(f"| {name} | {fps} | {lat} | {res} | {c.get('relay_cpu_pct', '')} | {c.get('sim_cpu_pct', '')} "
+                    f"| {c.get('clients_cpu_pct', '')} | {c.get('relay_rss_mb', '')} |")
+    return "\n".join(rows)
+
+
+def environment() -> dict:
+    import websockets
+
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:  # pragma: no cover
+        uv = None
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "websockets": websockets.__version__, "uvloop": uv,
+            "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short windows: every case in under 2 minutes")
+    p.add_argument("--only", default="", help="comma-separated cases: " + ",".join(CASES))
+    p.add_argument("--name", default=None, help="results file name (default e2e / e2e-quick)")
+    p.add_argument("--window", type=float, default=None, help="seconds measured per case")
+    args = p.parse_args()
+    args.window = args.window or (2.0 if args.quick else 10.0)
+    args.warm = 0.7 if args.quick else 2.0
+    args.stall = 1.5 if args.quick else 3.0
+    only = [c for c in args.only.split(",") if c] or CASES
+    name = args.name or ("e2e-quick" if args.quick else "e2e")
+    import uvloop
+
+    started = time.time()
+    bench = Bench(args)
+    cases = uvloop.run(bench.run(only))
+    out = {"name": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+           "seconds": round(time.time() - started, 1), "window_s": args.window, "environment": environment(),
+           "cases": cases}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+    env = out["environment"]
+    print(f"\n## kraken-relay end-to-end ({name}, {out['when']}, {out['seconds']} s, window {args.window} s)\n")
+    print(f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}, websockets {env['websockets']}, "
+          f"uvloop {env['uvloop']}, load at start {', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}\n")
+    print(table(cases))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

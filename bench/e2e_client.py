@@ -1,0 +1,215 @@
+"""Benchmark client process: N raw websocket connections on one asyncio (uvloop) loop.
+
+Why raw sockets: a websockets/JSON client costs ~5-10 µs per frame, so at 10k frames/s x 100
+connections the clients, not the relay, would be measured (and they share the relay's 2 cores).
+Each connection does the HTTP upgrade, sends masked subscribe frames, then only scans the byte
+stream with C-level `bytes.find`/`count` (frames are not unmasked-decoded: server frames are
+unmasked, and the markers below never occur in websocket headers' way):
+
+* every connection counts book frames (`"checksum":`) and trades (`"trade_id":`);
+* "recording" connections also store the receive time (`time.monotonic()`, CLOCK_MONOTONIC,
+  shared by every process on the machine) of each book frame keyed by its exact
+  `checksum,timestamp` text, and of each trade keyed by `symbol:trade_id`. The orchestrator
+  matches keys between a client on the relay and a client connected directly to a simulator
+  line: the difference is the latency the relay adds (or, against a zero-delay reference line,
+  each path's latency). A read's frames all get that read's time: what a real client would see.
+
+Usage (the orchestrator `bench/e2e.py` drives this): reads its job as JSON on argv[1], prints
+`ready` once every connection is subscribed, runs until stdin gets a line (or closes), writes
+its records with `marshal` to the job's `out` path and prints `done`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import marshal
+import os
+import sys
+import time
+
+import orjson
+
+CHK = b'"checksum":'
+TID = b'"trade_id":'
+SYM = b'"symbol":"'
+MAX_RECORDS = 2_000_000  # per recording connection: bounded memory
+CARRY = 512  # bytes kept between reads: longer than any key with its symbol
+
+
+def _masked(payload: bytes) -> bytes:
+    """A client text frame (clients must mask)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, 0x80 | 127]) + n.to_bytes(8, "big")
+    m = int.from_bytes(mask * ((n + 3) // 4), "big") >> (8 * ((4 - n % 4) % 4))
+    body = (int.from_bytes(payload, "big") ^ m).to_bytes(n, "big") if n else b""
+    return head + mask + body
+
+
+class Conn(asyncio.Protocol):
+    """One raw websocket client connection."""
+
+    def __init__(self, job: dict, record: bool, ready: asyncio.Future) -> None:
+        self.job = job
+        self.record = record
+        self.ready = ready
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = False
+        self.head = b""
+        self.carry = b""
+        self.books = 0
+        self.trades = 0
+        self.bytes = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.book_t: dict[bytes, float] = {}
+        self.trade_t: dict[bytes, float] = {}
+        self.closed = False
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        host, port, path = self.job["host"], self.job["port"], self.job["path"]
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(  # type: ignore[attr-defined]
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        if not self.upgraded:
+            self.head += data
+            i = self.head.find(b"\r\n\r\n")
+            if i < 0:
+                return
+            if b" 101 " not in self.head[:20]:
+                self.transport.close()  # type: ignore[union-attr]
+                if not self.ready.done():
+                    self.ready.set_exception(RuntimeError(self.head[:200].decode("latin-1")))
+                return
+            self.upgraded = True
+            data = self.head[i + 4 :]
+            self.head = b""
+            for sub in self.job["subs"]:
+                self.transport.write(_masked(orjson.dumps(sub)))  # type: ignore[union-attr]
+            if not self.ready.done():
+                self.ready.set_result(None)
+            if not data:
+                return
+        self.bytes += len(data)
+        buf = self.carry + data
+        if not self.record:
+            b = buf.count(CHK)
+            t = buf.count(TID)
+            if b or t:
+                if not self.first:
+                    self.first = now
+                self.last = now
+                self.books += b
+                self.trades += t
+            self.carry = buf[-(len(CHK) - 1):]
+            return
+        # Keep the last CARRY bytes so a key split across reads completes in the next one; a
+        # marker is counted in the read where it ends, a key recorded when first complete.
+        new_from = len(self.carry) - (len(CHK) - 1)
+        self.carry = buf[-CARRY:]
+        book_t, trade_t = self.book_t, self.trade_t
+        find = buf.find
+        seen = False
+        pos = 0
+        while True:
+            i = find(CHK, pos)
+            if i < 0:
+                break
+            pos = i + 11
+            if i >= new_from:
+                self.books += 1
+                seen = True
+            j = find(b'"}', pos)
+            if j < 0:
+                break
+            key = buf[pos:j]
+            if key not in book_t and len(book_t) < MAX_RECORDS:
+                book_t[key] = now
+        pos = 0
+        while True:
+            k = find(TID, pos)
+            if k < 0:
+                break
+            pos = k + 11
+            if k >= new_from:
+                self.trades += 1
+                seen = True
+            j = find(b",", pos)
+            s = buf.rfind(SYM, 0, k)
+            if j < 0 or s < 0:
+                continue
+            e = find(b'"', s + 10)
+            key = buf[s + 10 : e] + b":" + buf[pos:j]
+            if key not in trade_t and len(trade_t) < MAX_RECORDS:
+                trade_t[key] = now
+        if seen:
+            if not self.first:
+                self.first = now
+            self.last = now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before upgrade"))
+
+
+async def run(job: dict) -> None:
+    loop = asyncio.get_running_loop()
+    conns: list[Conn] = []
+    n = job["n"]
+    rec = set(job.get("record", []))
+    batch = 50  # connect in batches: 1 000 handshakes at once would queue in the listen backlog
+    for start in range(0, n, batch):
+        futs = []
+        for idx in range(start, min(n, start + batch)):
+            fut = loop.create_future()
+            _, c = await loop.create_connection(lambda f=fut, r=idx in rec: Conn(job, r, f), job["host"], job["port"])
+            conns.append(c)
+            futs.append(fut)
+        await asyncio.wait_for(asyncio.gather(*futs), 30)
+    print("ready", flush=True)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()
+    t_end = time.monotonic()
+    out = {
+        "t_end": t_end,
+        "conns": [
+            {"books": c.books, "trades": c.trades, "bytes": c.bytes, "first": c.first, "last": c.last,
+             "closed": c.closed}
+            for c in conns
+        ],
+        "records": {i: (conns[i].book_t, conns[i].trade_t) for i in sorted(rec) if i < len(conns)},
+    }
+    for c in conns:
+        if c.transport is not None:
+            c.transport.abort()
+    with open(job["out"], "wb") as f:
+        marshal.dump(out, f)
+    print("done", flush=True)
+
+
+def main() -> None:
+    job = orjson.loads(sys.argv[1])
+    import uvloop
+
+    uvloop.run(run(job))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Run the relay daemon in its own process for the benchmarks, on ports chosen by the OS.
+
+Same code path as `kraken-relay run --config FILE` (`relay.app.Relay` on uvloop, logging at
+warning), except that the server and HTTP ports are 0 so concurrent runs never collide; prints
+one JSON line `{"port": .., "http_port": .., "pid": ..}` once started, stops on SIGTERM/SIGINT.
+Usage: python bench/e2e_relay.py CONFIG.yaml
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson  # noqa: E402
+
+from relay.app import Relay, run_loop  # noqa: E402
+from relay.ops.config import load_config  # noqa: E402
+from relay.ops.logging import configure_logging  # noqa: E402
+
+
+async def serve(path: str) -> int:
+    cfg = load_config(path)
+    relay = Relay(cfg, server_port=0, http_port=0)
+    await relay.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(orjson.dumps({"port": relay.server.port, "http_port": relay.http.port,
+                        "pid": __import__("os").getpid()}).decode(), flush=True)
+    await stop.wait()
+    await relay.stop()
+    return 0
+
+
+def main() -> int:
+    cfg = load_config(sys.argv[1])
+    configure_logging(cfg.logging.level, "json")
+    return run_loop(serve(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

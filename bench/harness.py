@@ -1,0 +1,384 @@
+"""Process plumbing shared by `bench/e2e.py` and `bench/soak.py`: the simulator, the relay and
+client processes on loopback, their CPU/RSS from /proc, and fault injection over the simulator's
+HTTP control endpoint. Every wait is bounded; every process started here is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import marshal
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 30.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            parts = f.read().rsplit(b")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class CpuMeter:
+    """CPU % of one core used by a set of pids between `start()` and `stop()`."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.t0 = 0.0
+        self.c0: list[float] = []
+
+    def start(self) -> CpuMeter:
+        self.t0 = time.monotonic()
+        self.c0 = [cpu_seconds(p) for p in self.pids]
+        return self
+
+    def stop(self) -> float:
+        dt = max(1e-9, time.monotonic() - self.t0)
+        return round(100 * sum(cpu_seconds(p) - c for p, c in zip(self.pids, self.c0)) / dt, 1)
+
+
+async def _spawn(*args: str, stdin: bool = False) -> asyncio.subprocess.Process:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(ROOT),
+    )
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def _drain(stream: asyncio.StreamReader | None, keep: list[str], limit: int = 200) -> None:
+    """Keep reading a child's pipe (a full pipe would block it); remember the last lines."""
+    if stream is None:
+        return
+    while True:
+        line = await stream.readline()
+        if not line:
+            return
+        keep.append(line.decode(errors="replace").rstrip())
+        del keep[:-limit]
+
+
+# -- simulator ------------------------------------------------------------------------------
+@dataclass
+class Sim:
+    proc: asyncio.subprocess.Process
+    urls: list[str]
+    ports: list[int]
+    control: int
+    log: list[str] = field(default_factory=list)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def fault(self, line: int | str, kind: str, duration: float | None = None, **params: Any) -> dict:
+        body = {"line": line, "kind": kind, **params}
+        if duration is not None:
+            body["duration"] = duration
+        return await control_request(self.control, "/fault", body)
+
+    async def clear(self, line: int | str, kind: str | None = None) -> dict:
+        body: dict[str, Any] = {"line": line}
+        if kind:
+            body["kind"] = kind
+        return await control_request(self.control, "/clear", body)
+
+    async def state(self) -> dict:
+        return await control_request(self.control, "/state", None)
+
+    async def stop(self) -> None:
+        await _stop(self.proc)
+        for t in self.tasks:
+            t.cancel()
+
+
+async def control_request(port: int, path: str, body: dict | None) -> dict:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    data = orjson.dumps(body) if body is not None else b""
+    method = "POST" if body is not None else "GET"
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n"
+                 f"Connection: close\r\n\r\n".encode() + data)
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return orjson.loads(payload) if payload else {}
+
+
+async def start_sim(lines: list[tuple[float, float]], symbols: list[str], rate: float, *, seed: int = 1,
+                    trade_rate: float | None = None, burst_every: float = 0.0, levels: int = 1000,
+                    extra: list[str] | None = None) -> Sim:
+    """`kraken-relay sim` with one line per (latency, jitter), ports chosen by the OS."""
+    args = ["-m", "relay", "sim", "--ports", ",".join("0" * len(lines)),
+            "--latency", ",".join(str(a) for a, _ in lines), "--jitter", ",".join(str(b) for _, b in lines),
+            "--symbols", ",".join(symbols), "--rate", str(rate), "--seed", str(seed), "--control-port", "0",
+            "--burst-every", str(burst_every), "--levels", str(levels), "--subscribe-rate", "100"]
+    if trade_rate is not None:
+        args += ["--trade-rate", str(trade_rate)]
+    proc = await _spawn(*args, *(extra or []))
+    urls: list[str] = []
+    control = 0
+    log: list[str] = []
+    assert proc.stdout is not None
+    try:
+        while not control:
+            line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
+            if not line:
+                err = (await proc.stderr.read()).decode() if proc.stderr else ""
+                raise RuntimeError(f"simulator exited: {err[-2000:]}")
+            log.append(line.rstrip())
+            m = re.search(r"line \d+: (ws://\S+)", line)
+            if m:
+                urls.append(m.group(1))
+            m = re.search(r"control: http://[\d.]+:(\d+)/", line)
+            if m:
+                control = int(m.group(1))
+    except BaseException:
+        await _stop(proc)
+        raise
+    ports = [int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls]
+    sim = Sim(proc, urls, ports, control, log)
+    sim.tasks = [asyncio.create_task(_drain(proc.stdout, log)), asyncio.create_task(_drain(proc.stderr, log))]
+    return sim
+
+
+# -- relay ------------------------------------------------------------------------------------
+@dataclass
+class RelayProc:
+    proc: asyncio.subprocess.Process
+    port: int
+    http_port: int
+    config_path: str
+    log: list[str] = field(default_factory=list)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def metrics(self) -> str:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.http_port), 5)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return raw.partition(b"\r\n\r\n")[2].decode(errors="replace")
+
+    async def stop(self) -> None:
+        await _stop(self.proc, 8.0)
+        for t in self.tasks:
+            t.cancel()
+        with contextlib.suppress(OSError):
+            os.unlink(self.config_path)
+
+
+def relay_config(urls: list[str], symbols: list[str], depth: int, *, trades: bool = True, ticker: bool = False,
+                 **sections: Any) -> dict:
+    cfg: dict[str, Any] = {
+        "upstreams": [{"name": f"line{i}", "url": u} for i, u in enumerate(urls)],
+        "channels": {"book": {"depth": depth, "symbols": symbols}, "instrument": True},
+        "server": {"listen": "127.0.0.1:8765", "max_clients": 2000, "max_requests_per_second": 1000},
+        "reconnect": {"initial_delay": 0.2, "max_delay": 2.0, "stagger": 0.1},
+        "subscribe": {"requests_per_second": 20},
+        "liveness": {"frame_timeout": 5.0, "stale_after": 10.0},
+        "logging": {"level": "warning", "format": "json"},
+    }
+    if trades:
+        cfg["channels"]["trade"] = {"symbols": symbols}
+    if ticker:
+        cfg["channels"]["ticker"] = {"symbols": symbols}
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+async def start_relay(cfg: dict) -> RelayProc:
+    fd, path = tempfile.mkstemp(prefix="relay-bench-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(cfg, f)
+    proc = await _spawn(str(BENCH / "e2e_relay.py"), path)
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        if not line.startswith(b"{"):
+            err = (await proc.stderr.read()).decode() if proc.stderr else ""
+            raise RuntimeError(f"relay did not start: {line!r} {err[-2000:]}")
+    except BaseException:
+        await _stop(proc)
+        raise
+    info = orjson.loads(line)
+    rp = RelayProc(proc, info["port"], info["http_port"], path)
+    rp.tasks = [asyncio.create_task(_drain(proc.stdout, rp.log)), asyncio.create_task(_drain(proc.stderr, rp.log))]
+    return rp
+
+
+async def wait_relay_ready(relay: RelayProc, timeout: float = 20.0) -> None:
+    """Until /readyz says every configured symbol has valid data."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", relay.http_port), 2)
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 2)
+            writer.close()
+            if raw.startswith(b"HTTP/1.1 200") or raw.startswith(b"HTTP/1.0 200"):
+                return
+        except (OSError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("relay not ready in time: " + " | ".join(relay.log[-5:]))
+
+
+# -- clients -----------------------------------------------------------------------------------
+def subs(symbols: list[str], depth: int | None, trades: bool = True) -> list[dict]:
+    out = []
+    if depth:
+        out.append({"method": "subscribe", "params": {"channel": "book", "symbol": symbols, "depth": depth}, "req_id": 1})
+    if trades:
+        out.append({"method": "subscribe", "params": {"channel": "trade", "symbol": symbols, "snapshot": False},
+                    "req_id": 2})
+    return out
+
+
+@dataclass
+class ClientProc:
+    proc: asyncio.subprocess.Process
+    out: str
+    n: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+async def start_clients(port: int, n: int, sub: list[dict], record: list[int] | tuple[int, ...] = (),
+                        path: str = "/v2") -> ClientProc:
+    fd, out = tempfile.mkstemp(prefix="relay-bench-client-", suffix=".marshal")
+    os.close(fd)
+    job = {"host": "127.0.0.1", "port": port, "path": path, "n": n, "subs": sub, "record": list(record), "out": out}
+    proc = await _spawn(str(BENCH / "e2e_client.py"), orjson.dumps(job).decode(), stdin=True)
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT + n * 0.05)
+        if line.strip() != b"ready":
+            err = (await proc.stderr.read()).decode() if proc.stderr else ""
+            raise RuntimeError(f"client did not start: {line!r} {err[-2000:]}")
+    except BaseException:
+        await _stop(proc)
+        raise
+    return ClientProc(proc, out, n)
+
+
+async def stop_clients(cp: ClientProc) -> dict:
+    """Ask the client process for its records (it writes them to its out file) and read them."""
+    assert cp.proc.stdin is not None and cp.proc.stdout is not None
+    try:
+        cp.proc.stdin.write(b"stop\n")
+        await cp.proc.stdin.drain()
+        while True:
+            line = await asyncio.wait_for(cp.proc.stdout.readline(), 60)
+            if not line or line.strip() == b"done":
+                break
+        with open(cp.out, "rb") as f:
+            return marshal.load(f)
+    finally:
+        await _stop(cp.proc)
+        with contextlib.suppress(OSError):
+            os.unlink(cp.out)
+
+
+async def start_client_group(port: int, n: int, sub: list[dict], n_record: int, per_proc: int = 250) -> list[ClientProc]:
+    """n connections over ceil(n / per_proc) processes; `n_record` recording connections spread evenly."""
+    procs = max(1, -(-n // per_proc))
+    sizes = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    step = max(1, n // max(1, n_record))
+    rec_global = set(list(range(0, n, step))[:n_record] + ([n - 1] if n_record > 1 else []))
+    out, base = [], 0
+    for size in sizes:
+        rec = [i - base for i in rec_global if base <= i < base + size]
+        out.append(await start_clients(port, size, sub, rec))
+        base += size
+    return out
+
+
+async def stop_client_group(group: list[ClientProc]) -> dict:
+    """Merged results: every connection's counters, and the recording connections' records."""
+    results = await asyncio.gather(*(stop_clients(cp) for cp in group))
+    conns: list[dict] = []
+    records: list[tuple[dict, dict]] = []
+    for r in results:
+        conns += r["conns"]
+        records += [r["records"][i] for i in sorted(r["records"])]
+    return {"conns": conns, "records": records}
+
+
+# -- statistics --------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summary_us(deltas: list[float]) -> dict:
+    """p50/p99/p99.9/max of a list of seconds, in µs."""
+    d = sorted(deltas)
+    f = lambda v: None if v is None else round(v * 1e6)  # noqa: E731
+    return {"n": len(d), "p50_us": f(pct(d, 0.5)), "p99_us": f(pct(d, 0.99)), "p999_us": f(pct(d, 0.999)),
+            "max_us": f(d[-1] if d else None)}
+
+
+def deltas(ref: dict[bytes, float], other: dict[bytes, float], t0: float, t1: float) -> tuple[list[float], int]:
+    """Receive-time differences `other - ref` for keys the reference saw in [t0, t1]; and how many
+    of those keys `other` never saw."""
+    out, missing = [], 0
+    for k, t in ref.items():
+        if t0 <= t <= t1:
+            o = other.get(k)
+            if o is None:
+                missing += 1
+            else:
+                out.append(o - t)
+    return out, missing
+
+
+def longest_gap(times: list[float], t0: float, t1: float) -> float:
+    ts = sorted(t for t in times if t0 <= t <= t1)
+    return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
