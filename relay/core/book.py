@@ -266,16 +266,16 @@ def zero_like(qty_text: bytes) -> bytes:
 
 
 def _side_diff(src: BookSide, dst: BookSide) -> list[tuple[bytes, bytes]]:
-    out: list[tuple[bytes, bytes]] = []
+    """Deletes first, then sets, each best-first. Some clients (python-kraken-sdk) truncate to
+    depth after every level rather than after the frame: a new bottom level listed before the
+    delete that makes room for it would be cut and the checksum would fail."""
     a, b = src.levels, dst.levels
-    changes: list[tuple[float, bytes, bytes]] = []
+    deletes = [(key, val[0], zero_like(val[1])) for key, val in a.items() if key not in b]
+    sets = []
     for key, val in b.items():
         old = a.get(key)
         if old is None or old[1] != val[1] or old[0] != val[0]:
-            changes.append((key, val[0], val[1]))
-    for key, val in a.items():
-        if key not in b:
-            changes.append((key, val[0], zero_like(val[1])))
-    changes.sort(key=lambda c: c[0])
-    out = [(p, q) for _, p, q in changes]
-    return out
+            sets.append((key, val[0], val[1]))
+    deletes.sort()
+    sets.sort()
+    return [(p, q) for _, p, q in deletes] + [(p, q) for _, p, q in sets]

@@ -332,3 +332,23 @@ def test_instrument_snapshot_is_served_byte_exact_until_it_changes() -> None:
     pubs = [p for p in m.take() if p.channel == "instrument"]
     assert len(pubs) == 1 and orjson.loads(pubs[0].frame)["data"]["pairs"][0]["status"] == "maintenance"
     assert b'"maintenance"' in (m.instrument_snapshot() or b"")
+
+
+def test_synthesized_diffs_list_deletes_before_sets() -> None:
+    """For clients that truncate after every level (python-kraken-sdk): a new level that fills
+    the room left by a delete must come after that delete."""
+    from relay.core.book import Book
+    from tests.core.streams import level
+
+    full = [level(100 + i, 1.0) for i in range(10)]
+    before, after = Book("BTC/USD", 10), Book("BTC/USD", 10)
+    before.load_snapshot([], full, "t0")
+    # 108.0 leaves, 105.5 arrives: the insert is priced better than the delete.
+    after.load_snapshot([], [*full[:8], full[9], level(105.5, 2.0)], "t1")
+    _, asks = before.diff_to(after)
+    assert asks == [(b"108.0", b"0.00000000"), (b"105.5", b"2.00000000")]
+    # Applied one level at a time with truncation after each (the sdk's way), it still lands right.
+    client = before.copy()
+    for p, q in asks:
+        client.apply_text_levels([], [(p, q)], "t1", None)
+    assert client.same_levels(after)
