@@ -33,6 +33,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relay.core.v2 import encode_error, encode_pong, encode_status, now_rfc3339
+from relay.server.wire import text_frame
 from relay.server import requests as rq
 
 if TYPE_CHECKING:
@@ -254,20 +255,23 @@ class ClientConnection(asyncio.Protocol):
 
     # -- output ---------------------------------------------------------------------------
     def queue(self, frame: bytes) -> None:
-        """Queue one text frame (sent with the next coalesced write). Never dropped."""
+        """Queue one text message for this client only (replies, snapshots). Never dropped."""
+        self.deliver(text_frame(frame))
+
+    def deliver(self, wire: bytes) -> None:
+        """Queue one websocket frame already built by `text_frame` (shared by every subscriber of
+        a publication: server frames are unmasked, so their bytes are the same for all clients)."""
         if self.closing:
             return
-        self._out.append(frame)
-        self._out_bytes += len(frame)
+        self._out.append(wire)
+        self._out_bytes += len(wire)
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._flush)
         if self._out_bytes > self.limit or self._paused:
             self._over_budget()
 
-    deliver = queue  # non-book data (trade, ticker, ohlc, instrument, status, relay)
-
-    def deliver_book(self, key: tuple[str, str, int], frame: bytes, snapshot: bool) -> None:
+    def deliver_book(self, key: tuple[str, str, int], wire: bytes, snapshot: bool) -> None:
         """Book frames are droppable: over budget they are replaced later by one snapshot."""
         live = self.books.get(key)
         if live is None or self.closing:
@@ -275,7 +279,7 @@ class ClientConnection(asyncio.Protocol):
         congested = self._paused or self._out_bytes > self.limit
         if live:
             if not congested:
-                self.queue(frame)
+                self.deliver(wire)
                 return
             self.books[key] = False
             self._resync = True
@@ -293,9 +297,9 @@ class ClientConnection(asyncio.Protocol):
             if snap is None:
                 self.dropped += 1
                 return
-            frame = snap  # it already contains this update
+            wire = text_frame(snap)  # it already contains this update
         self.books[key] = True
-        self.queue(frame)
+        self.deliver(wire)
 
     def start_book(self, key: tuple[str, str, int], live: bool) -> None:
         self.books[key] = live
@@ -341,14 +345,11 @@ class ClientConnection(asyncio.Protocol):
             out.clear()
             self._out_bytes = 0
             return
-        send_text = proto.send_text
-        for frame in out:
-            send_text(frame)
         n = len(out)
         self.frames_out += n
+        data = b"".join(out)
         out.clear()
         self._out_bytes = 0
-        data = b"".join(proto.data_to_send())
         self.bytes_out += len(data)
         server = self.server
         server.frames_out += n

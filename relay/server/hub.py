@@ -21,6 +21,7 @@ from relay.core.v2 import encode_ack, encode_error, now_rfc3339
 from relay.ops.config import ChannelsConfig, DynamicSubscriptionsConfig
 from relay.server import requests as rq
 from relay.server.demand import DemandHandler, DemandTracker
+from relay.server.wire import text_frame
 
 log = logging.getLogger("relay.server")
 
@@ -49,8 +50,8 @@ class Session(Protocol):
     relay_subscribed: bool
 
     def queue(self, frame: bytes) -> None: ...
-    def deliver(self, frame: bytes) -> None: ...
-    def deliver_book(self, key: SubKey, frame: bytes, snapshot: bool) -> None: ...
+    def deliver(self, wire: bytes) -> None: ...  # a frame built by `wire.text_frame`
+    def deliver_book(self, key: SubKey, wire: bytes, snapshot: bool) -> None: ...
     def start_book(self, key: SubKey, live: bool) -> None: ...
     def stop_book(self, key: SubKey) -> None: ...
 
@@ -163,27 +164,27 @@ class Hub:
             key = ("book", pub.symbol, pub.key)
             clients = subs.get(key)
             if clients:
-                frame, snap = pub.frame, pub.snapshot
+                wire, snap = text_frame(pub.frame), pub.snapshot
                 for c in tuple(clients):
-                    c.deliver_book(key, frame, snap)
+                    c.deliver_book(key, wire, snap)
                 self.delivered += len(clients)
         elif channel == "status":
-            frame = pub.frame
+            wire = text_frame(pub.frame)
             for c in tuple(self.clients):
-                c.deliver(frame)
+                c.deliver(wire)
             self.delivered += len(self.clients)
         elif channel == "relay":
-            frame, sym = pub.frame, pub.symbol
+            wire, sym = text_frame(pub.frame), pub.symbol
             for c in tuple(self.relay_clients):
                 if c.relay_filter is None or sym in c.relay_filter:
-                    c.deliver(frame)
+                    c.deliver(wire)
                     self.delivered += 1
         else:
             clients = subs.get((channel, "" if channel == "instrument" else pub.symbol, pub.key))
             if clients:
-                frame = pub.frame
+                wire = text_frame(pub.frame)
                 for c in tuple(clients):
-                    c.deliver(frame)
+                    c.deliver(wire)
                 self.delivered += len(clients)
         if self._pending_keys and (channel, pub.symbol) in self._pending_keys:
             self.demand_ready(channel, pub.symbol, now)
