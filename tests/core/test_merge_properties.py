@@ -125,3 +125,26 @@ def test_published_trades_are_the_full_sequence_once_each(trade_seed: int, plans
     expected = [tid for ids, _ in tf for tid in ids]
     assert client.trade_ids == expected
     assert m.counters.gaps_reported == 0
+
+
+@given(seed=st.integers(0, 10_000), depths=st.sets(st.sampled_from([10, 25]), min_size=1), late=st.integers(0, 60))
+def test_depth_views_are_valid_for_clients_joining_at_any_time(seed: int, depths: set[int], late: int) -> None:
+    """A client at depth 10 or 25 of a depth-100 book, joining with a snapshot at any point, holds
+    exactly the top of the full book after every frame, and every checksum verifies."""
+    s = book_stream(80, depth=100, seed=seed, deep=120)
+    m, (a,) = new_merge(1, book_depth=100)
+    m.feed(a, s.snapshot, 0.0)
+    clients = {}
+    for i, raw in enumerate(s.updates):
+        if i == late:
+            for d in depths:
+                m.want_book_depth("BTC/USD", d)
+                clients[d] = VerifyingClient(depth=d)
+                clients[d].on_book(m.book_snapshot("BTC/USD", d))
+        m.feed(a, raw, 0.001 * i)
+        pubs = m.take()
+        for d, c in clients.items():
+            c.receive(pubs)
+            full = s.books[i + 1]
+            assert list(c.book.bids) == full.bids.best(d) and list(c.book.asks) == full.asks.best(d)
+    assert all(c.mismatches == 0 for c in clients.values())
