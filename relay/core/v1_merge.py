@@ -1,0 +1,237 @@
+"""The Spot v1 merge: the v2 `Merge` with the v1 adapter, the v1 codec and v1 arbiters.
+
+Books go through the shared `BookArbiter` unchanged (v1 lexemes are the quoted strings, the
+checksum rules are the same). What differs:
+
+* frames are normalized first (`relay.core.v1.normalize`: upstream channelID -> 0), so copies of
+  one update from different lines are byte-identical and hit the pre-parse duplicate check;
+* trades carry no id, so `V1TradeArbiter` deduplicates by full content within a bounded window
+  (see its docstring for the limits this implies);
+* ticker frames carry no time: `ContentWindow` publishes a record unless the same record was
+  published recently; spread is newest-wins by its time, ohlc by (endTime, time).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from relay.core.events import BookEvent, ControlEvent, OhlcEvent, TickerEvent
+from relay.core.merge import Merge, MergeSettings
+from relay.core.v1 import LevelTimes, SpreadEvent, V1Codec, V1Parser, V1TradeEvent, normalize
+
+if TYPE_CHECKING:
+    pass
+
+TRADE_WINDOW = 2000  # trades remembered per pair for content dedupe
+TICKER_WINDOW = 64  # ticker records remembered per pair
+
+
+class V1TradeArbiter:
+    """v1 trades for one pair: each trade once, whichever line brings it first.
+
+    With no trade id, a trade is identified by its full content (price, volume, time with µs,
+    side, type, misc). Multiplicity is kept: the k-th copy of a content from one line is new only
+    if fewer than k trades with that content were published within the window, so two identical
+    trades that both lines deliver are both published.
+
+    Limits (inherent to v1, documented in the README): two genuinely identical trades seen on
+    only one line each are merged into one; a line more than `window` trades behind the others
+    (or a reconnect snapshot older than the window) republishes those trades.
+    """
+
+    def __init__(self, merge: Merge, symbol: str, recent: int, window: int = TRADE_WINDOW) -> None:
+        self.merge = merge
+        self.symbol = symbol
+        self.window = window
+        self.order: deque[bytes] = deque()
+        self.published_count: dict[bytes, int] = {}
+        self.line_counts: list[dict[bytes, int]] = [{} for _ in merge.lines]
+        self.active: list[bool] = [False for _ in merge.lines]
+        self.recent: deque[bytes] = deque(maxlen=max(recent, 1))
+        self.gap_deadline: float | None = None  # v1 has no ids: no gap detection
+        self.published = 0
+        self.gaps = 0
+        self.missing = 0
+        self.late = 0
+        self.last_update = 0.0
+        self.last_id: int | None = None
+
+    def add_line(self) -> None:
+        self.line_counts.append({})
+        self.active.append(False)
+
+    def reset_line(self, up: int) -> None:
+        self.line_counts[up] = {}
+        self.active[up] = False
+
+    def on_dup(self, up: int, token: int, now: float) -> bool:
+        return False  # never registered in the byte-level check: counts must see every copy
+
+    def on_event(self, up: int, ev: V1TradeEvent, now: float) -> None:
+        self.active[up] = True
+        counts = self.line_counts[up]
+        pub = self.published_count
+        fresh: list[bytes] = []
+        for t in ev.trades:
+            n = counts.get(t, 0) + 1
+            counts[t] = n
+            if n > pub.get(t, 0):
+                pub[t] = n
+                self.order.append(t)
+                fresh.append(t)
+        if not fresh:
+            self.merge.counters.duplicates += 1
+            return
+        self._evict()
+        merge = self.merge
+        frame = ev.raw if len(fresh) == len(ev.trades) else merge.codec.trades(self.symbol, fresh)
+        self.recent.extend(fresh)
+        merge.outbox.append(merge.Publication("trade", self.symbol, 0, frame, False))
+        merge.upstream_stats[up].wins += 1
+        self.published += len(fresh)
+        self.last_update = now
+        self.last_id = self.published
+
+    def _evict(self) -> None:
+        order, pub = self.order, self.published_count
+        while len(order) > self.window:
+            t = order.popleft()
+            n = pub[t] - 1
+            if n:
+                pub[t] = n
+                for counts in self.line_counts:
+                    if counts.get(t, 0) > n:
+                        counts[t] = n
+            else:
+                del pub[t]
+                for counts in self.line_counts:
+                    counts.pop(t, None)
+
+    def expire(self, now: float) -> None:
+        return None
+
+    def check_stale(self, now: float, window: float) -> None:
+        return None
+
+    def snapshot_frame(self, count: int = 50) -> bytes | None:
+        if not self.recent or not count:
+            return None
+        return self.merge.codec.trades(self.symbol, list(self.recent)[-count:])
+
+    def state(self) -> str:
+        return "ok" if self.published and any(self.active) else "down"
+
+
+class Latest:
+    """One full-record stream (ticker, spread, or an ohlc interval) of one pair.
+
+    `order` None: content window (ticker has no time); otherwise newest-wins by `order`.
+    """
+
+    def __init__(self, merge: Merge, channel: str, symbol: str, key: int = 0) -> None:
+        self.merge = merge
+        self.channel = channel
+        self.symbol = symbol
+        self.key = key
+        self.order: Any = None
+        self.element: bytes | None = None
+        self.window: deque[bytes] = deque(maxlen=TICKER_WINDOW)
+        self.published = 0
+        self.last_update = 0.0
+
+    def on_dup(self, up: int, token: int, now: float) -> bool:
+        return True
+
+    def offer(self, up: int, order: Any, element: bytes, raw: bytes, now: float) -> None:
+        merge = self.merge
+        if order is None:
+            if element in self.window:
+                merge.counters.duplicates += 1
+                return
+            self.window.append(element)
+        elif self.element is not None and order <= self.order:
+            merge.counters.duplicates += 1
+            return
+        self.order, self.element = order, element
+        merge.remember(raw, self, 0)
+        merge.outbox.append(merge.Publication(self.channel, self.symbol, self.key, raw, False))
+        merge.upstream_stats[up].wins += 1
+        self.published += 1
+        self.last_update = now
+
+    def snapshot_frame(self) -> bytes | None:
+        if self.element is None:
+            return None
+        return self.merge.codec.element(self.channel, self.symbol, self.element)
+
+
+class V1Merge(Merge):
+    """`Merge` for Spot v1 upstreams and v1 clients (same public surface)."""
+
+    def __init__(self, settings: MergeSettings | None = None) -> None:
+        times = LevelTimes()
+        super().__init__(settings, parser=V1Parser(times), codec=V1Codec(times))
+        self.spreads: dict[str, Latest] = {}
+
+    def feed(self, up: int, raw: bytes, now: float) -> ControlEvent | None:
+        if raw[:1] == b"[":
+            raw = normalize(raw)
+        hit = self.seen.get(raw)
+        blocked = self._blocked[up]
+        if hit is not None and not blocked:
+            if hit[0].on_dup(up, hit[1], now):
+                self.upstream_stats[up].duplicates += 1
+                return None
+        ev = self.parser.parse(raw)
+        t = type(ev)
+        if t is BookEvent:
+            if blocked:
+                self.counters.maintenance_dropped += 1
+                return None
+            arb = self.books.get(ev.symbol) or self._book_arbiter(ev.symbol)  # type: ignore[union-attr]
+            arb.on_event(up, ev, now)  # type: ignore[arg-type]
+            return None
+        if t is V1TradeEvent:
+            if not blocked:
+                tarb = self.trades.get(ev.symbol)  # type: ignore[union-attr]
+                if tarb is None:
+                    tarb = self.trades[ev.symbol] = V1TradeArbiter(self, ev.symbol, self.settings.recent_trades)  # type: ignore
+                tarb.on_event(up, ev, now)  # type: ignore[arg-type]
+            return None
+        if t is TickerEvent:
+            if not blocked:
+                self._latest(self.tickers, ev.symbol, "ticker", 0).offer(up, None, ev.element, raw, now)  # type: ignore
+            return None
+        if t is SpreadEvent:
+            if not blocked:
+                self._latest(self.spreads, ev.symbol, "spread", 0).offer(  # type: ignore[union-attr]
+                    up, (ev.time, ev.element), ev.element, raw, now)  # type: ignore[union-attr]
+            return None
+        if t is OhlcEvent:
+            if not blocked:
+                key = (ev.symbol, ev.interval)  # type: ignore[union-attr]
+                arb2 = self.ohlc.get(key)
+                if arb2 is None:
+                    arb2 = self.ohlc[key] = Latest(self, "ohlc", ev.symbol, ev.interval)  # type: ignore
+                arb2.offer(up, ev.interval_begin, ev.element, raw, now)  # type: ignore[union-attr, arg-type]
+            return None
+        if t.__name__ == "UnknownEvent":
+            self.upstream_stats[up].unknown += 1
+        return ev  # type: ignore[return-value]
+
+    def _latest(self, table: dict, symbol: str, channel: str, key: int) -> Latest:
+        arb = table.get(symbol)
+        if arb is None:
+            arb = table[symbol] = Latest(self, channel, symbol, key)
+        return arb
+
+    def spread_snapshot(self, symbol: str) -> bytes | None:
+        arb = self.spreads.get(symbol)
+        return None if arb is None else arb.snapshot_frame()
+
+    def symbols(self) -> list[str]:
+        return sorted(set(self.books) | set(self.trades) | set(self.tickers) | set(self.spreads))
+
+    def instrument_snapshot(self) -> bytes | None:
+        return None  # v1 has no instrument channel

@@ -1,0 +1,163 @@
+"""v1 test helpers: fixture loaders, a fake client session, and an independent verifying v1 client.
+
+`V1Checker` is written from Kraken's v1 checksum guide, not from relay code: it keeps every book
+as {price string: qty string}, applies frames exactly as a v1 client does, truncates to the
+subscribed depth and compares CRC32 with `"c"` on every update.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import FIXTURES
+
+CF_BOOK = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.ws.50.0"
+CF_TRADE = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.ws.48.0"
+CF_TICKER = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.ws.49.0"
+CF_REST = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.0"
+SDK_BOOK = FIXTURES / "python-kraken-sdk" / "tests" / "spot" / "fixture" / "orderbook-v1.json"
+
+
+def _need(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"fixture not found: {path}")
+
+
+def cryptofeed_frames(path: Path = CF_BOOK) -> list[bytes]:
+    """Received frames of a cryptofeed capture, verbatim (lines `<ts>: <json>`)."""
+    _need(path)
+    out = []
+    for line in path.read_bytes().splitlines():
+        if b" <- " in line or b" <-> " in line or not line.strip():
+            continue
+        _, _, body = line.partition(b": ")
+        out.append(body)
+    return out
+
+
+def sdk_frames() -> list[bytes]:
+    """python-kraken-sdk's pretty-printed v1 capture, re-serialized compactly (all strings kept)."""
+    _need(SDK_BOOK)
+    doc = json.loads(SDK_BOOK.read_text())
+    return [orjson.dumps(m) for m in doc["init"] + doc["updates"]]
+
+
+def cf_rest_pairs() -> dict:
+    _need(CF_REST)
+    first = CF_REST.read_text().splitlines()[0]  # `<url> -> <ts>: <body>`; line 2 is cryptofeed's config
+    return json.loads(first.split(": ", 1)[1])
+
+
+class FakeSession:
+    """The `Session` interface of relay/server/client.py, recording frames."""
+
+    def __init__(self, source=None) -> None:
+        self.subs: set = set()
+        self.relay_filter = None
+        self.relay_subscribed = False
+        self.frames: list[bytes] = []
+        self.books: dict = {}
+        self.source = source
+
+    def queue(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    deliver = queue
+
+    def deliver_book(self, key, frame: bytes, snapshot: bool) -> None:
+        live = self.books.get(key)
+        if live is None:
+            return
+        if not live:
+            if not snapshot:
+                snap = self.source.book_snapshot(key[1], key[2]) if self.source else None
+                if snap is None:
+                    return
+                frame = snap
+            self.books[key] = True
+        self.queue(frame)
+
+    def start_book(self, key, live: bool) -> None:
+        self.books[key] = live
+
+    def stop_book(self, key) -> None:
+        self.books.pop(key, None)
+
+
+def _token(s: str) -> str:
+    return s.replace(".", "").lstrip("0")
+
+
+class V1Checker:
+    """An independent v1 client: books per channelID, checksum verified on every update."""
+
+    def __init__(self) -> None:
+        self.channels: dict[int, tuple[str, str]] = {}  # channelID -> (channelName, pair)
+        self.books: dict[int, tuple[dict[str, str], dict[str, str]]] = {}  # id -> (asks, bids)
+        self.depth: dict[int, int] = {}
+        self.verified = 0
+        self.bad: list[tuple[str, int, int]] = []
+        self.snapshots = 0
+        self.trades: list[list] = []
+        self.other: list = []
+        self.events: list[dict] = []
+
+    def feed(self, raw: bytes) -> None:
+        msg = json.loads(raw)
+        if isinstance(msg, dict):
+            self.events.append(msg)
+            if msg.get("event") == "subscriptionStatus" and msg.get("status") == "subscribed":
+                cid = msg["channelID"]
+                self.channels[cid] = (msg["channelName"], msg["pair"])
+            return
+        cid, name, pair = msg[0], msg[-2], msg[-1]
+        assert self.channels.get(cid) == (name, pair), f"channel {cid} {name} {pair} vs {self.channels.get(cid)}"
+        if name.startswith("book-"):
+            self._book(cid, int(name[5:]), pair, msg[1:-2])
+        elif name == "trade":
+            self.trades.extend(msg[1])
+        else:
+            self.other.append(msg)
+
+    def _book(self, cid: int, depth: int, pair: str, parts: list[dict]) -> None:
+        if "as" in parts[0] or "bs" in parts[0]:
+            asks = {lv[0]: lv[1] for lv in parts[0].get("as", [])}
+            bids = {lv[0]: lv[1] for lv in parts[0].get("bs", [])}
+            self.books[cid] = (asks, bids)
+            self.snapshots += 1
+            return
+        asks, bids = self.books[cid]
+        crc = None
+        for part in parts:
+            for side, book in (("a", asks), ("b", bids)):
+                for lv in part.get(side, []):
+                    if Decimal(lv[1]) == 0:
+                        book.pop(lv[0], None)
+                    else:
+                        book[lv[0]] = lv[1]
+            if "c" in part:
+                crc = int(part["c"])
+        for book, rev in ((asks, False), (bids, True)):
+            for p in sorted(book, key=Decimal, reverse=not rev)[: max(0, len(book) - depth)]:
+                del book[p]
+        top_a = sorted(asks, key=Decimal)[:10]
+        top_b = sorted(bids, key=Decimal, reverse=True)[:10]
+        s = "".join(_token(p) + _token(asks[p]) for p in top_a) + "".join(_token(p) + _token(bids[p]) for p in top_b)
+        got = zlib.crc32(s.encode()) & 0xFFFFFFFF
+        if crc is not None:
+            if got == crc:
+                self.verified += 1
+            else:
+                self.bad.append((pair, crc, got))
+
+    def book(self, pair: str, depth: int) -> tuple[dict[str, str], dict[str, str]] | None:
+        for cid, (name, p) in self.channels.items():
+            if p == pair and name == f"book-{depth}" and cid in self.books:
+                return self.books[cid]
+        return None
