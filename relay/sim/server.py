@@ -57,6 +57,7 @@ from relay.sim.instruments import (
 )
 from relay.sim.market import TICKER_BBO, TICKER_TRADES, MarketEngine, MarketEvent, MarketSettings
 from relay.sim.replay import ReplaySource
+from relay.sim import v1 as simv1
 
 SubKey = tuple[str, str, int]  # (channel, symbol, key): key = depth / interval / ticker trigger / 0
 CLOSE_REASONS = {1001: "CloudFlare WebSocket proxy restarting", 1013: "Market data unavailable"}
@@ -106,7 +107,7 @@ class SimConfig:
 class SimConn:
     """One client connection on one line."""
 
-    __slots__ = ("ws", "line", "proto", "subs", "held", "last_sent", "tokens", "token_at", "peer", "cid")
+    __slots__ = ("ws", "line", "proto", "subs", "held", "last_sent", "tokens", "token_at", "peer", "cid", "v1")
 
     def __init__(self, ws: ServerConnection, line: Line, cid: int) -> None:
         self.ws = ws
@@ -119,6 +120,7 @@ class SimConn:
         self.token_at = time.monotonic()
         self.peer = str(ws.remote_address[0]) if ws.remote_address else ""
         self.cid = cid
+        self.v1: simv1.V1Conn | None = None  # set for connections on `/` (Spot v1 framing)
 
     def put(self, frame: bytes) -> None:
         """Queue a frame in the websocket protocol (written by `flush`)."""
@@ -178,6 +180,7 @@ class Line:
         self.sent_frames = 0
         self.late_sum = 0.0
         self.late_max = 0.0
+        self.v1 = simv1.V1Framer(sim, idx)  # Spot v1 framing for this line's clients on `/`
 
     # -- fault state ------------------------------------------------------------------------
     @property
@@ -195,6 +198,10 @@ class Line:
     @property
     def url(self) -> str:
         return f"ws://{self.sim.config.host}:{self.port}/v2"
+
+    @property
+    def v1_url(self) -> str:
+        return f"ws://{self.sim.config.host}:{self.port}/"
 
     # -- delivery ---------------------------------------------------------------------------
     def push(self, events: list[MarketEvent], now: float) -> None:
@@ -279,6 +286,7 @@ class Line:
         index = self.index
         seq = ev.seq
         sent = 0
+        v1cache: dict = {}
         for key, frame in frames.items():
             subs = index.get((ch, sym, key))
             if not subs:
@@ -287,7 +295,11 @@ class Line:
                 frame = corrupt_checksum(frame)
             for conn, start in subs.items():
                 if seq > start:
-                    conn.put(frame)
+                    if conn.v1 is None:
+                        conn.put(frame)
+                    else:
+                        for f in simv1.translate_for(conn, (ch, sym, key), frame, v1cache):
+                            conn.put(f)
                     dirty.add(conn)
                     sent += 1
         self.sent_frames += sent
@@ -320,7 +332,11 @@ class Line:
                 frame = market.snapshot(ch, sym, k, wall)
                 self.subscribe(conn, key, market.seq)
                 if frame is not None:
-                    conn.put(frame)
+                    if conn.v1 is None:
+                        conn.put(frame)
+                    else:
+                        for f in simv1.translate_for(conn, key, frame, {}):
+                            conn.put(f)
             conn.flush()
 
 
@@ -445,6 +461,11 @@ class Simulator:
         return [line.url for line in self.lines]
 
     @property
+    def v1_urls(self) -> list[str]:
+        """Spot v1 endpoints (`/`), one per line: the same market and faults as `urls`."""
+        return [line.v1_url for line in self.lines]
+
+    @property
     def ports(self) -> list[int]:
         return [line.port for line in self.lines]
 
@@ -503,7 +524,7 @@ class Simulator:
                     if conn.held:
                         conn.flush()
                     if conn.subs and mono - conn.last_sent >= hb:
-                        conn.send(HEARTBEAT)
+                        conn.send(HEARTBEAT if conn.v1 is None else simv1.HEARTBEAT)
 
     async def _run_schedule(self, specs: list[FaultSpec]) -> None:
         loop = asyncio.get_running_loop()
@@ -573,7 +594,12 @@ class Simulator:
         conn = SimConn(ws, line, self._cid)
         line.conns.add(conn)
         try:
-            conn.send(encode_status(line.system, self.config.version, conn.cid))
+            path = ws.request.path.partition("?")[0] if ws.request is not None else "/v2"
+            if path == "/":  # Spot v1, as Kraken serves it (v2 is on /v2)
+                conn.v1 = simv1.V1Conn()
+                conn.send(simv1.hello(line.system, conn.cid))
+            else:
+                conn.send(encode_status(line.system, self.config.version, conn.cid))
             async for raw in ws:
                 self._on_message(conn, raw if isinstance(raw, bytes) else raw.encode())
                 conn.flush()
@@ -586,6 +612,9 @@ class Simulator:
                 self.market.want(key[0], key[1], key[2], -1)
 
     def _on_message(self, conn: SimConn, raw: bytes) -> None:
+        if conn.v1 is not None:
+            simv1.on_message(self, conn, raw)
+            return
         time_in = now_rfc3339()
         try:
             msg = orjson.loads(raw)
@@ -803,7 +832,7 @@ class Simulator:
 
     def _send_status(self, line: Line) -> None:
         for c in list(line.conns):
-            c.send(encode_status(line.system, self.config.version, c.cid))
+            c.send(encode_status(line.system, self.config.version, c.cid) if c.v1 is None else simv1.hello(line.system, c.cid))
 
     def _log_fault(self, idx: int, kind: str, what: str, duration: float | None, params: dict) -> None:
         self.fault_log.append((time.time(), idx, kind, what))

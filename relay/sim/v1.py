@@ -1,0 +1,277 @@
+"""Spot v1 framing for the simulator: the same market, served on `/` as Kraken serves v1.
+
+Every line serves v2 on `/v2` and v1 on `/` (one market, one fault state per line). The market
+encodes v2 frames once; a v1 connection gets them translated by `V1Framer` (cached per frame
+within one dispatch, so all v1 clients of a line share the bytes):
+
+* pair names are v1 names (`XBT/USD`, the REST `wsname`);
+* channel ids are per line (each line numbers its (channelName, pair) streams differently, as
+  two Kraken connections do), so a relay must not rely on upstream ids;
+* book levels are `[price, volume, time]` with the v2 wire text, checksum `"c"` in the last
+  payload object (the v2 checksum: same texts, same CRC), snapshots `as`/`bs` without checksum;
+* trades `[price, volume, time, "b"|"s", "l"|"m", ""]`; ticker the v1 object; `spread`
+  `[bid, ask, time, bidVolume, askVolume]` from the bbo ticker; ohlc the v1 array.
+
+Faults act on the v2 frames before translation, so every fault kind works on v1 too (a
+corrupted v2 checksum becomes a corrupted `"c"`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relay.core.v1 import (
+    BOOK_DEPTHS,
+    HEARTBEAT,
+    OHLC_INTERVALS,
+    encode_data,
+    encode_error,
+    encode_pong,
+    encode_subscription_status,
+    encode_system_status,
+)
+from relay.core.v2 import V2Parser
+from relay.sim.instruments import rest_asset_pairs
+from relay.sim.market import TICKER_BBO, TICKER_TRADES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from relay.sim.server import SimConn, Simulator
+
+__all__ = ["V1Conn", "V1Framer", "HEARTBEAT", "hello", "on_message"]
+
+_NUM = re.compile(rb'"(\w+)":(-?[0-9][0-9.eE+-]*)')
+_STR = re.compile(rb'"(\w+)":"([^"]*)"')
+_FLAT_OBJECT_RE = re.compile(rb"\{[^{}]*\}")
+_ts_cache: dict[str, bytes] = {}
+
+
+def epoch(ts: str) -> bytes:
+    """RFC 3339 -> v1's epoch seconds with µs (`1693415325.036931`)."""
+    out = _ts_cache.get(ts)
+    if out is None:
+        if len(_ts_cache) > 4096:
+            _ts_cache.clear()
+        try:
+            out = b"%.6f" % datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            out = b"%.6f" % time.time()
+        _ts_cache[ts] = out
+    return out
+
+
+def _fields(element: bytes) -> dict[bytes, bytes]:
+    d = dict(_NUM.findall(element))
+    d.update(_STR.findall(element))
+    return d
+
+
+class V1Conn:
+    """v1 state of one simulator connection: its market subscriptions by v1 stream."""
+
+    __slots__ = ("streams",)
+
+    def __init__(self) -> None:
+        # market key (channel, v2 symbol, key) -> list of (v1 channel, channelName, pair)
+        self.streams: dict[tuple[str, str, int], list[tuple[str, str, str]]] = {}
+
+
+class V1Framer:
+    """Translate the market's v2 frames for one line's v1 clients."""
+
+    def __init__(self, sim: Simulator, line_idx: int) -> None:
+        self.sim = sim
+        self.parser = V2Parser()
+        self.ids: dict[tuple[str, str], int] = {}
+        self.base = 100 + 1000 * line_idx
+        self.v1_name: dict[str, str] = {}
+        self.v2_name: dict[str, str] = {}
+        for sym in sim.market.symbols:
+            info = next(iter(rest_asset_pairs([sim.instruments_all[sym]])["result"].values()))
+            self.v1_name[sym] = info["wsname"]
+            self.v2_name[info["wsname"]] = sym
+
+    def channel_id(self, name: str, pair: str) -> int:
+        cid = self.ids.get((name, pair))
+        if cid is None:
+            cid = self.ids[(name, pair)] = self.base + 7 * len(self.ids)
+        return cid
+
+    def frame(self, v1_channel: str, name: str, pair: str, v2frame: bytes) -> bytes | None:
+        cid = self.channel_id(name, pair)
+        try:
+            payload = self._payload(v1_channel, v2frame)
+        except (KeyError, ValueError, IndexError, TypeError):
+            return None
+        if payload is None:
+            return None
+        return encode_data(name, pair, payload, cid)
+
+    def _payload(self, channel: str, raw: bytes) -> bytes | None:
+        if channel == "book":
+            ev = self.parser.parse(raw)
+            bids, asks = getattr(ev, "bids", None), getattr(ev, "asks", None)
+            if bids is None:
+                return None
+            ts = epoch(ev.timestamp)  # type: ignore[union-attr]
+
+            def lv(levels: list) -> bytes:
+                return b",".join(b'["' + p + b'","' + q + b'","' + ts + b'"]' for _, p, q in levels)
+
+            if ev.snapshot:  # type: ignore[union-attr]
+                return b'{"as":[' + lv(asks) + b'],"bs":[' + lv(bids) + b"]}"
+            crc = b'"c":"%d"' % ev.checksum  # type: ignore[union-attr]
+            if asks and bids:
+                return b'{"a":[' + lv(asks) + b']},{"b":[' + lv(bids) + b"]," + crc + b"}"
+            if asks:
+                return b'{"a":[' + lv(asks) + b"]," + crc + b"}"
+            return b'{"b":[' + lv(bids) + b"]," + crc + b"}"
+        elements = _FLAT_OBJECT_RE.findall(raw, raw.find(b'"data"'))
+        if not elements:
+            return None
+        if channel == "trade":
+            out = []
+            for e in elements:
+                f = _fields(e)
+                side = b"b" if f[b"side"] == b"buy" else b"s"
+                kind = b"l" if f.get(b"ord_type") == b"limit" else b"m"
+                out.append(b'["' + f[b"price"] + b'","' + f[b"qty"] + b'","' + epoch(f[b"timestamp"].decode())
+                           + b'","' + side + b'","' + kind + b'",""]')
+            return b"[" + b",".join(out) + b"]"
+        f = _fields(elements[-1])
+        if channel == "ticker":
+            def q(k: bytes) -> bytes:
+                return b'"' + f[k] + b'"'
+            ask_lot, bid_lot = b"%d" % float(f[b"ask_qty"]), b"%d" % float(f[b"bid_qty"])
+            return (b'{"a":[' + q(b"ask") + b"," + ask_lot + b"," + q(b"ask_qty") + b'],"b":[' + q(b"bid") + b","
+                    + bid_lot + b"," + q(b"bid_qty") + b'],"c":[' + q(b"last") + b',"0.00000000"],"v":['
+                    + q(b"volume") + b"," + q(b"volume") + b'],"p":[' + q(b"vwap") + b"," + q(b"vwap")
+                    + b'],"t":[0,0],"l":[' + q(b"low") + b"," + q(b"low") + b'],"h":[' + q(b"high") + b","
+                    + q(b"high") + b'],"o":[' + q(b"last") + b"," + q(b"last") + b"]}")
+        if channel == "spread":
+            return (b'["' + f[b"bid"] + b'","' + f[b"ask"] + b'","' + epoch(f[b"timestamp"].decode()) + b'","'
+                    + f[b"bid_qty"] + b'","' + f[b"ask_qty"] + b'"]')
+        if channel == "ohlc":
+            begin = float(epoch(f[b"interval_begin"].decode()))
+            end = b"%.6f" % (begin + 60 * int(f[b"interval"]))
+            now = epoch(f[b"timestamp"].decode()) if b"timestamp" in f else end
+            parts = [now, end] + [f[k] for k in (b"open", b"high", b"low", b"close", b"vwap", b"volume")]
+            return b"[" + b",".join(b'"' + p + b'"' for p in parts) + b"," + f[b"trades"] + b"]"
+        return None
+
+
+def hello(line_system: str, cid: int) -> bytes:
+    return encode_system_status(line_system, cid, "1.9.1")
+
+
+def market_key(channel: str, sym: str, sub_key: int) -> tuple[str, str, int]:
+    """The market subscription that feeds a v1 stream."""
+    if channel == "ticker":
+        return ("ticker", sym, TICKER_TRADES)
+    if channel == "spread":
+        return ("ticker", sym, TICKER_BBO)
+    return (channel, sym, sub_key)
+
+
+def on_message(sim: Simulator, conn: SimConn, raw: bytes) -> None:
+    """One v1 request from a client of the simulator."""
+    line = conn.line
+    framer: V1Framer = line.v1
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        msg = None
+    reqs = sim.requests[line.idx]
+    reqs.append((time.time(), msg if isinstance(msg, dict) else {"_raw": raw[:200].decode("utf-8", "replace")}))
+    del reqs[:-10_000]
+    if not isinstance(msg, dict):
+        conn.put(encode_error("Malformed request"))
+        return
+    rid = msg.get("reqid")
+    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+    event = msg.get("event")
+    if event == "ping":
+        conn.put(encode_pong(rid))
+        return
+    if event not in ("subscribe", "unsubscribe"):
+        conn.put(encode_error("Unsupported event", rid))
+        return
+    sub = msg.get("subscription")
+    pairs = msg.get("pair")
+    if not isinstance(sub, dict) or not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
+        conn.put(encode_error("Malformed request", rid))
+        return
+    name = sub.get("name")
+    echo: dict[str, Any] = {"name": name}
+    if not sim._rate_ok(conn):
+        for p in pairs:
+            conn.put(encode_subscription_status("error", p, echo, rid, error="Exceeded msg rate"))
+        return
+    key = 0
+    if name == "book":
+        key = echo["depth"] = sub.get("depth", 10)
+        ok = key in BOOK_DEPTHS
+        err = "Subscription depth not supported"
+    elif name == "ohlc":
+        key = echo["interval"] = sub.get("interval", 1)
+        ok = key in OHLC_INTERVALS
+        err = "Subscription ohlc interval not supported"
+    else:
+        ok = name in ("trade", "ticker", "spread")
+        err = "Subscription name invalid"
+    state: V1Conn = conn.v1
+    for pair in pairs:
+        if not ok:
+            conn.put(encode_subscription_status("error", pair, echo, rid, error=err))
+            continue
+        sym = framer.v2_name.get(pair)
+        if sym is None:
+            conn.put(encode_subscription_status("error", pair, echo, rid, error=f"Currency pair not supported {pair}"))
+            continue
+        cname = f"{name}-{key}" if name in ("book", "ohlc") else name
+        mkey = market_key(name, sym, key)
+        stream = (name, cname, pair)
+        streams = state.streams.get(mkey, [])
+        if event == "subscribe":
+            if stream in streams:
+                conn.put(encode_subscription_status("error", pair, echo, rid, error="Already subscribed"))
+                continue
+            conn.put(encode_subscription_status("subscribed", pair, echo, rid, cname, framer.channel_id(cname, pair)))
+            if not streams:
+                sim.market.want(mkey[0], mkey[1], mkey[2], 1)
+                line.subscribe(conn, mkey, sim.market.seq)
+            state.streams.setdefault(mkey, []).append(stream)
+            if sub.get("snapshot", True) and name != "spread":
+                snap = sim.market.snapshot(mkey[0], sym, mkey[2], time.time())
+                if snap is not None:
+                    f = framer.frame(name, cname, pair, snap)
+                    if f is not None:
+                        conn.put(f)
+        else:
+            if stream not in streams:
+                conn.put(encode_subscription_status("error", pair, echo, rid, error="Subscription Not Found"))
+                continue
+            streams.remove(stream)
+            if not streams:
+                state.streams.pop(mkey, None)
+                line.unsubscribe(conn, mkey)
+                sim.market.want(mkey[0], mkey[1], mkey[2], -1)
+            conn.put(encode_subscription_status("unsubscribed", pair, echo, rid, cname, framer.channel_id(cname, pair)))
+
+
+def translate_for(conn: SimConn, key: tuple[str, str, int], frame: bytes, cache: dict) -> list[bytes]:
+    """The v1 frames a v2 market frame on `key` becomes for this connection. `cache` lives for one
+    dispatch of one market event, where each key has exactly one frame."""
+    out = []
+    for stream in conn.v1.streams.get(key, ()):
+        ck = (key, stream)
+        f = cache.get(ck)
+        if f is None:
+            f = cache[ck] = conn.line.v1.frame(stream[0], stream[1], stream[2], frame) or b""
+        if f:
+            out.append(f)
+    return out
