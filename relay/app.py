@@ -1,6 +1,10 @@
 """The daemon: one merge, the upstream pool feeding it, the local server publishing it, and the
 operator surface (metrics, health, systemd), with SIGTERM/SIGINT shutdown and SIGHUP reload.
 
+One stack per protocol (relay.protocols): the Spot v2 stack (`merge`, `pool`, the server's own
+`/v2` endpoint) always exists; every other configured protocol (Futures, Spot v1) gets its own
+merge, pool and endpoint on the same listener (`stacks`). Readiness and metrics cover them all.
+
 `kraken-relay run --config FILE`. Everything here is wiring; the behaviour lives in the modules
 it connects, so `Relay` can also be started in-process by tests and by `kraken-relay demo`.
 """
@@ -18,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from relay import __version__
+from relay import __version__, protocols
 from relay.core.merge import Merge, MergeSettings
 from relay.ops.config import ChannelsConfig, ConfigError, RelayConfig, load_config, split_host_port
 from relay.ops.http import HttpServer, readiness
@@ -43,6 +47,20 @@ def merge_settings(cfg: RelayConfig) -> MergeSettings:
         history=cfg.merge.history,
         recent_trades=cfg.merge.recent_trades,
     )
+
+
+class Stack:
+    """One non-v2 protocol: its merge, its upstream pool and its local endpoint."""
+
+    def __init__(self, spec: Any, merge: Any, pool: UpstreamPool, endpoint: Any) -> None:
+        self.spec = spec
+        self.merge = merge
+        self.pool = pool
+        self.endpoint = endpoint
+
+    def symbols(self, cfg: RelayConfig) -> list[str]:
+        section = self.spec.section(cfg)
+        return self.spec.symbols(section) if section is not None else []
 
 
 class DynamicSymbols:
@@ -113,6 +131,23 @@ class Relay:
         self.loop_monitor = LoopLagMonitor()
         self.metrics = RelayMetrics(self.stats, self.loop_monitor)
         self.pool = UpstreamPool(config, self.merge, self.server.publish, lag_sampler=self.metrics.lag_sampler)
+        self.stacks: list[Stack] = []
+        for spec in protocols.configured(config):
+            if spec.name == "v2":
+                continue
+            merge = spec.make_merge(merge_settings(config), config)
+            endpoint = spec.endpoint(self.server, merge, config)
+            self.server.add_endpoint(endpoint)
+            pool = UpstreamPool(
+                config,
+                merge,
+                endpoint.publish,
+                lag_sampler=self.metrics.lag_sampler,
+                protocol=spec,
+                budgets=self.pool.budgets,  # attempt budgets and stagger are per relay
+                stagger=self.pool.stagger,
+            )
+            self.stacks.append(Stack(spec, merge, pool, endpoint))
         host, port = split_host_port(config.http.listen)
         self.http = HttpServer(host, port if http_port is None else http_port, self.metrics.registry, self.ready, self.loop_monitor)
         self.notifier = Notifier()
@@ -129,6 +164,8 @@ class Relay:
         await self.server.start()
         await self.http.start()
         await self.pool.start()
+        for stack in self.stacks:
+            await stack.pool.start()
         self._watchdog = start_watchdog(self.notifier, self.loop_monitor)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="relay-housekeeping"))
         # The steady state allocates few container objects; freezing start-up objects and a
@@ -150,7 +187,8 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.wait_for(self.server.stop(1001, "relay shutting down"), SHUTDOWN_GRACE)
         try:
-            await asyncio.wait_for(self.pool.stop(), SHUTDOWN_GRACE / 2)
+            pools = [self.pool.stop(), *(s.pool.stop() for s in self.stacks)]
+            await asyncio.wait_for(asyncio.gather(*pools), SHUTDOWN_GRACE / 2)
         except asyncio.TimeoutError:
             log.warning("upstreams did not close in time")
         await self.http.stop()
@@ -192,20 +230,36 @@ class Relay:
         self.server.hub.set_channels(new.channels)
         self.pool.config = new
         self.apply_channels()
+        for stack in self.stacks:
+            stack.pool.config = new
+            section = stack.spec.section(new)
+            if section is not None:
+                stack.pool.set_desired(stack.spec.desired(section))
         log.info("config reloaded", symbols=new.channels.all_symbols())
         return True
 
     # -- state ----------------------------------------------------------------------------
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        return readiness(self.config.channels.all_symbols(), self.merge.symbol_state)
+        v2_symbols = self.config.channels.all_symbols() if protocols.V2.section(self.config) is not None else []
+        ok, detail = readiness(v2_symbols, self.merge.symbol_state) if v2_symbols else (True, {})
+        for stack in self.stacks:
+            s_ok, s_detail = readiness(stack.symbols(self.config), stack.merge.symbol_state)
+            ok = ok and s_ok
+            detail.update(s_detail)
+        return ok and bool(detail), detail
+
+    def merges(self) -> list[Any]:
+        return [self.merge, *(s.merge for s in self.stacks)]
+
+    def pools(self) -> list[UpstreamPool]:
+        return [self.pool, *(s.pool for s in self.stacks)]
 
     def stats(self) -> dict[str, Any]:
         """The snapshot `relay.ops.metrics` exports (shape documented there)."""
         now = asyncio.get_event_loop().time() if self.server.loop else time.monotonic()
-        merge = self.merge
-        ustats = {s.name: s for s in merge.upstream_stats}
+        ustats = {s.name: s for m in self.merges() for s in m.upstream_stats}
         upstreams = []
-        for c in self.pool.stats()["upstreams"]:
+        for c in (c for pool in self.pools() for c in pool.stats()["upstreams"]):
             m = ustats.get(c["name"])
             budget = self.pool.budgets.for_upstream(next(u for u in self.config.upstreams if u.name == c["name"]))
             upstreams.append(
@@ -227,41 +281,9 @@ class Relay:
                     "resyncs": dict(m.resyncs) if m else {},
                 }
             )
-        symbols = []
-        for sym, arb in merge.books.items():
-            st = merge.symbol_state(sym)
-            symbols.append(
-                {
-                    "symbol": sym,
-                    "channel": "book",
-                    "state": st.get("book", "down"),
-                    "published": arb.published,
-                    "age": (now - arb.last_update) if arb.last_update else None,
-                    "upstreams": st["upstreams"],
-                }
-            )
-        for sym, tarb in merge.trades.items():
-            symbols.append(
-                {
-                    "symbol": sym,
-                    "channel": "trade",
-                    "state": tarb.state(),
-                    "published": tarb.published,
-                    "age": (now - tarb.last_update) if tarb.last_update else None,
-                    "gaps": tarb.gaps,
-                    "missing_trades": tarb.missing,
-                }
-            )
-        for sym, kar in merge.tickers.items():
-            symbols.append(
-                {
-                    "symbol": sym,
-                    "channel": "ticker",
-                    "state": "ok" if kar.element is not None else "down",
-                    "published": kar.published,
-                    "age": (now - kar.last_update) if kar.last_update else None,
-                }
-            )
+        symbols: list[dict[str, Any]] = []
+        for merge in self.merges():
+            symbols += _merge_symbols(merge, now)
         s = self.server.stats()
         clients = {
             "connected": s["clients"],
@@ -278,9 +300,57 @@ class Relay:
             "upstreams": upstreams,
             "symbols": symbols,
             "clients": clients,
-            "system_status": merge.system_status(),
+            "system_status": _best_status([m.system_status() for m in self.merges()]),
             "ready": int(ok),
         }
+
+
+def _merge_symbols(merge: Any, now: float) -> list[dict[str, Any]]:
+    """Per (symbol, channel) rows for the metrics snapshot, from any protocol's merge."""
+    symbols: list[dict[str, Any]] = []
+    for sym, arb in merge.books.items():
+        st = merge.symbol_state(sym)
+        symbols.append(
+            {
+                "symbol": sym,
+                "channel": "book",
+                "state": st.get("book", "down"),
+                "published": arb.published,
+                "age": (now - arb.last_update) if arb.last_update else None,
+                "upstreams": st["upstreams"],
+            }
+        )
+    for sym, tarb in merge.trades.items():
+        symbols.append(
+            {
+                "symbol": sym,
+                "channel": "trade",
+                "state": tarb.state(),
+                "published": tarb.published,
+                "age": (now - tarb.last_update) if tarb.last_update else None,
+                "gaps": tarb.gaps,
+                "missing_trades": tarb.missing,
+            }
+        )
+    for sym, kar in merge.tickers.items():
+        symbols.append(
+            {
+                "symbol": sym,
+                "channel": "ticker",
+                "state": "ok" if kar.element is not None else "down",
+                "published": kar.published,
+                "age": (now - kar.last_update) if kar.last_update else None,
+            }
+        )
+    return symbols
+
+
+def _best_status(statuses: list[str]) -> str:
+    """The best engine status across protocols (one gauge; each endpoint reports its own)."""
+    from relay.core.merge import STATUS_RANK
+
+    known = [s for s in statuses if s in STATUS_RANK]
+    return min(known, key=STATUS_RANK.__getitem__) if known else "maintenance"
 
 
 # -- CLI ----------------------------------------------------------------------------------------

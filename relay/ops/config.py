@@ -45,7 +45,7 @@ class UpstreamConfig(_Strict):
     url: str
     source_address: str | None = None
     proxy: str | None = None
-    protocol: Literal["v2"] = "v2"
+    protocol: Literal["v2", "v1", "futures"] = "v2"  # which stack (merge + endpoint) this line feeds
 
     @field_validator("url")
     @classmethod
@@ -134,6 +134,58 @@ class ChannelsConfig(_Strict):
         return list(seen)
 
 
+_PRODUCT = re.compile(r"^[A-Za-z]{2}_[A-Za-z0-9_]+$")
+
+
+def _products(v: list[str]) -> list[str]:
+    for p in v:
+        if not isinstance(p, str) or not _PRODUCT.fullmatch(p):
+            raise ValueError(f"{p!r} is not a Kraken Futures product id like PF_XBTUSD")
+    upper = [p.upper() for p in v]
+    if len(set(upper)) != len(upper):
+        raise ValueError("lists a product twice")
+    return upper  # Kraken upper-cases product ids in every answer
+
+
+class FuturesFeedConfig(_Strict):
+    products: list[str] = Field(default_factory=list)
+
+    _check_products = field_validator("products")(classmethod(lambda cls, v: _products(v)))
+
+
+class FuturesChannelsConfig(_Strict):
+    book: FuturesFeedConfig | None = None
+    trade: FuturesFeedConfig | None = None
+    ticker: FuturesFeedConfig | None = None
+    ticker_lite: FuturesFeedConfig | None = None
+
+    def all_products(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for ch in (self.book, self.trade, self.ticker, self.ticker_lite):
+            if ch is not None:
+                seen.update(dict.fromkeys(ch.products))
+        return list(seen)
+
+
+class FuturesConfig(_Strict):
+    """Kraken Derivatives (`wss://futures.kraken.com/ws/v1`) feeds, served on `path`."""
+
+    channels: FuturesChannelsConfig
+    path: str = "/ws/v1"
+    # Upstream liveness: the `heartbeat` feed is always subscribed; a line silent for this long
+    # (no heartbeat, no data) is reconnected. RFC 6455 pings every `ping_interval` s catch a dead
+    # TCP connection sooner (Kraken requires one at least every 60 s).
+    heartbeat_timeout: float = Field(default=90.0, gt=0)
+    ping_interval: float = Field(default=30.0, gt=0, le=60.0)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or v == "/":
+            raise ValueError("must start with / and not be / (kept for the v1 endpoint)")
+        return v
+
+
 class TlsConfig(_Strict):
     cert: str
     key: str
@@ -219,7 +271,10 @@ class LoggingConfig(_Strict):
 
 class RelayConfig(_Strict):
     upstreams: list[UpstreamConfig] = Field(min_length=1)
-    channels: ChannelsConfig
+    # Spot v2 channels; required when a v2 upstream exists (empty otherwise, so code reading
+    # `config.channels` needs no None checks).
+    channels: ChannelsConfig = ChannelsConfig(instrument=False)
+    futures: FuturesConfig | None = None
     server: ServerConfig = ServerConfig()
     http: HttpConfig = HttpConfig()
     reconnect: ReconnectConfig = ReconnectConfig()
@@ -235,8 +290,32 @@ class RelayConfig(_Strict):
         for i, n in enumerate(names):
             if n in names[:i]:
                 raise ValueError(f"upstreams[{i}].name: {n!r} is used twice")
-        if not self.channels.all_symbols():
-            raise ValueError("channels: no symbols configured in any channel")
+        protocols = {u.protocol for u in self.upstreams}
+        if "v2" in protocols:
+            if "channels" not in self.model_fields_set:
+                raise ValueError("channels: is required (an upstream has protocol v2)")
+            if not self.channels.all_symbols():
+                raise ValueError("channels: no symbols configured in any channel")
+        elif "channels" in self.model_fields_set and self.channels.all_symbols():
+            raise ValueError("channels: configured but no upstream has protocol v2")
+        for proto in ("v1", "futures"):
+            section = getattr(self, proto, None)
+            if proto in protocols and section is None:
+                i = next(i for i, u in enumerate(self.upstreams) if u.protocol == proto)
+                raise ValueError(f"{proto}: is required (upstreams[{i}] has protocol {proto})")
+            if section is not None and proto not in protocols:
+                raise ValueError(f"{proto}: configured but no upstream has protocol {proto}")
+        if self.futures is not None and not self.futures.channels.all_products():
+            raise ValueError("futures.channels: no products configured in any feed")
+        paths = [("server.path", self.server.path)]
+        for proto in ("v1", "futures"):
+            section = getattr(self, proto, None)
+            if section is not None:
+                paths.append((f"{proto}.path", getattr(section, "path", "/")))
+        for i, (key, path) in enumerate(paths):
+            for other, opath in paths[:i]:
+                if path == opath:
+                    raise ValueError(f"{key}: {path!r} is already used by {other}")
         return self
 
 

@@ -72,6 +72,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.is_open = False
+        self.endpoint = None  # another protocol's endpoint (listener.Endpoint); None: the v2 hub
+        self.source = server.source  # the merge serving this client's book snapshots
+        self.ep_state: object = None  # per-client state owned by the endpoint
         self.closing = False
         self.closed = False
         # hub state
@@ -169,7 +172,11 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake(self, request: Request) -> None:
         proto, server, cfg = self.proto, self.server, self.server.config
         parts = urlsplit(request.path)
-        if parts.path != cfg.path:
+        endpoint = server.endpoints.get(parts.path)
+        if endpoint is not None:
+            self.endpoint = endpoint
+            self.source = endpoint.source
+        if parts.path != cfg.path and endpoint is None:
             text = "Not Found: the v1 endpoint is not available yet\n" if parts.path == "/" else "Not Found\n"
             response = proto.reject(404, text)
             reason = "path"
@@ -189,7 +196,8 @@ class ClientConnection(asyncio.Protocol):
         if response.status_code == 101:
             self.is_open = True
             server.client_opened(self)
-            self.queue(encode_status(server.source.system_status(), server.version, self.connection_id))
+            if endpoint is None:
+                self.queue(encode_status(server.source.system_status(), server.version, self.connection_id))
         else:
             server.refused(reason)
 
@@ -221,12 +229,19 @@ class ClientConnection(asyncio.Protocol):
         time_in = now_rfc3339()
         server = self.server
         server.requests_total += 1
+        endpoint = self.endpoint
         if (size if size is not None else len(data)) > self.max_message:
             server.error_replies += 1
+            if endpoint is not None:
+                endpoint.reject(self, "too_big", None)
+                return
             self.queue(encode_error(None, rq.ERR_TOO_BIG, None, time_in, now_rfc3339()))
             return
         if not text:
             server.error_replies += 1
+            if endpoint is not None:
+                endpoint.reject(self, "binary", data)
+                return
             self.queue(encode_error(None, rq.ERR_BINARY, None, time_in, now_rfc3339()))
             return
         # Token bucket: `max_requests_per_second`, burst of one second's worth.
@@ -235,10 +250,20 @@ class ClientConnection(asyncio.Protocol):
         if tokens < 1.0:
             self._tokens = tokens
             server.rate_limited += 1
+            if endpoint is not None:
+                endpoint.reject(self, "rate", data)
+                return
             method, req_id = rq.peek_ids(data)
             self.queue(encode_error(method, rq.ERR_RATE, req_id, time_in, now_rfc3339()))
             return
         self._tokens = tokens - 1.0
+        if endpoint is not None:
+            try:
+                endpoint.message(self, data, now)
+            except Exception:  # a bug must cost this request, not the connection
+                log.exception("request handling failed (%s)", endpoint.path)
+                server.error_replies += 1
+            return
         req = rq.parse_request(data, server.config.max_subscriptions_per_client)
         if isinstance(req, rq.Ping):
             self.queue(encode_pong(req.req_id, time_in, now_rfc3339()))
@@ -293,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
             self.dropped += 1
             return
         if not snapshot:
-            snap = self.server.source.book_snapshot(key[1], key[2])
+            snap = self.source.book_snapshot(key[1], key[2])
             if snap is None:
                 self.dropped += 1
                 return
@@ -309,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _resync_books(self) -> None:
         self._resync = False
-        source = self.server.source
+        source = self.source
         for key, live in list(self.books.items()):
             if live:
                 continue
@@ -436,7 +461,7 @@ class ClientConnection(asyncio.Protocol):
                 self.close_slow()
                 return
             self.congested_since = None
-        if (self.subs or self.relay_subscribed) and now - self.last_out >= heartbeat_after and not self._out:
+        if self.endpoint is None and (self.subs or self.relay_subscribed) and now - self.last_out >= heartbeat_after and not self._out:
             self.queue(b'{"channel":"heartbeat"}')
 
     def buffered(self) -> int:

@@ -6,6 +6,10 @@ right after every `merge.feed()/tick()`, so the merge's state always matches wha
 published when a late joiner's snapshot is taken.
 
 Shutdown (`stop()`) closes every client with 1001 ("going away"), as Kraken's proxy does on restart.
+
+Other protocols (Futures `/ws/v1`, Spot v1 `/`) share this listener: `add_endpoint(endpoint)`
+routes websocket handshakes on `endpoint.path` to it (see `Endpoint`); limits, token, slow-client
+policy and coalesced writes stay here and in `client.ClientConnection` for every path.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import ssl
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from relay import __version__
 from relay.ops.config import ChannelsConfig, ServerConfig, split_host_port
@@ -25,6 +29,27 @@ from relay.server.demand import DemandHandler
 from relay.server.hub import Hub, Source
 
 log = logging.getLogger("relay.server")
+
+class Endpoint(Protocol):
+    """A non-v2 protocol served on its own path (duck-typed; see relay/server/futures.py).
+
+    `source` is that protocol's merge (`book_snapshot(symbol, key)` serves slow-client book
+    resets through `ClientConnection.deliver_book`). The connection calls `opened` after the
+    handshake (queue a greeting), `message` per text message (after size and rate checks),
+    `reject` when such a check fails (`reason`: too_big | binary | rate), `closed` once.
+    """
+
+    path: str
+    source: Any
+
+    def opened(self, conn: Any, now: float) -> None: ...
+    def message(self, conn: Any, data: bytes, now: float) -> None: ...
+    def reject(self, conn: Any, reason: str, data: bytes | None) -> None: ...
+    def closed(self, conn: Any, now: float) -> None: ...
+    def tick(self, now: float) -> None: ...
+    def publish(self, pubs: Iterable[Any]) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
 
 HANDSHAKE_BACKLOG = 64  # extra sockets allowed mid-handshake (beyond 2 x max_clients) before aborting
 
@@ -70,6 +95,7 @@ class LocalServer:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task | None = None
+        self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint of another protocol
         self.connections: set[ClientConnection] = set()  # every socket, handshaking or open
         self.open_clients: set[ClientConnection] = set()
         # counters
@@ -82,6 +108,15 @@ class LocalServer:
         self.rate_limited = 0
         self.frames_out = 0
         self.bytes_out = 0
+
+    def add_endpoint(self, endpoint: Endpoint) -> None:
+        """Serve another protocol on `endpoint.path` (before or after `start`)."""
+        if endpoint.path == self.config.path or endpoint.path in self.endpoints:
+            raise ValueError(f"path {endpoint.path!r} is already served")
+        self.endpoints[endpoint.path] = endpoint
+
+    def url_for(self, path: str) -> str:
+        return self.url[: -len(self.config.path)] + path
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -167,12 +202,18 @@ class LocalServer:
     def client_opened(self, conn: ClientConnection) -> None:
         self.accepted += 1
         self.open_clients.add(conn)
-        self.hub.add_client(conn)
+        if conn.endpoint is None:
+            self.hub.add_client(conn)
+        else:
+            conn.endpoint.opened(conn, self.loop.time())
 
     def client_detached(self, conn: ClientConnection) -> None:
         if conn in self.open_clients:
             self.open_clients.discard(conn)
-            self.hub.remove_client(conn, self.loop.time())
+            if conn.endpoint is None:
+                self.hub.remove_client(conn, self.loop.time())
+            else:
+                conn.endpoint.closed(conn, self.loop.time())
 
     def connection_gone(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
@@ -196,6 +237,8 @@ class LocalServer:
         for conn in list(self.open_clients):
             conn.tick(now, hb, self.slow_client_timeout)
         self.hub.tick(now)
+        for ep in self.endpoints.values():
+            ep.tick(now)
 
     # -- observability --------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -220,4 +263,5 @@ class LocalServer:
             "rate_limited": self.rate_limited,
             "dynamic_symbols": sorted(self.hub.demand.symbols()),
             "pending_subscriptions": len(self.hub.pending),
+            "endpoints": {path: ep.stats() for path, ep in self.endpoints.items()},
         }

@@ -25,7 +25,6 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.core.events import AckEvent, StatusEvent, UnknownEvent
-from relay.core.v2 import encode_ping
 from relay.ops.config import RelayConfig, UpstreamConfig
 from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of
@@ -69,7 +68,13 @@ class UpstreamConnection:
         stable_after: float = 10.0,
         max_queue: int = 64,
         lag_sampler: Any = None,
+        protocol: Any = None,
     ) -> None:
+        from relay.protocols import V2
+
+        self.protocol = protocol or V2  # relay.protocols.ProtocolSpec: requests, pings, liveness
+        self.frame_timeout = self.protocol.frame_timeout(cfg)
+        self.ws_ping_interval = self.protocol.ws_ping_interval(cfg)
         self.index = index
         self.lag = lag_sampler  # optional: `.due()` per frame, `.observe_rfc3339(ts)` on samples
         self.up = up
@@ -91,7 +96,9 @@ class UpstreamConnection:
             ack_timeout=max(10.0, cfg.reconnect.handshake_timeout),
         )
         opts.update(planner_options or {})
-        self.planner = SubscriptionPlanner(desired, **opts)
+        self.planner = SubscriptionPlanner(
+            desired, encode_request=self.protocol.encode_request, params_for=self.protocol.request_params, **opts
+        )
         # -- operator state ----------------------------------------------------------------
         self.state = DOWN
         self.system: str | None = None  # engine status last reported on this line
@@ -136,7 +143,10 @@ class UpstreamConnection:
             self.state = CONNECTING
             try:
                 ws = await open_connection(
-                    self.up, handshake_timeout=self.cfg.reconnect.handshake_timeout, max_queue=self.max_queue
+                    self.up,
+                    handshake_timeout=self.cfg.reconnect.handshake_timeout,
+                    max_queue=self.max_queue,
+                    ping_interval=self.ws_ping_interval,
                 )
             except asyncio.CancelledError:
                 raise
@@ -290,15 +300,17 @@ class UpstreamConnection:
 
     async def _housekeep(self, ws: ClientConnection) -> None:
         live = self.cfg.liveness
+        frame_timeout = self.frame_timeout
+        encode_ping = self.protocol.encode_ping  # None: RFC 6455 pings by the websocket layer
         status_timeout = self.cfg.reconnect.handshake_timeout
         clock = self._clock
         try:
             while True:
                 self._wake.clear()
                 now = clock()
-                if now - (self.last_frame_time or now) >= live.frame_timeout:
+                if now - (self.last_frame_time or now) >= frame_timeout:
                     self._close_reason = "timeout"
-                    log.warning("upstream silent", upstream=self.name, timeout=live.frame_timeout)
+                    log.warning("upstream silent", upstream=self.name, timeout=frame_timeout)
                     ws.transport.abort()
                     return
                 if not self._status_seen and now - (self.connected_at or now) >= status_timeout:
@@ -311,7 +323,7 @@ class UpstreamConnection:
                 for key, error in self.planner.last_timeouts:
                     self.rejections[key.label()] = error
                     log.warning("subscription not acknowledged", upstream=self.name, subscription=key.label())
-                if now - self._last_sent >= live.ping_interval:
+                if encode_ping is not None and now - self._last_sent >= live.ping_interval:
                     frames.append(encode_ping(self.planner.next_req_id()))
                 if frames:
                     async with asyncio.timeout(live.frame_timeout):
@@ -320,10 +332,9 @@ class UpstreamConnection:
                     self._last_sent = clock()
                 self._update_state()
                 now = clock()
-                wake_at = min(
-                    (self.last_frame_time or now) + live.frame_timeout,
-                    self._last_sent + live.ping_interval,
-                )
+                wake_at = (self.last_frame_time or now) + frame_timeout
+                if encode_ping is not None:
+                    wake_at = min(wake_at, self._last_sent + live.ping_interval)
                 if not self._status_seen:
                     wake_at = min(wake_at, (self.connected_at or now) + status_timeout)
                 nxt = self.planner.next_wakeup(now)

@@ -38,7 +38,14 @@ class UpstreamPool:
         stable_after: float = 10.0,
         max_queue: int = 64,
         lag_sampler: Callable[[str], Any] | None = None,
+        protocol: Any = None,
+        budgets: BudgetRegistry | None = None,
+        stagger: Stagger | None = None,
     ) -> None:
+        """`budgets`/`stagger`: share another pool's (one per relay, whatever the protocol)."""
+        from relay.protocols import V2
+
+        self.protocol = protocol or V2  # relay.protocols.ProtocolSpec: only its upstreams are ours
         self.config = config
         self.merge = merge
         self.publish = publish
@@ -47,13 +54,14 @@ class UpstreamPool:
         self.stable_after = stable_after
         self.max_queue = max_queue
         self.lag_sampler = lag_sampler  # e.g. RelayMetrics.lag_sampler: name -> sampler
-        self.budgets = BudgetRegistry(config.budget)
-        self.stagger = Stagger(config.reconnect.stagger)
+        self.budgets = budgets or BudgetRegistry(config.budget)
+        self.stagger = stagger or Stagger(config.reconnect.stagger)
         self.connections: list[UpstreamConnection] = []
         self.resync_requests = 0
         self.resync_ignored = 0
         self._tasks: list[asyncio.Task] = []
-        self._desired = desired_from_channels(config.channels)
+        section = self.protocol.section(config)
+        self._desired = self.protocol.desired(section) if section is not None else []
         self._clock = time.monotonic
 
 
@@ -62,7 +70,7 @@ class UpstreamPool:
         if self._tasks:
             return
         self._clock = asyncio.get_running_loop().time
-        for up in self.config.upstreams:
+        for up in self.upstreams():
             index = self.merge.add_upstream(up.name)
             conn = UpstreamConnection(
                 index,
@@ -77,6 +85,7 @@ class UpstreamPool:
                 stable_after=self.stable_after,
                 max_queue=self.max_queue,
                 lag_sampler=self.lag_sampler(up.name) if self.lag_sampler else None,
+                protocol=self.protocol,
             )
             self.connections.append(conn)
         for conn in self.connections:
@@ -91,6 +100,10 @@ class UpstreamPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
+    def upstreams(self) -> list[Any]:
+        """The configured upstreams of this pool's protocol."""
+        return [u for u in self.config.upstreams if u.protocol == self.protocol.name]
+
     def by_index(self, index: int) -> UpstreamConnection | None:
         for conn in self.connections:
             if conn.index == index:
@@ -99,7 +112,11 @@ class UpstreamPool:
 
     def set_symbols(self, channels: ChannelsConfig) -> None:
         """Config reload: subscribe added symbols and unsubscribe removed ones on every line."""
-        self._desired = desired_from_channels(channels)
+        self.set_desired(desired_from_channels(channels))
+
+    def set_desired(self, desired: list[Any]) -> None:
+        """Config reload for any protocol: the new desired `SubKey`s on every line."""
+        self._desired = list(desired)
         for conn in self.connections:
             conn.set_desired(list(self._desired))
 

@@ -15,7 +15,7 @@ Fed a clock; `poll(now)` returns frames to send, `next_wakeup(now)` when to call
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -154,7 +154,13 @@ class SubscriptionPlanner:
         resync_max_interval: float = 60.0,
         ack_timeout: float = 10.0,
         first_req_id: int = 1,
+        encode_request: Callable[..., bytes] = encode_subscribe,
+        params_for: Callable[[str, int], dict] = request_params,
     ) -> None:
+        # The protocol's request encoder `(channel, symbols | None, req_id, method=, **params)`
+        # and channel parameters (relay.protocols); Spot v2 by default.
+        self.encode_request = encode_request
+        self.params_for = params_for
         self.batch_size = batch_size
         self.retry_delay = retry_delay
         self.max_retry_delay = max(max_retry_delay, retry_delay)
@@ -267,6 +273,15 @@ class SubscriptionPlanner:
                 and (ev.channel is None or k.channel == ev.channel)
                 and (k.symbol == (ev.symbol or ""))
             ]
+            # Protocols without request ids (Futures) answer per (feed, product): close the
+            # matching request's bookkeeping here so `_requests` cannot grow.
+            for key in keys:
+                e = self.entries.get(key)
+                other = self._requests.get(e.req_id) if e is not None and e.req_id is not None else None
+                if other is not None:
+                    other.open.discard(key)
+                    if not other.open:
+                        del self._requests[e.req_id]  # type: ignore[union-attr,arg-type]
         for key in keys:
             if req is not None:
                 req.open.discard(key)
@@ -345,17 +360,18 @@ class SubscriptionPlanner:
                 if e.state == state:
                     groups.setdefault((e.key.channel, e.key.param), []).append(e)
             for (channel, param), entries in groups.items():
-                step = 1 if channel == "instrument" else self.batch_size
+                channel_wide = not entries[0].key.symbol  # instrument, futures heartbeat
+                step = 1 if channel_wide else self.batch_size
                 for i in range(0, len(entries), step):
                     if not self.bucket.take(now):
                         return frames
                     batch = entries[i : i + step]
                     rid = self.next_req_id()
-                    symbols = None if channel == "instrument" else [e.key.symbol for e in batch]
-                    params = request_params(channel, param)
+                    symbols = None if channel_wide else [e.key.symbol for e in batch]
+                    params = self.params_for(channel, param)
                     if method == "unsubscribe":
                         params.pop("snapshot", None)
-                    frames.append(encode_subscribe(channel, symbols, rid, method=method, **params))
+                    frames.append(self.encode_request(channel, symbols, rid, method=method, **params))
                     keys = [e.key for e in batch]
                     self._requests[rid] = _Request(method, channel, param, keys, set(keys))
                     for e in batch:

@@ -8,8 +8,9 @@ consulted (`proxy=None` unless configured): the config file is the single source
 * `compression=None`: permessage-deflate costs ~1/3 of receive throughput (design notes).
 * `max_size` 16 MiB: depth-1000 snapshots are large; `max_queue` bounds buffered frames so a slow
   consumer pauses reading instead of growing memory.
-* `ping_interval=None`: liveness is our own JSON ping + frame deadline (websockets' keepalive
-  would raise its own 1011 on top of it).
+* `ping_interval=None` for Spot: liveness is our own JSON ping + frame deadline (websockets'
+  keepalive would raise its own 1011 on top of it). Futures has no JSON ping: its connections
+  pass `ping_interval` (RFC 6455 pings, as Kraken's reference client does every 30 s).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ async def open_connection(
     max_size: int = MAX_SIZE,
     max_queue: int = MAX_QUEUE,
     close_timeout: float = 2.0,
+    ping_interval: float | None = None,
 ) -> ClientConnection:
     """Connect and complete the websocket handshake within `handshake_timeout` seconds."""
     kwargs: dict = {}
@@ -54,7 +56,8 @@ async def open_connection(
         compression=None,
         proxy=up.proxy,
         open_timeout=handshake_timeout,
-        ping_interval=None,
+        ping_interval=ping_interval,
+        ping_timeout=None if ping_interval is None else min(20.0, ping_interval),
         close_timeout=close_timeout,
         max_size=max_size,
         max_queue=max_queue,
