@@ -186,6 +186,78 @@ class FuturesConfig(_Strict):
         return v
 
 
+def _v1_pairs(v: list[str]) -> list[str]:
+    for s in v:
+        if not isinstance(s, str) or "/" not in s or s != s.strip():
+            raise ValueError(f"{s!r} is not a Kraken v1 pair like XBT/USD")
+    if len(set(v)) != len(v):
+        raise ValueError("lists a pair twice")
+    return v
+
+
+class V1BookConfig(_Strict):
+    symbols: list[str] = Field(default_factory=list)
+    depth: int = 100
+
+    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _v1_pairs(v)))
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: int) -> int:
+        if v not in BOOK_DEPTHS:
+            raise ValueError(f"must be one of {', '.join(map(str, BOOK_DEPTHS))}")
+        return v
+
+
+class V1PairsConfig(_Strict):
+    symbols: list[str] = Field(default_factory=list)
+
+    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _v1_pairs(v)))
+
+
+class V1OhlcConfig(V1PairsConfig):
+    intervals: list[int] = Field(default_factory=lambda: [1])
+
+    @field_validator("intervals")
+    @classmethod
+    def _intervals(cls, v: list[int]) -> list[int]:
+        bad = [i for i in v if i not in OHLC_INTERVALS]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a Kraken interval ({', '.join(map(str, OHLC_INTERVALS))})")
+        return v
+
+
+class V1ChannelsConfig(_Strict):
+    """Spot v1 channels; pairs use v1 names (`XBT/USD`, `XDG/USD`: REST AssetPairs `wsname`)."""
+
+    book: V1BookConfig | None = None
+    trade: V1PairsConfig | None = None
+    ticker: V1PairsConfig | None = None
+    spread: V1PairsConfig | None = None
+    ohlc: V1OhlcConfig | None = None
+
+    def all_symbols(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for ch in (self.book, self.trade, self.ticker, self.spread, self.ohlc):
+            if ch is not None:
+                seen.update(dict.fromkeys(ch.symbols))
+        return list(seen)
+
+
+class V1Config(_Strict):
+    """Legacy Kraken Spot v1 (`wss://ws.kraken.com`) channels, served on `path` (`/`, as Kraken)."""
+
+    channels: V1ChannelsConfig
+    path: str = "/"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+
 class TlsConfig(_Strict):
     cert: str
     key: str
@@ -275,6 +347,7 @@ class RelayConfig(_Strict):
     # `config.channels` needs no None checks).
     channels: ChannelsConfig = ChannelsConfig(instrument=False)
     futures: FuturesConfig | None = None
+    v1: V1Config | None = None
     server: ServerConfig = ServerConfig()
     http: HttpConfig = HttpConfig()
     reconnect: ReconnectConfig = ReconnectConfig()
@@ -307,6 +380,8 @@ class RelayConfig(_Strict):
                 raise ValueError(f"{proto}: configured but no upstream has protocol {proto}")
         if self.futures is not None and not self.futures.channels.all_products():
             raise ValueError("futures.channels: no products configured in any feed")
+        if self.v1 is not None and not self.v1.channels.all_symbols():
+            raise ValueError("v1.channels: no pairs configured in any channel")
         paths = [("server.path", self.server.path)]
         for proto in ("v1", "futures"):
             section = getattr(self, proto, None)

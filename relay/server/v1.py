@@ -1,8 +1,8 @@
 """The local Spot v1 endpoint (`/`, as Kraken serves it) for existing v1 clients (cryptofeed, ...).
 
 Sans-I/O: `V1Endpoint` answers requests and fans publications out to duck-typed client sessions
-(the same `Session` interface as the v2 hub: `queue`, `deliver`, `deliver_book`, `start_book`,
-`stop_book`, `subs`), so the v2 client machinery (coalesced writes, slow-client policy, limits)
+(the same `Session` interface as the v2 hub: `queue(text)`, `deliver(websocket frame)`,
+`deliver_book`, `start_book`, `stop_book`, `subs`), so the v2 client machinery (coalesced writes, slow-client policy, limits)
 serves v1 clients unchanged.
 
 Channel ids: v1 streams are keyed by a channelID. Upstream ids die with each upstream connection,
@@ -33,6 +33,7 @@ from relay.core.v1 import (
     encode_system_status,
     split_frame,
 )
+from relay.server.wire import text_frame
 
 SubKey = tuple[str, str, int]
 
@@ -178,7 +179,11 @@ def parse_request(raw: bytes, max_pairs: int = 200) -> V1Subscribe | V1Ping | V1
 
 
 class V1Endpoint:
-    """Subscriptions and dispatch for v1 clients (no I/O)."""
+    """Subscriptions and dispatch for v1 clients (no I/O); the listener's `Endpoint` for `path`.
+
+    Heartbeats: `{"event":"heartbeat"}` to a client with subscriptions after `heartbeat_interval`
+    without any frame (Kraken: about 1 s), sent from `tick`.
+    """
 
     name = "v1"
     heartbeat = HEARTBEAT
@@ -193,7 +198,11 @@ class V1Endpoint:
         max_subscriptions_per_client: int = 200,
         trade_snapshot_count: int = 50,
         version: str = "relay",
+        path: str = "/",
+        heartbeat_interval: float = 1.0,
     ) -> None:
+        self.path = path
+        self.heartbeat_interval = heartbeat_interval
         self.merge = merge
         self.ids = ChannelIds()
         self.source = StampedSource(merge, self.ids)
@@ -221,6 +230,33 @@ class V1Endpoint:
         self.clients.discard(client)
         for key in list(client.subs):
             self._unregister(client, key)
+
+    # -- listener `Endpoint` interface ------------------------------------------------------
+    def opened(self, conn: Any, now: float) -> None:
+        self.add_client(conn)
+        conn.queue(self.hello(getattr(conn, "connection_id", 0)))
+
+    def closed(self, conn: Any, now: float) -> None:
+        self.remove_client(conn, now)
+
+    def message(self, conn: Any, data: bytes, now: float) -> None:
+        if not self.handle_message(conn, data, now):
+            server = getattr(conn, "server", None)
+            if server is not None:
+                server.error_replies += 1
+
+    def reject(self, conn: Any, reason: str, data: bytes | None) -> None:
+        """A message refused before parsing (size, binary, rate): Kraken-style `error` event."""
+        rid = None
+        if data:
+            try:
+                msg = orjson.loads(data)
+                rid = msg.get("reqid") if isinstance(msg, dict) and isinstance(msg.get("reqid"), int) else None
+            except orjson.JSONDecodeError:
+                pass
+        text = {"too_big": "Message too large", "binary": "Binary messages are not supported",
+                "rate": "Exceeded msg rate"}.get(reason, ERR_MALFORMED)
+        conn.queue(encode_error(text, rid))
 
     def subscription_count(self) -> int:
         return sum(len(s) for s in self.subs.values())
@@ -325,27 +361,32 @@ class V1Endpoint:
     def _dispatch(self, pub: Any) -> None:
         channel = pub.channel
         if channel == "status":
-            frame = encode_system_status(self.merge.system_status(), 0, self.version)
+            wire = text_frame(encode_system_status(self.merge.system_status(), 0, self.version))
             for c in tuple(self.clients):
-                c.deliver(frame)
+                c.deliver(wire)
             self.delivered += len(self.clients)
             return
         key = (channel, pub.symbol, pub.key)
         clients = self.subs.get(key)
         if not clients:
             return
-        frame = self.ids.stamp(key, pub.frame)
+        wire = text_frame(self.ids.stamp(key, pub.frame))  # stamped and framed once for all clients
         if channel == "book":
             snap = pub.snapshot
             for c in tuple(clients):
-                c.deliver_book(key, frame, snap)
+                c.deliver_book(key, wire, snap)
         else:
             for c in tuple(clients):
-                c.deliver(frame)
+                c.deliver(wire)
         self.delivered += len(clients)
 
     def tick(self, now: float) -> None:
-        return None
+        """Heartbeats for subscribed clients that got nothing for `heartbeat_interval`."""
+        after = self.heartbeat_interval * 0.95
+        for c in tuple(self.clients):
+            if c.subs and now - getattr(c, "last_out", now) >= after and not getattr(c, "_out", None) \
+                    and not getattr(c, "closing", False):
+                c.queue(HEARTBEAT)
 
     def stats(self) -> dict[str, Any]:
         return {

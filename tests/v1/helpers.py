@@ -54,6 +54,14 @@ def cf_rest_pairs() -> dict:
     return json.loads(first.split(": ", 1)[1])
 
 
+def unframe(wire: bytes) -> bytes:
+    """The payload of one unmasked server text frame (as built by relay.server.wire.text_frame)."""
+    assert wire[0] == 0x81, wire[:2]
+    n = wire[1] & 0x7F
+    start = 2 if n < 126 else 4 if n == 126 else 10
+    return wire[start:]
+
+
 class FakeSession:
     """The `Session` interface of relay/server/client.py, recording frames."""
 
@@ -68,12 +76,14 @@ class FakeSession:
     def queue(self, frame: bytes) -> None:
         self.frames.append(frame)
 
-    deliver = queue
+    def deliver(self, wire: bytes) -> None:
+        self.frames.append(unframe(wire))
 
-    def deliver_book(self, key, frame: bytes, snapshot: bool) -> None:
+    def deliver_book(self, key, wire: bytes, snapshot: bool) -> None:
         live = self.books.get(key)
         if live is None:
             return
+        frame = unframe(wire)
         if not live:
             if not snapshot:
                 snap = self.source.book_snapshot(key[1], key[2]) if self.source else None
