@@ -245,7 +245,8 @@ class Relay:
         for stack in self.stacks:
             s_ok, s_detail = readiness(stack.symbols(self.config), stack.merge.symbol_state)
             ok = ok and s_ok
-            detail.update(s_detail)
+            prefix = stack.spec.label_prefix
+            detail.update({prefix + k: v for k, v in s_detail.items()} if prefix else s_detail)
         return ok and bool(detail), detail
 
     def merges(self) -> list[Any]:
@@ -281,13 +282,17 @@ class Relay:
                     "resyncs": dict(m.resyncs) if m else {},
                 }
             )
-        symbols: list[dict[str, Any]] = []
-        for merge in self.merges():
-            symbols += _merge_symbols(merge, now)
+        symbols: list[dict[str, Any]] = _merge_symbols(self.merge, now)
+        for stack in self.stacks:
+            rows = _merge_symbols(stack.merge, now)
+            for row in rows if stack.spec.label_prefix else ():
+                row["symbol"] = stack.spec.label_prefix + row["symbol"]
+            symbols += rows
         s = self.server.stats()
+        ep_subs = sum(int(e.get("subscriptions", 0)) for e in s.get("endpoints", {}).values())
         clients = {
             "connected": s["clients"],
-            "subscriptions": s["subscriptions"],
+            "subscriptions": s["subscriptions"] + ep_subs,
             "buffer_bytes": s["buffered_bytes"],
             "buffer_max_bytes": s["max_client_buffered_bytes"],
             "frames_sent": s["frames_out"],
@@ -332,16 +337,17 @@ def _merge_symbols(merge: Any, now: float) -> list[dict[str, Any]]:
                 "missing_trades": tarb.missing,
             }
         )
-    for sym, kar in merge.tickers.items():
-        symbols.append(
-            {
-                "symbol": sym,
-                "channel": "ticker",
-                "state": "ok" if kar.element is not None else "down",
-                "published": kar.published,
-                "age": (now - kar.last_update) if kar.last_update else None,
-            }
-        )
+    for channel, table in (("ticker", merge.tickers), ("spread", getattr(merge, "spreads", {}))):
+        for sym, kar in table.items():
+            symbols.append(
+                {
+                    "symbol": sym,
+                    "channel": channel,
+                    "state": "ok" if kar.element is not None else "down",
+                    "published": kar.published,
+                    "age": (now - kar.last_update) if kar.last_update else None,
+                }
+            )
     return symbols
 
 

@@ -52,6 +52,9 @@ class ProtocolSpec:
     endpoint: Callable[[LocalServer, Any, RelayConfig], Any] | None = None
     ws_ping_interval: Callable[[RelayConfig], float | None] = lambda cfg: None
     frame_timeout: Callable[[RelayConfig], float] = lambda cfg: cfg.liveness.frame_timeout
+    # Prefix of this protocol's symbols in metrics labels and /readyz keys, where its names can
+    # collide with another protocol's (Spot v1 `ETH/USD` vs v2 `ETH/USD`): "v1:" -> "v1:ETH/USD".
+    label_prefix: str = ""
 
 
 # -- Spot v2 ---------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ V1 = protocols.ProtocolSpec(
     symbols=symbols,
     path=lambda cfg: _section(cfg).path,
     endpoint=_endpoint,
+    label_prefix="v1:",
 )
 
 protocols.register(V1)

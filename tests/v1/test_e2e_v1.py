@@ -79,11 +79,12 @@ async def test_v1_clients_over_tls_through_line_faults(tls_cert):
         # the corrupted frames and the dropped line were noticed upstream, never shown downstream
         ustats = {s.name: s for s in stack.merge.upstream_stats}
         assert ustats["line0"].checksum_mismatches >= 1 and ustats["line1"].checksum_mismatches >= 1
-        # readiness and metrics cover the v1 pairs
+        # readiness and metrics cover the v1 pairs, prefixed "v1:" (v1 and v2 both have ETH/USD)
         ok, detail = relay.ready()
-        assert ok and {"XBT/USD", "ETH/USD"} <= set(detail)
+        assert ok and {"v1:XBT/USD", "v1:ETH/USD"} <= set(detail)
         base = f"http://127.0.0.1:{relay.http.port}"
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(base + "/readyz", timeout=5).read())
-        assert "XBT/USD" in json.dumps(json.loads(body))
+        assert "v1:XBT/USD" in json.dumps(json.loads(body))
         metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(base + "/metrics", timeout=5).read().decode())
-        assert 'symbol="XBT/USD"' in metrics and 'symbol="ETH/USD"' in metrics
+        assert 'kraken_relay_symbol_state{channel="book",state="ok",symbol="v1:XBT/USD"} 1.0' in metrics
+        assert 'symbol="v1:ETH/USD"' in metrics and 'channel="spread"' in metrics
