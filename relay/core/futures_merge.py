@@ -1,0 +1,715 @@
+"""The Futures merge: several futures upstream lines in, one futures feed out (Sans-I/O).
+
+Same public surface as `relay.core.merge.Merge` (feed/take/take_requests/tick/line_status/
+upstream_up/upstream_down/symbol_resubscribing/add_upstream, snapshots, symbol_state,
+system_status), so the upstream pool, the app, metrics and readiness treat it the same way.
+
+Books advance by `seq` (futures books have no checksum). What Kraken does not document is
+whether two connections see the same `seq` for the same event. The design works when they do and
+degrades safely when they do not:
+
+* The published book has one seq space, started by the first line's snapshot (that line is
+  *aligned*). Another line becomes aligned only after proof: a delta it delivers carries the
+  same (side, price, qty) as the published delta with the same seq (or its snapshot equals the
+  published book at the same seq). Until then it keeps its own book from its own snapshot.
+* Aligned lines are true A/B arbitration: the next seq is published from whichever line brings
+  it first, copies (seq already published) are dropped, and a seq missing on one line is filled by
+  another (deltas beyond it wait, bounded, up to `trade_gap_wait` seconds).
+* A line's own seq must be contiguous: a gap on an unverified line invalidates its book and
+  resyncs that line (that product only). A copy whose content differs from what was published at
+  that seq proves the seq spaces differ: the line is marked divergent and resynced.
+* A gap no aligned line can fill: the product is re-based from the most advanced line that holds
+  its own book (a fresh `book_snapshot` is published with that line's seq), else every line is
+  resubscribed for that product alone and the next snapshot re-bases it.
+* When the last aligned line is lost, a line holding its own book takes over the same way. So if
+  seq spaces differ per connection, a failover costs clients one `book_snapshot`, never a
+  wrong book.
+
+Trades are deduplicated by `uid` (bounded window per product); trades a reconnecting line's
+`trade_snapshot` brings that were never published are published then. Tickers: identical frames
+(recent window) are copies, an older `time` is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.core.events import StatusEvent
+from relay.core.futures import (
+    BUY,
+    FBookDelta,
+    FBookSnapshot,
+    FLevel,
+    FTickerEvent,
+    FTradeEvent,
+    FuturesParser,
+    encode_book_snapshot,
+    encode_trade_snapshot,
+)
+from relay.core.merge import MergeSettings, Publication, ResyncRequest, UpstreamStats
+
+MAX_PENDING = 4096  # deltas held beyond a gap per product
+RING = 2048  # published (seq -> content) kept per product for copy verification
+UID_WINDOW = 4096  # trade uids remembered per product
+
+
+@dataclass(slots=True)
+class FLine:
+    name: str
+    connected: bool = False
+    status: str = ""
+
+
+@dataclass(slots=True)
+class FCounters:
+    duplicates: int = 0
+    gaps_filled: int = 0
+    gaps_reported: int = 0
+    rebases: int = 0
+    divergent: int = 0
+    line_gaps: int = 0
+    dropped_unsynced: int = 0
+
+
+class LineBook:
+    """One line's view of one product."""
+
+    __slots__ = ("seq", "aligned", "book", "ahead", "last_data", "behind_mark", "behind_since", "stale")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.seq: int | None = None  # last seq seen on this line (None: no snapshot yet)
+        self.aligned: bool | None = None  # shares the published seq space (None: not proven yet)
+        self.book: tuple[dict[float, FLevel], dict[float, FLevel]] | None = None  # own book
+        self.ahead: dict[int, tuple[int, bytes, bytes]] = {}  # unverified deltas beyond published
+        self.last_data = 0.0
+        self.behind_mark: int | None = None
+        self.behind_since = 0.0
+        self.stale = False
+
+
+def _key(d: FBookDelta) -> tuple[int, bytes, bytes]:
+    return (d.side, d.level.price_text, d.level.qty_text)
+
+
+def _apply(book: tuple[dict[float, FLevel], dict[float, FLevel]], d: FBookDelta) -> None:
+    side = book[0] if d.side == BUY else book[1]
+    if d.level.qty == 0:
+        side.pop(d.level.price, None)
+    else:
+        side[d.level.price] = d.level
+
+
+def _book_of(ev: FBookSnapshot) -> tuple[dict[float, FLevel], dict[float, FLevel]]:
+    return ({lv.price: lv for lv in ev.bids if lv.qty != 0}, {lv.price: lv for lv in ev.asks if lv.qty != 0})
+
+
+def _same(a: dict[float, FLevel], b: dict[float, FLevel]) -> bool:
+    return a.keys() == b.keys() and all(a[p].qty == b[p].qty for p in a)
+
+
+class ProductBook:
+    """The published book of one product and every line's position in it."""
+
+    def __init__(self, merge: FuturesMerge, product: str, nlines: int) -> None:
+        self.merge = merge
+        self.product = product
+        self.book: tuple[dict[float, FLevel], dict[float, FLevel]] = ({}, {})
+        self.seq: int | None = None
+        self.timestamp = 0
+        self.ready = False
+        self.resyncing = False
+        self.lines = [LineBook() for _ in range(nlines)]
+        self.pending: dict[int, FBookDelta] = {}
+        self.gap_deadline: float | None = None
+        self.ring: OrderedDict[int, tuple[int, bytes, bytes]] = OrderedDict()
+        self.published = 0
+        self.last_update: float | None = None
+        self._snap: bytes | None = None
+
+    # -- lines --------------------------------------------------------------------------------
+    def add_line(self) -> None:
+        self.lines.append(LineBook())
+
+    def reset_line(self, up: int, now: float) -> None:
+        self.lines[up].reset()
+        if self.ready and not self._has_aligned():
+            self._failover(now)
+
+    def _has_aligned(self, exclude: int = -1) -> bool:
+        conn = self.merge.lines
+        return any(
+            lb.aligned and lb.seq is not None and conn[i].connected for i, lb in enumerate(self.lines) if i != exclude
+        )
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def on_snapshot(self, up: int, ev: FBookSnapshot, now: float) -> None:
+        lb = self.lines[up]
+        lb.reset()
+        lb.seq, lb.last_data = ev.seq, now
+        if not self.ready or self.resyncing:
+            self._rebase(_book_of(ev), ev.seq, ev.timestamp, now, raw=ev.raw)
+            lb.aligned = True
+            return
+        book = _book_of(ev)
+        if ev.seq == self.seq and _same(book[0], self.book[0]) and _same(book[1], self.book[1]):
+            lb.aligned = True  # same book at the same seq: same seq space
+            return
+        lb.book = book
+        if not self._has_aligned(exclude=up):
+            self._rebase(book, ev.seq, ev.timestamp, now)
+            lb.aligned, lb.book = True, None
+
+    # -- deltas -------------------------------------------------------------------------------
+    def on_delta(self, up: int, ev: FBookDelta, now: float) -> None:
+        lb = self.lines[up]
+        s = ev.seq
+        if lb.seq is None:
+            self.merge.counters.dropped_unsynced += 1
+            return
+        if s <= lb.seq:
+            return  # replayed on the same line
+        merge = self.merge
+        if s != lb.seq + 1:
+            merge.counters.line_gaps += 1
+            if lb.aligned is False:  # its own book misses a change: resync this line only
+                lb.reset()
+                merge.request_resync(up, "book", self.product, "gap")
+                return
+            lb.book = None  # unproven line: its book is broken, its copies may still prove it
+        lb.seq = s
+        lb.last_data = now
+        if lb.book is not None:
+            _apply(lb.book, ev)
+        if not self.ready:
+            return
+        key = _key(ev)
+        if not lb.aligned:
+            self._verify(up, lb, s, key, now)
+            if not lb.aligned:
+                if lb.aligned is None and s > self.seq:  # type: ignore[operator]
+                    lb.ahead[s] = key
+                    if len(lb.ahead) > RING:
+                        lb.ahead.pop(next(iter(lb.ahead)))
+                if lb.book is not None and not self._has_aligned(exclude=up):
+                    self._rebase(lb.book, s, ev.timestamp, now)
+                    lb.aligned, lb.book, lb.ahead = True, None, {}
+                return
+        elif lb.book is not None and s <= self.seq:  # type: ignore[operator]
+            lb.book = None  # caught up with the published book: no need for its own copy
+        pub = self.seq
+        if s <= pub:  # type: ignore[operator]
+            merge.counters.duplicates += 1
+            merge.upstream_stats[up].duplicates += 1
+            seen = self.ring.get(s)
+            if seen is not None and seen != key:
+                self._diverged(up, lb)
+            return
+        if s == pub + 1:  # type: ignore[operator]
+            merge.upstream_stats[up].wins += 1
+            self._publish(ev, now)
+            if self.pending:
+                self._drain(now)
+            return
+        # beyond a gap in the published stream: hold it, another line may fill the gap
+        if s not in self.pending:
+            self.pending[s] = ev
+        if len(self.pending) > MAX_PENDING:
+            self._resolve_gap(now)
+            return
+        if self.gap_deadline is None:
+            self.gap_deadline = now + merge.settings.trade_gap_wait
+        if not self._can_fill():
+            self._resolve_gap(now)
+
+    def on_dup(self, up: int, seq: int, now: float) -> bool:
+        """A frame byte-identical to a published delta (pre-parse fast path)."""
+        lb = self.lines[up]
+        if not lb.aligned or lb.seq is None or seq != lb.seq + 1 or lb.book is not None:
+            return False  # let the full path handle it
+        lb.seq = seq
+        lb.last_data = now
+        return True
+
+    def _verify(self, up: int, lb: LineBook, s: int, key: tuple[int, bytes, bytes], now: float) -> None:
+        seen = self.ring.get(s)
+        if seen is None:
+            return
+        if seen == key:
+            lb.aligned = True
+            lb.ahead = {}
+            if s >= self.seq:  # type: ignore[operator]
+                lb.book = None
+        elif lb.aligned is None:
+            lb.aligned = False
+            self.merge.counters.divergent += 1
+
+    def _diverged(self, up: int, lb: LineBook) -> None:
+        self.merge.counters.divergent += 1
+        lb.reset()
+        lb.aligned = False
+        self.merge.request_resync(up, "book", self.product, "gap")
+
+    def _can_fill(self) -> bool:
+        """Could a connected line still deliver the next published seq? (An unverified line that is
+        behind gets verified by its copies before it reaches the gap.)"""
+        want = self.seq + 1  # type: ignore[operator]
+        conn = self.merge.lines
+        return any(
+            lb.aligned is not False and lb.seq is not None and lb.seq < want and conn[i].connected
+            for i, lb in enumerate(self.lines)
+        )
+
+    def _publish(self, ev: FBookDelta, now: float) -> None:
+        _apply(self.book, ev)
+        self.seq = ev.seq
+        self.timestamp = ev.timestamp
+        self._snap = None
+        ring = self.ring
+        key = _key(ev)
+        ring[ev.seq] = key
+        if len(ring) > RING:
+            ring.popitem(last=False)
+        self.published += 1
+        self.last_update = now
+        self.merge.outbox.append(Publication("book", self.product, 0, ev.raw, False))
+        self.merge.remember(ev.raw, self, ev.seq)
+        for lb in self.lines:
+            if lb.ahead:
+                k = lb.ahead.pop(ev.seq, None)
+                if k is not None:
+                    if k == key:
+                        lb.aligned, lb.ahead = True, {}
+                    else:
+                        lb.aligned = False
+                        self.merge.counters.divergent += 1
+
+    def _drain(self, now: float) -> None:
+        pending = self.pending
+        nxt = self.seq + 1  # type: ignore[operator]
+        while nxt in pending:
+            self._publish(pending.pop(nxt), now)
+            self.merge.counters.gaps_filled += 1
+            nxt += 1
+        for s in [s for s in pending if s < nxt]:
+            del pending[s]
+        self.gap_deadline = None if not pending else self.gap_deadline
+
+    def _resolve_gap(self, now: float) -> None:
+        """No aligned line can fill the gap: re-base from a line's own book, else resync all."""
+        self.gap_deadline = None
+        first_missing = self.seq + 1  # type: ignore[operator]
+        last_missing = min(self.pending, default=first_missing) - 1
+        best: tuple[int, int] | None = None
+        for i, lb in enumerate(self.lines):
+            if lb.book is not None and lb.seq is not None and self.merge.lines[i].connected:
+                if lb.seq > self.seq and (best is None or lb.seq > best[1]):  # type: ignore[operator]
+                    best = (i, lb.seq)
+        self.merge.report_gap(self.product, first_missing, last_missing)
+        if best is not None:
+            lb = self.lines[best[0]]
+            self._rebase(lb.book, lb.seq, self.timestamp, now)  # type: ignore[arg-type]
+            lb.aligned, lb.book, lb.ahead = True, None, {}
+            return
+        self.pending.clear()
+        self._resync_all(now)
+
+    def _resync_all(self, now: float) -> None:
+        self.resyncing = True
+        for i, lb in enumerate(self.lines):
+            if self.merge.lines[i].connected:
+                lb.reset()
+                self.merge.request_resync(i, "book", self.product, "gap")
+
+    def _failover(self, now: float) -> None:
+        """The last aligned line is gone: a line with its own book takes over (one snapshot)."""
+        best = None
+        for i, lb in enumerate(self.lines):
+            if lb.book is not None and lb.seq is not None and self.merge.lines[i].connected:
+                if best is None or lb.seq > self.lines[best].seq:  # type: ignore[operator]
+                    best = i
+        if best is not None:
+            lb = self.lines[best]
+            self._rebase(lb.book, lb.seq, self.timestamp, now)  # type: ignore[arg-type]
+            lb.aligned, lb.book, lb.ahead = True, None, {}
+
+    def _rebase(
+        self,
+        book: tuple[dict[float, FLevel], dict[float, FLevel]],
+        seq: int,
+        timestamp: int,
+        now: float,
+        raw: bytes | None = None,
+    ) -> None:
+        """Publish a new base: a `book_snapshot` (the upstream's bytes when it is one)."""
+        self.book = (dict(book[0]), dict(book[1]))
+        self.seq = seq
+        self.timestamp = timestamp
+        self.ready = True
+        self.resyncing = False
+        self._snap = None
+        for s in [s for s in self.pending if s <= seq]:
+            del self.pending[s]
+        self.merge.counters.rebases += 1
+        frame = raw if raw is not None else self.snapshot_frame()
+        self.published += 1
+        self.last_update = now
+        self.merge.outbox.append(Publication("book", self.product, 0, frame, True))
+        if self.pending:
+            self._drain(now)
+
+    # -- views --------------------------------------------------------------------------------
+    def snapshot_frame(self, depth: int = 0) -> bytes:
+        if self._snap is None or depth:
+            bids = sorted(self.book[0].values(), key=lambda lv: -lv.price)
+            asks = sorted(self.book[1].values(), key=lambda lv: lv.price)
+            if depth:
+                return encode_book_snapshot(self.product, self.seq or 0, self.timestamp, bids[:depth], asks[:depth])
+            self._snap = encode_book_snapshot(self.product, self.seq or 0, self.timestamp, bids, asks)
+        return self._snap
+
+    def check(self, now: float, window: float) -> None:
+        """Timers: gap wait expiry; a line stuck behind the published seq for `window` is stale."""
+        if self.gap_deadline is not None and now >= self.gap_deadline:
+            self._resolve_gap(now)
+        if not self.ready or self.seq is None:
+            return
+        for i, lb in enumerate(self.lines):
+            if lb.seq is None or not self.merge.lines[i].connected or not lb.aligned:
+                continue
+            if lb.seq >= self.seq:
+                lb.behind_mark = None
+                lb.stale = False
+            elif lb.behind_mark is None:
+                lb.behind_mark, lb.behind_since = self.seq, now
+            elif lb.seq < lb.behind_mark and now - lb.behind_since >= window and not lb.stale:
+                lb.stale = True
+                self.merge.request_resync(i, "book", self.product, "stale")
+
+    def line_state(self, i: int) -> str:
+        lb = self.lines[i]
+        if lb.stale:
+            return "stale"
+        if lb.seq is None:
+            return "resyncing"
+        if lb.aligned or lb.book is not None:
+            return "valid"
+        return "resyncing"
+
+    def state(self) -> str:
+        if not self.ready:
+            return "down"
+        if self.resyncing:
+            return "resyncing"
+        if any(self.line_state(i) == "valid" and self.merge.lines[i].connected for i in range(len(self.lines))):
+            return "ok"
+        return "stale"
+
+
+class ProductTrades:
+    """Trades of one product, deduplicated by uid."""
+
+    def __init__(self, merge: FuturesMerge, product: str, keep: int) -> None:
+        self.merge = merge
+        self.product = product
+        self.keep = max(1, keep)
+        self.uids: OrderedDict[str, int] = OrderedDict()  # uid -> time (ms)
+        self.recent: deque[bytes] = deque(maxlen=self.keep)  # newest last
+        self.published = 0
+        self.last_update: float | None = None
+        self.gaps = 0
+        self.missing = 0
+        self.started = False
+
+    def _seen(self, uid: str, t: int) -> None:
+        self.uids[uid] = t
+        if len(self.uids) > UID_WINDOW:
+            self.uids.popitem(last=False)
+
+    def on_event(self, up: int, ev: FTradeEvent, now: float) -> None:
+        merge = self.merge
+        if ev.snapshot:
+            if not self.started:
+                self.started = True
+                for tr in reversed(ev.trades):
+                    self._seen(tr.uid, tr.time)
+                    self.recent.append(tr.element)
+                self.published += 1
+                self.last_update = now
+                merge.outbox.append(Publication("trade", self.product, 0, ev.raw, True))
+                return
+            oldest = min(self.uids.values(), default=0)
+            fresh = [tr for tr in ev.trades if tr.uid not in self.uids and tr.time >= oldest]
+            for tr in sorted(fresh, key=lambda t: (t.time, t.seq)):
+                self._one(up, tr.uid, tr.time, tr.element, now)
+                self.missing += 1  # published late: every line had missed it
+            merge.upstream_stats[up].duplicates += len(ev.trades) - len(fresh)
+            return
+        for tr in ev.trades:
+            if tr.uid in self.uids:
+                merge.counters.duplicates += 1
+                merge.upstream_stats[up].duplicates += 1
+                continue
+            self.started = True
+            self._one(up, tr.uid, tr.time, tr.element, now)
+
+    def _one(self, up: int, uid: str, t: int, element: bytes, now: float) -> None:
+        self._seen(uid, t)
+        self.recent.append(element)
+        self.published += 1
+        self.last_update = now
+        self.merge.upstream_stats[up].wins += 1
+        self.merge.outbox.append(Publication("trade", self.product, 0, element, False))
+
+    def snapshot_frame(self, count: int) -> bytes | None:
+        if not self.started:
+            return None
+        items = list(self.recent)[-count:] if count > 0 else []
+        return encode_trade_snapshot(self.product, items[::-1])
+
+    def state(self) -> str:
+        return "ok" if self.started else "down"
+
+
+class ProductTicker:
+    """`ticker` or `ticker_lite` of one product: newest wins, copies dropped."""
+
+    def __init__(self, merge: FuturesMerge, feed: str, product: str) -> None:
+        self.merge = merge
+        self.feed = feed
+        self.product = product
+        self.recent: deque[bytes] = deque(maxlen=8)
+        self.time: int | None = None
+        self.element: bytes | None = None
+        self.published = 0
+        self.last_update: float | None = None
+
+    def on_event(self, up: int, ev: FTickerEvent, now: float) -> None:
+        merge = self.merge
+        if ev.raw in self.recent or (ev.time is not None and self.time is not None and ev.time < self.time):
+            merge.counters.duplicates += 1
+            merge.upstream_stats[up].duplicates += 1
+            return
+        self.recent.append(ev.raw)
+        if ev.time is not None:
+            self.time = ev.time
+        self.element = ev.raw
+        self.published += 1
+        self.last_update = now
+        merge.upstream_stats[up].wins += 1
+        merge.outbox.append(Publication(self.feed, self.product, 0, ev.raw, False))
+
+
+class FuturesMerge:
+    Publication = Publication
+
+    def __init__(self, settings: MergeSettings | None = None, parser: Any = None) -> None:
+        self.settings = settings or MergeSettings()
+        self.parser = parser or FuturesParser()
+        self.lines: list[FLine] = []
+        self.upstream_stats: list[UpstreamStats] = []
+        self.counters = FCounters()
+        self.outbox: list[Publication] = []
+        self.requests: list[ResyncRequest] = []
+        self.gaps: list[tuple[str, int, int]] = []
+        self.books: dict[str, ProductBook] = {}
+        self.trades: dict[str, ProductTrades] = {}
+        self.tickers: dict[str, ProductTicker] = {}  # feed "ticker" (metrics read this one)
+        self.tickers_lite: dict[str, ProductTicker] = {}
+        self.seen: dict[bytes, tuple[Any, int]] = {}
+        self._ring: deque[bytes] = deque()
+        self._system = "maintenance"
+        self._relay_states: dict[str, dict[str, Any]] = {}
+
+    # -- upstream registry ---------------------------------------------------------------------
+    def add_upstream(self, name: str) -> int:
+        self.lines.append(FLine(name))
+        self.upstream_stats.append(UpstreamStats(name))
+        for pb in self.books.values():
+            pb.add_line()
+        return len(self.lines) - 1
+
+    def upstream_up(self, up: int, now: float) -> None:
+        self.lines[up].connected = True
+
+    def upstream_down(self, up: int, now: float) -> None:
+        line = self.lines[up]
+        line.connected = False
+        line.status = ""
+        for pb in self.books.values():
+            pb.reset_line(up, now)
+        self._update_system()
+        self._publish_relay_states()
+
+    def line_status(self, up: int, system: str, now: float) -> None:
+        line = self.lines[up]
+        line.connected = True
+        line.status = system
+        self._update_system()
+        self._publish_relay_states()
+
+    def symbol_resubscribing(self, up: int, channel: str, symbol: str, now: float) -> None:
+        if channel == "book":
+            pb = self.books.get(symbol)
+            if pb is not None:
+                pb.reset_line(up, now)
+
+    # -- hot path ------------------------------------------------------------------------------
+    def feed(self, up: int, raw: bytes, now: float) -> Any:
+        hit = self.seen.get(raw)
+        if hit is not None and hit[0].on_dup(up, hit[1], now):
+            self.counters.duplicates += 1
+            self.upstream_stats[up].duplicates += 1
+            return None
+        ev = self.parser.parse(raw)
+        t = type(ev)
+        if t is FBookDelta:
+            pb = self.books.get(ev.product) or self._book(ev.product)
+            pb.on_delta(up, ev, now)
+            return None
+        if t is FBookSnapshot:
+            pb = self.books.get(ev.product) or self._book(ev.product)
+            pb.on_snapshot(up, ev, now)
+            self._publish_relay_states()
+            return None
+        if t is FTradeEvent:
+            tr = self.trades.get(ev.product)
+            if tr is None:
+                tr = self.trades[ev.product] = ProductTrades(self, ev.product, self.settings.recent_trades)
+            tr.on_event(up, ev, now)
+            return None
+        if t is FTickerEvent:
+            table = self.tickers if ev.feed == "ticker" else self.tickers_lite
+            tk = table.get(ev.product)
+            if tk is None:
+                tk = table[ev.product] = ProductTicker(self, ev.feed, ev.product)
+            tk.on_event(up, ev, now)
+            return None
+        if t.__name__ == "UnknownEvent":
+            self.upstream_stats[up].unknown += 1
+        if t is StatusEvent:
+            pass
+        return ev
+
+    def _book(self, product: str) -> ProductBook:
+        pb = self.books[product] = ProductBook(self, product, len(self.lines))
+        return pb
+
+    def remember(self, raw: bytes, owner: Any, token: int) -> None:
+        ring = self._ring
+        ring.append(raw)
+        self.seen[raw] = (owner, token)
+        if len(ring) > 4096:
+            self.seen.pop(ring.popleft(), None)
+
+    # -- requests and timers -------------------------------------------------------------------
+    def request_resync(self, up: int, channel: str, symbol: str, reason: str) -> None:
+        self.requests.append(ResyncRequest(up, channel, symbol, reason))
+        resyncs = self.upstream_stats[up].resyncs
+        resyncs[reason] = resyncs.get(reason, 0) + 1
+
+    def report_gap(self, symbol: str, first: int, last: int) -> None:
+        self.counters.gaps_reported += 1
+        self.gaps.append((symbol, first, last))
+        del self.gaps[:-100]
+
+    def tick(self, now: float) -> None:
+        window = self.settings.stale_after
+        for pb in self.books.values():
+            pb.check(now, window)
+        self._publish_relay_states()
+
+    def next_deadline(self) -> float | None:
+        ds = [pb.gap_deadline for pb in self.books.values() if pb.gap_deadline is not None]
+        return min(ds) if ds else None
+
+    def take(self) -> list[Publication]:
+        out = self.outbox
+        if out:
+            self.outbox = []
+        return out
+
+    def take_requests(self) -> list[ResyncRequest]:
+        out = self.requests
+        if out:
+            self.requests = []
+        return out
+
+    # -- views for the endpoint ----------------------------------------------------------------
+    def want_book_depth(self, symbol: str, depth: int) -> None:  # futures books are full depth
+        pass
+
+    def release_book_depth(self, symbol: str, depth: int) -> None:
+        pass
+
+    def book_snapshot(self, symbol: str, depth: int = 0) -> bytes | None:
+        pb = self.books.get(symbol)
+        if pb is None or not pb.ready:
+            return None
+        return pb.snapshot_frame(depth)
+
+    def book_seq(self, symbol: str) -> int | None:
+        pb = self.books.get(symbol)
+        return pb.seq if pb is not None and pb.ready else None
+
+    def trade_snapshot(self, symbol: str, count: int = 50) -> bytes | None:
+        tr = self.trades.get(symbol)
+        return None if tr is None else tr.snapshot_frame(count)
+
+    def ticker_snapshot(self, symbol: str, feed: str = "ticker") -> bytes | None:
+        tk = (self.tickers if feed == "ticker" else self.tickers_lite).get(symbol)
+        return None if tk is None else tk.element
+
+    def ohlc_snapshot(self, symbol: str, interval: int) -> bytes | None:
+        return None
+
+    def instrument_snapshot(self) -> bytes | None:
+        return None
+
+    # -- state ---------------------------------------------------------------------------------
+    def system_status(self) -> str:
+        return self._system
+
+    def _update_system(self) -> None:
+        self._system = "online" if any(ln.connected and ln.status == "online" for ln in self.lines) else "maintenance"
+
+    def symbol_state(self, symbol: str) -> dict[str, Any]:
+        pb = self.books.get(symbol)
+        tr = self.trades.get(symbol)
+        ups: dict[str, str] = {}
+        for i, line in enumerate(self.lines):
+            if not line.connected:
+                ups[line.name] = "down"
+            elif pb is not None:
+                ups[line.name] = pb.line_state(i)
+            else:
+                ups[line.name] = "valid" if symbol in self.tickers or symbol in self.tickers_lite or tr else "resyncing"
+        state: dict[str, Any] = {"symbol": symbol, "upstreams": ups}
+        if pb is not None:
+            state["book"] = pb.state()
+            state["seq"] = pb.seq
+        if tr is not None:
+            state["trade"] = tr.state()
+        return state
+
+    def symbols(self) -> list[str]:
+        return sorted(set(self.books) | set(self.trades) | set(self.tickers) | set(self.tickers_lite))
+
+    def _publish_relay_states(self) -> None:
+        for sym in self.symbols():
+            st = self.symbol_state(sym)
+            st.pop("seq", None)  # changes with every delta: not a state change
+            if self._relay_states.get(sym) != st:
+                self._relay_states[sym] = st
+                frame = orjson.dumps({"feed": "relay", "product_id": sym, **st})
+                self.outbox.append(Publication("relay", sym, 0, frame, False))
+
+    def relay_snapshot(self, symbol: str | None = None) -> bytes:
+        syms = [symbol] if symbol else self.symbols()
+        return orjson.dumps({"feed": "relay_snapshot", "states": [self.symbol_state(s) for s in syms]})
