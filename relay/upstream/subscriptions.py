@@ -273,6 +273,8 @@ class SubscriptionPlanner:
                 and (ev.channel is None or k.channel == ev.channel)
                 and (k.symbol == (ev.symbol or ""))
             ]
+            if not keys and method == "unsubscribe" and ev.success and ev.symbol and ev.req_id is None:
+                self._dropped_by_exchange(ev)
             # Protocols without request ids (Futures) answer per (feed, product): close the
             # matching request's bookkeeping here so `_requests` cannot grow.
             for key in keys:
@@ -299,6 +301,16 @@ class SubscriptionPlanner:
         if req is not None and not req.open:
             self._requests.pop(ev.req_id, None)  # type: ignore[arg-type]
         return res
+
+    def _dropped_by_exchange(self, ev: AckEvent) -> None:
+        """An unsubscribe nobody asked for: Kraken ended a subscription by itself (Spot v1 sends
+        `subscriptionStatus: unsubscribed` without reqid). Subscribe it again right away instead
+        of waiting for the merge's staleness check."""
+        param = ev.result.get("depth", ev.result.get("interval")) if ev.result else None
+        for k, e in self.entries.items():
+            if (e.state == ACTIVE and e.wanted and k.symbol == ev.symbol
+                    and (ev.channel is None or k.channel == ev.channel) and (param is None or k.param == param)):
+                e.state = PENDING
 
     def _sub_ack(self, e: Entry, ev: AckEvent, now: float, res: AckResult) -> None:
         if ev.success:

@@ -198,3 +198,31 @@ def test_endpoint_subscription_limit_and_unsubscribe_releases():
     assert ep.merge.books["XBT/USD"].view_refs == {}
     ep.remove_client(s)
     assert ep.subscription_count() == 0
+
+
+def test_planner_resubscribes_what_kraken_unsubscribed_by_itself():
+    from relay.core.v1_protocol import V1, request_params
+    from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
+
+    keys = [SubKey("book", "XBT/USD", 10), SubKey("ohlc", "XBT/USD", 1), SubKey("ohlc", "XBT/USD", 5)]
+    planner = SubscriptionPlanner(keys, requests_per_second=100, burst=10,
+                                  encode_request=V1.encode_request, params_for=request_params)
+    planner.reset()
+    frames = planner.poll(0.0)
+    assert all(orjson.loads(f)["event"] == "subscribe" for f in frames)
+    parser = V1Parser()
+    for f in frames:
+        req = orjson.loads(f)
+        sub = req["subscription"]
+        name = sub["name"] + (f"-{sub.get('depth', sub.get('interval'))}" if sub["name"] in ("book", "ohlc") else "")
+        for pair in req["pair"]:
+            planner.on_ack(parser.parse(orjson.dumps({
+                "channelID": 1, "channelName": name, "event": "subscriptionStatus", "pair": pair,
+                "reqid": req["reqid"], "status": "subscribed", "subscription": sub})), 0.1)
+    assert set(planner.states().values()) == {"active"}
+    # Kraken drops ohlc-5 on its own: no reqid
+    planner.on_ack(parser.parse(b'{"channelID":3,"channelName":"ohlc-5","event":"subscriptionStatus",'
+                                b'"pair":"XBT/USD","status":"unsubscribed","subscription":{"interval":5,"name":"ohlc"}}'), 1.0)
+    again = [orjson.loads(f) for f in planner.poll(1.0)]
+    assert [(r["event"], r["subscription"]) for r in again] == [("subscribe", {"name": "ohlc", "interval": 5, "snapshot": True})]
+    assert planner.states()["book:XBT/USD:10"] == "active"
