@@ -237,8 +237,8 @@ class UpstreamConnection:
         index = self.index
         control = self._control
         due = self.lag.due if self.lag is not None else None
-        while True:
-            raw = await recv(decode=False)
+
+        def on_raw(raw: bytes) -> None:
             now = clock()
             self.frames += 1
             self.bytes += len(raw)
@@ -254,6 +254,24 @@ class UpstreamConnection:
                     publish(pubs)
                 except Exception:
                     log.exception("publish callback failed", upstream=self.name)
+
+        def on_raw_safe(raw: bytes) -> None:
+            try:
+                on_raw(raw)
+            except Exception as exc:  # inside the protocol callback: end the session as _read would
+                if self._close_reason is None:
+                    self._close_reason = f"error {type(exc).__name__}"
+                    log.exception("upstream session failed", upstream=self.name)
+                ws.transport.abort()
+
+        # Frames are fed from the protocol callback (no per-frame recv(), see relay.upstream.sink);
+        # recv() then only returns by raising ConnectionClosed when the session ends.
+        attach = getattr(ws, "attach", None)
+        if attach is not None and attach(on_raw_safe):
+            while True:
+                on_raw_safe(await recv(decode=False))  # only if something bypassed the sink
+        while True:
+            on_raw(await recv(decode=False))
 
     def _sample_lag(self, raw: bytes) -> None:
         """Exchange timestamp of a sampled data frame vs our wall clock (metrics only)."""

@@ -32,6 +32,7 @@ from websockets.exceptions import (
 
 from relay import __version__
 from relay.ops.config import UpstreamConfig
+from relay.upstream.sink import SinkClientConnection
 
 MAX_SIZE = 16 * 1024 * 1024
 MAX_QUEUE = 64
@@ -62,6 +63,7 @@ async def open_connection(
         max_size=max_size,
         max_queue=max_queue,
         user_agent_header=USER_AGENT,
+        create_connection=SinkClientConnection,  # data frames can go straight to the merge
         **kwargs,
     )
 
