@@ -79,6 +79,10 @@ async def test_v1_clients_over_tls_through_line_faults(tls_cert):
         # the corrupted frames and the dropped line were noticed upstream, never shown downstream
         ustats = {s.name: s for s in stack.merge.upstream_stats}
         assert ustats["line0"].checksum_mismatches >= 1 and ustats["line1"].checksum_mismatches >= 1
+        # ... and each line's resync of the corrupted pair completed (only that pair was resubscribed)
+        for pair in ("XBT/USD", "ETH/USD"):
+            assert await _until(lambda: set(stack.merge.symbol_state(pair)["upstreams"].values()) == {"valid"}, 5), pair
+        assert {k for p in stack.pool.stats()["upstreams"] for k, v in p["resyncs"].items() if v} == {"checksum"}
         # readiness and metrics cover the v1 pairs, prefixed "v1:" (v1 and v2 both have ETH/USD)
         ok, detail = relay.ready()
         assert ok and {"v1:XBT/USD", "v1:ETH/USD"} <= set(detail)
