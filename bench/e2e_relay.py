@@ -3,12 +3,13 @@
 Same code path as `kraken-relay run --config FILE` (`relay.app.Relay` on uvloop, logging at
 warning), except that the server and HTTP ports are 0 so concurrent runs never collide; prints
 one JSON line `{"port": .., "http_port": .., "pid": ..}` once started, stops on SIGTERM/SIGINT.
-Usage: python bench/e2e_relay.py CONFIG.yaml
+Usage: python bench/e2e_relay.py CONFIG.yaml  (RELAY_BENCH_NO_SINK=1: upstream frames via recv(), for A/B)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,13 +32,17 @@ async def serve(path: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(orjson.dumps({"port": relay.server.port, "http_port": relay.http.port,
-                        "pid": __import__("os").getpid()}).decode(), flush=True)
+                        "pid": os.getpid()}).decode(), flush=True)
     await stop.wait()
     await relay.stop()
     return 0
 
 
 def main() -> int:
+    if os.environ.get("RELAY_BENCH_NO_SINK"):  # A/B figure: per-frame recv() as before the sink
+        from relay.upstream.sink import SinkClientConnection
+
+        SinkClientConnection.attach = lambda self, sink: False  # type: ignore[method-assign]
     cfg = load_config(sys.argv[1])
     configure_logging(cfg.logging.level, "json")
     return run_loop(serve(sys.argv[1]))

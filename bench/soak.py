@@ -71,6 +71,15 @@ def draw_fault(kind: str, rng: random.Random) -> tuple[float | None, dict[str, A
 PAIR_WITH_DROP = {"refuse", "budget"}
 
 
+async def _connected(relay: Any) -> int:
+    """The relay's connected-clients gauge (-1 if /metrics did not answer)."""
+    with contextlib.suppress(Exception):
+        for ln in (await relay.metrics()).splitlines():
+            if ln.startswith("kraken_relay_clients_connected "):
+                return int(float(ln.split()[1]))
+    return -1
+
+
 async def run(duration: float, *, rate: float = 300.0, fault_every: float = 4.0, recovery: float = 6.0,
               concurrent: int = 2, allow_all: bool = False, seed: int = 1, sdk: bool = True, ccxt: bool = True,
               log=print) -> dict:
@@ -109,6 +118,10 @@ async def run(duration: float, *, rate: float = 300.0, fault_every: float = 4.0,
             ccxt_task = asyncio.create_task(run_ccxt_watch_order_book(url, None, SYMBOLS[:2], 10**9, duration + 5, 10))
             n_clients += 1
         await asyncio.sleep(3.0)  # clients subscribed and holding books before the first fault
+        for _ in range(100):  # ccxt loads its markets first: wait (bounded) until all are connected
+            if await _connected(relay) >= n_clients:
+                break
+            await asyncio.sleep(0.2)
         loop = asyncio.get_running_loop()
         t_start = loop.time()
         warm = min(60.0, max(10.0, duration * 0.2))
@@ -123,11 +136,9 @@ async def run(duration: float, *, rate: float = 300.0, fault_every: float = 4.0,
         while (now := loop.time()) < t_start + duration:
             if now >= next_sample:
                 rss.append((now - t_start, rss_mb(relay.pid)))
-                with contextlib.suppress(Exception):
-                    m = await relay.metrics()
-                    for ln in m.splitlines():
-                        if ln.startswith("kraken_relay_clients_connected "):
-                            connected_min = min(connected_min, int(float(ln.split()[1])))
+                c = await _connected(relay)
+                if c >= 0:
+                    connected_min = min(connected_min, c)
                 next_sample = now + 1.0
             if now >= next_fault and now < t_start + duration - recovery:
                 free = [i for i in range(n_lines) if unhealthy_until[i] <= now]
