@@ -97,7 +97,7 @@ async def _run(config: SimConfig, duration: float | None) -> None:
     print(f"kraken-relay sim: {what}", flush=True)
     for line, lc in zip(sim.lines, config.lines):
         print(f"  line {line.idx}: {line.url}  (latency {lc.latency}s, jitter {lc.jitter}s)  REST "
-              f"http://{config.host}:{line.port}/0/public/AssetPairs", flush=True)
+              f"http://{config.host}:{line.port}/0/public/AssetPairs  Spot v1: {line.v1_url}", flush=True)
     if sim.control_port is not None:
         print(f"  control: http://{config.host}:{sim.control_port}/state  (POST /fault, POST /clear)", flush=True)
     try:
