@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from relay.core.futures import INFO, encode_event, encode_heartbeat
+from relay.server.wire import text_frame
 
 log = logging.getLogger("relay.server")
 
@@ -208,22 +209,25 @@ class FuturesEndpoint:
     def _dispatch(self, pub: Any) -> None:
         channel = pub.channel
         if channel == "relay":
+            wire = None
             for c in tuple(self.clients):
                 rel = c.ep_state.relay if c.ep_state is not None else None
                 if rel is not None and (not rel or pub.symbol in rel):
-                    c.deliver(pub.frame)
+                    wire = wire or text_frame(pub.frame)
+                    c.deliver(wire)
                     self.delivered += 1
             return
         clients = self.subs.get((channel, pub.symbol))
         if not clients:
             return
+        wire = text_frame(pub.frame)  # framed once for every subscriber
         if channel == "book":
             key = ("book", pub.symbol, 0)
             for c in tuple(clients):
-                c.deliver_book(key, pub.frame, pub.snapshot)
+                c.deliver_book(key, wire, pub.snapshot)
         else:
             for c in tuple(clients):
-                c.deliver(pub.frame)
+                c.deliver(wire)
         self.delivered += len(clients)
 
     def tick(self, now: float) -> None:
