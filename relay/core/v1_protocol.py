@@ -45,13 +45,14 @@ def _ping(req_id: int) -> bytes:
 
 
 def request_params(channel: str, param: int) -> dict:
-    """v1 subscription keys: book depth, ohlc interval; snapshots on (trades: the last 50, which
-    the content dedupe drops when already published)."""
+    """v1 subscription keys: book depth, ohlc interval. No `snapshot` key: Kraken documents it for
+    the private channels only, and its public defaults (book snapshot, ohlc last candle) are what
+    the merge needs, as sent by existing v1 clients (cryptofeed)."""
     if channel == "book":
-        return {"depth": param, "snapshot": True}
+        return {"depth": param}
     if channel == "ohlc":
-        return {"interval": param, "snapshot": True}
-    return {"snapshot": True}
+        return {"interval": param}
+    return {}
 
 
 def desired(section: Any) -> list[SubKey]:

@@ -39,10 +39,17 @@ def summary(cfg: RelayConfig) -> str:
         chans.append("instrument")
     ups = ", ".join(u.name for u in cfg.upstreams)
     scheme = "wss" if cfg.server.tls else "ws"
-    return (
+    line = (
         f"{len(cfg.upstreams)} upstreams ({ups}); {len(ch.all_symbols())} symbols; channels {' '.join(chans)}; "
         f"serving {scheme}://{cfg.server.listen}{cfg.server.path}; http {cfg.http.listen}"
     )
+    v1 = getattr(cfg, "v1", None)
+    if v1 is not None:
+        names = [n if n != "book" else f"book/{v1.channels.book.depth}" for n in ("book", "trade", "ticker", "spread", "ohlc")
+                 if getattr(v1.channels, n) is not None and getattr(v1.channels, n).symbols]
+        line += (f"; Spot v1: {len(v1.channels.all_symbols())} pairs, channels {' '.join(names)}, "
+                 f"serving {scheme}://{cfg.server.listen}{v1.path}")
+    return line
 
 
 def warnings(cfg: RelayConfig) -> list[str]:
@@ -53,6 +60,8 @@ def warnings(cfg: RelayConfig) -> list[str]:
         out.append(f"server.listen: {cfg.server.listen} is reachable from other hosts without a token or TLS")
     if len(cfg.upstreams) == 1:
         out.append("upstreams: only one line configured, so there is no redundancy")
+    if getattr(cfg, "v1", None) is not None and cfg.server.tls is None:
+        out.append("v1: server.tls is not set; some v1 clients (cryptofeed) only connect to wss:// addresses")
     return out
 
 

@@ -9,7 +9,7 @@ from relay.core.merge import MergeSettings
 from relay.core.v1 import V1Parser, V1TradeEvent, encode_ping, encode_request, normalize
 from relay.core.v1_merge import V1Merge
 from relay.server.v1 import ChannelIds, V1Endpoint
-from tests.v1.helpers import CF_TICKER, CF_TRADE, FakeSession, cryptofeed_frames
+from tests.v1.helpers import CF_TICKER, CF_TRADE, FakeSession, cryptofeed_frames, sdk_frames
 
 
 def test_connection_frames_map_to_neutral_events():
@@ -224,5 +224,55 @@ def test_planner_resubscribes_what_kraken_unsubscribed_by_itself():
     planner.on_ack(parser.parse(b'{"channelID":3,"channelName":"ohlc-5","event":"subscriptionStatus",'
                                 b'"pair":"XBT/USD","status":"unsubscribed","subscription":{"interval":5,"name":"ohlc"}}'), 1.0)
     again = [orjson.loads(f) for f in planner.poll(1.0)]
-    assert [(r["event"], r["subscription"]) for r in again] == [("subscribe", {"name": "ohlc", "interval": 5, "snapshot": True})]
+    assert [(r["event"], r["subscription"]) for r in again] == [("subscribe", {"name": "ohlc", "interval": 5})]
     assert planner.states()["book:XBT/USD:10"] == "active"
+
+
+def test_stamped_source_serves_snapshots_with_the_relay_ids():
+    frames = sdk_frames()
+    m = V1Merge(MergeSettings(book_depth=10))
+    up = m.add_upstream("a")
+    for raw in frames[:50]:
+        m.feed(up, raw, 0.0)
+    ep = V1Endpoint(m, {"book": ["XBT/USD"]}, 10)
+    snap = ep.source.book_snapshot("XBT/USD", 10)
+    msg = orjson.loads(snap)
+    assert msg[0] == ep.ids.get("book-10", "XBT/USD") and msg[-2:] == ["book-10", "XBT/USD"]
+    assert len(msg[1]["as"]) == 10 and "c" not in msg[1]  # v1 snapshots carry no checksum
+    assert ep.source.book_snapshot("ETH/USD", 10) is None
+
+
+def test_v1_config_section_errors_are_one_line_and_name_the_key():
+    import pytest
+
+    from relay.ops.config import ConfigError, parse_config
+
+    up = {"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"}]}
+    cases = [
+        ({}, "v1: is required (upstreams[0] has protocol v1)"),
+        ({"v1": {"channels": {}}}, "v1.channels: no pairs configured in any channel"),
+        ({"v1": {"channels": {"book": {"symbols": ["XBTUSD"]}}}}, "v1.channels.book.symbols"),
+        ({"v1": {"channels": {"book": {"symbols": ["XBT/USD"], "depth": 20}}}}, "v1.channels.book.depth"),
+        ({"v1": {"channels": {"ohlc": {"symbols": ["XBT/USD"], "intervals": [2]}}}}, "v1.channels.ohlc.intervals"),
+        ({"v1": {"channels": {"spread": {"symbols": ["XBT/USD"]}}, "path": "/v2"}}, "v1.path: '/v2' is already used"),
+    ]
+    for extra, text in cases:
+        with pytest.raises(ConfigError) as exc:
+            parse_config({**up, **extra}, env={})
+        assert text in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+    v2_only = {"upstreams": [{"name": "a", "url": "wss://ws.kraken.com/v2"}], "channels": {"book": {"symbols": ["BTC/USD"]}},
+               "v1": {"channels": {"book": {"symbols": ["XBT/USD"]}}}}
+    with pytest.raises(ConfigError, match="v1: configured but no upstream has protocol v1"):
+        parse_config(v2_only, env={})
+
+
+def test_check_config_summarizes_the_v1_stack():
+    from relay.ops.check_config import summary, warnings
+    from relay.ops.config import parse_config
+
+    cfg = parse_config({"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"},
+                                      {"name": "b", "url": "wss://beta-ws.kraken.com", "protocol": "v1"}],
+                        "v1": {"channels": {"book": {"symbols": ["XBT/USD", "ETH/USD"], "depth": 25},
+                                            "spread": {"symbols": ["XBT/USD"]}}}}, env={})
+    assert "Spot v1: 2 pairs, channels book/25 spread, serving ws://127.0.0.1:8765/" in summary(cfg)
+    assert any(w.startswith("v1: server.tls is not set") for w in warnings(cfg))
