@@ -231,6 +231,9 @@ class Relay:
         self.pool.config = new
         self.apply_channels()
         for stack in self.stacks:
+            reload = getattr(stack.endpoint, "reload", None)  # the endpoint's served set (may veto changes)
+            if reload is not None:
+                new = self.config = reload(new)
             stack.pool.config = new
             section = stack.spec.section(new)
             if section is not None:

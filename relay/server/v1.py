@@ -17,6 +17,7 @@ Only configured pairs are served (no dynamic upstream subscriptions on v1).
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from relay.core.v1 import (
 from relay.server.wire import text_frame
 
 SubKey = tuple[str, str, int]
+log = logging.getLogger("relay.server")
 
 ERR_MALFORMED = "Malformed request"
 ERR_EVENT = "Unsupported event"
@@ -217,6 +219,23 @@ class V1Endpoint:
         self.published = 0
         self.delivered = 0
         self.dispatch_errors = 0
+
+    def reload(self, cfg: Any) -> Any:
+        """SIGHUP: serve the new pair set. The book depth is fixed for the life of the merge, so a
+        changed `v1.channels.book.depth` is reverted (with a warning) in the config returned."""
+        section = getattr(cfg, "v1", None)
+        if section is None:
+            return cfg
+        ch = section.channels
+        if ch.book is not None and ch.book.depth != self.book_depth:
+            log.warning("reload: v1 book depth changes need a restart; keeping depth %d", self.book_depth)
+            book = ch.book.model_copy(update={"depth": self.book_depth})
+            ch = ch.model_copy(update={"book": book})
+            cfg = cfg.model_copy(update={"v1": section.model_copy(update={"channels": ch})})
+        self.static = {name: frozenset(getattr(ch, name).symbols if getattr(ch, name) is not None else ())
+                       for name in CHANNELS}
+        self.ohlc_intervals = frozenset(ch.ohlc.intervals if ch.ohlc is not None else (1,))
+        return cfg
 
     # -- clients --------------------------------------------------------------------------
     def hello(self, connection_id: int) -> bytes:

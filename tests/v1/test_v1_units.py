@@ -276,3 +276,33 @@ def test_check_config_summarizes_the_v1_stack():
                                             "spread": {"symbols": ["XBT/USD"]}}}}, env={})
     assert "Spot v1: 2 pairs, channels book/25 spread, serving ws://127.0.0.1:8765/" in summary(cfg)
     assert any(w.startswith("v1: server.tls is not set") for w in warnings(cfg))
+
+
+def test_reload_changes_the_served_pairs_but_not_the_book_depth():
+    from relay.core.v1_protocol import V1
+    from relay.ops.config import parse_config
+
+    def cfg(pairs, depth):
+        return parse_config({"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"}],
+                             "v1": {"channels": {"book": {"symbols": pairs, "depth": depth}}}}, env={})
+
+    ep, s = _ep()  # depth 25, XBT/USD
+    new = ep.reload(cfg(["XBT/USD", "ETH/USD"], 100))
+    assert new.v1.channels.book.depth == 25 and new.v1.channels.book.symbols == ["XBT/USD", "ETH/USD"]
+    assert {k.param for k in V1.desired(new.v1)} == {25}
+    ep.handle_message(s, b'{"event":"subscribe","pair":["ETH/USD"],"subscription":{"name":"book","depth":10}}')
+    assert orjson.loads(s.frames[-1])["status"] == "subscribed"
+
+
+def test_heartbeats_only_to_subscribed_idle_clients():
+    ep, s = _ep()
+    idle = FakeSession(ep.source)
+    ep.add_client(idle)
+    s.last_out = idle.last_out = 0.0
+    ep.handle_message(s, b'{"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"trade"}}')
+    n = len(s.frames)
+    ep.tick(0.5)
+    assert len(s.frames) == n  # not idle long enough
+    ep.tick(1.0)
+    assert s.frames[n:] == [b'{"event":"heartbeat"}']
+    assert idle.frames == []  # nothing subscribed: no heartbeats (as Kraken)
