@@ -38,7 +38,7 @@ class DegradedRelay:
                  "attempts": 3, "budget_remaining": 97, "disconnects": {"close_1006": 1},
                  "frames": 1000 * n, "bytes": 180_000 * n, "last_frame_age": 0.05,
                  "wins": 700 * n, "duplicates": 250 * n, "checksum_mismatches": 10 * n,
-                 "resyncs": {"checksum": 10 * n, "stale": 0, "gap": n}},
+                 "resyncs": {"checksum": 10 * n, "stale": 0, "gap": 10 * n}},
                 {"name": "beta", "up": 0, "state": "backoff", "system": "maintenance", "connects": 40,
                  "attempts": 95, "budget_remaining": 5, "disconnects": {"close_1001": 10 * n, "frame_timeout": n},
                  "frames": 300 * n, "bytes": 54_000 * n, "last_frame_age": 42.0,
