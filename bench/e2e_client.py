@@ -7,7 +7,8 @@ stream with C-level `bytes.find`/`count` (frames are not unmasked-decoded: serve
 unmasked, and the markers below never occur in websocket headers' way):
 
 * every connection counts book frames (`"checksum":`) and trades (`"trade_id":`);
-* "recording" connections also store the receive time (`time.monotonic()`, CLOCK_MONOTONIC,
+* "recording" connections also keep each read's bytes with its receive time and, after the run,
+  extract the receive time (`time.monotonic()`, CLOCK_MONOTONIC,
   shared by every process on the machine) of each book frame keyed by its exact
   `checksum,timestamp` text, and of each trade keyed by `symbol:trade_id`. The orchestrator
   matches keys between a client on the relay and a client connected directly to a simulator
@@ -34,6 +35,7 @@ CHK = b'"checksum":'
 TID = b'"trade_id":'
 SYM = b'"symbol":"'
 MAX_RECORDS = 2_000_000  # per recording connection: bounded memory
+MAX_KEPT = 256 * 1024 * 1024  # bytes kept per recording connection (bounded memory)
 CARRY = 512  # bytes kept between reads: longer than any key with its symbol
 
 
@@ -71,6 +73,9 @@ class Conn(asyncio.Protocol):
         self.book_t: dict[bytes, float] = {}
         self.trade_t: dict[bytes, float] = {}
         self.closed = False
+        self.chunks: list[tuple[float, bytes]] = []
+        self.kept = 0
+        self.truncated = False
         self.lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,49 +121,65 @@ class Conn(asyncio.Protocol):
                 self.trades += t
             self.carry = buf[-(len(CHK) - 1):]
             return
-        # Keep the last CARRY bytes so a key split across reads completes in the next one; a
-        # marker is counted in the read where it ends, a key recorded when first complete.
-        new_from = len(self.carry) - (len(CHK) - 1)
-        self.carry = buf[-CARRY:]
+        # Recording: keep (time, bytes) only; keys are extracted after the run (`scan`), so a
+        # recording connection costs about what a counting one does and does not delay the
+        # other connections of this process.
+        self.carry = buf[-(len(CHK) - 1):]
+        if self.kept < MAX_KEPT:
+            self.chunks.append((now, data))
+            self.kept += len(data)
+        else:
+            self.truncated = True
+
+    def scan(self) -> None:
+        """Turn the kept chunks into receive times per book key and per trade key."""
+        carry = b""
         book_t, trade_t = self.book_t, self.trade_t
-        find = buf.find
-        seen = False
-        pos = 0
-        while True:
-            i = find(CHK, pos)
-            if i < 0:
-                break
-            pos = i + 11
-            if i >= new_from:
-                self.books += 1
-                seen = True
-            j = find(b'"}', pos)
-            if j < 0:
-                break
-            key = buf[pos:j]
-            if key not in book_t and len(book_t) < MAX_RECORDS:
-                book_t[key] = now
-        pos = 0
-        while True:
-            k = find(TID, pos)
-            if k < 0:
-                break
-            pos = k + 11
-            if k >= new_from:
-                self.trades += 1
-                seen = True
-            j = find(b",", pos)
-            s = buf.rfind(SYM, 0, k)
-            if j < 0 or s < 0:
-                continue
-            e = find(b'"', s + 10)
-            key = buf[s + 10 : e] + b":" + buf[pos:j]
-            if key not in trade_t and len(trade_t) < MAX_RECORDS:
-                trade_t[key] = now
-        if seen:
-            if not self.first:
-                self.first = now
-            self.last = now
+        for now, data in self.chunks:
+            buf = carry + data
+            # Keep the last CARRY bytes so a key split across reads completes in the next one; a
+            # marker is counted in the read where it ends, a key recorded when first complete.
+            new_from = len(carry) - (len(CHK) - 1)
+            carry = buf[-CARRY:]
+            find = buf.find
+            seen = False
+            pos = 0
+            while True:
+                i = find(CHK, pos)
+                if i < 0:
+                    break
+                pos = i + 11
+                if i >= new_from:
+                    self.books += 1
+                    seen = True
+                j = find(b'"}', pos)
+                if j < 0:
+                    break
+                key = buf[pos:j]
+                if key not in book_t and len(book_t) < MAX_RECORDS:
+                    book_t[key] = now
+            pos = 0
+            while True:
+                k = find(TID, pos)
+                if k < 0:
+                    break
+                pos = k + 11
+                if k >= new_from:
+                    self.trades += 1
+                    seen = True
+                j = find(b",", pos)
+                s = buf.rfind(SYM, 0, k)
+                if j < 0 or s < 0:
+                    continue
+                e = find(b'"', s + 10)
+                key = buf[s + 10 : e] + b":" + buf[pos:j]
+                if key not in trade_t and len(trade_t) < MAX_RECORDS:
+                    trade_t[key] = now
+            if seen:
+                if not self.first:
+                    self.first = now
+                self.last = now
+        self.chunks = []
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -187,11 +208,17 @@ async def run(job: dict) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.readline()
     t_end = time.monotonic()
+    for c in conns:
+        if c.transport is not None:
+            c.transport.pause_reading()
+    for i in rec:
+        if i < len(conns):
+            conns[i].scan()
     out = {
         "t_end": t_end,
         "conns": [
             {"books": c.books, "trades": c.trades, "bytes": c.bytes, "first": c.first, "last": c.last,
-             "closed": c.closed}
+             "closed": c.closed, "truncated": c.truncated}
             for c in conns
         ],
         "records": {i: (conns[i].book_t, conns[i].trade_t) for i in sorted(rec) if i < len(conns)},

@@ -9,8 +9,10 @@ Usage: python bench/e2e_relay.py CONFIG.yaml  (RELAY_BENCH_NO_SINK=1: upstream f
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+import time
 import sys
 from pathlib import Path
 
@@ -23,6 +25,22 @@ from relay.ops.config import load_config  # noqa: E402
 from relay.ops.logging import configure_logging  # noqa: E402
 
 
+GC = {"passes": [0, 0, 0], "max_ms": [0.0, 0.0, 0.0], "total_ms": 0.0}
+_gc_t0 = [0.0]
+
+
+def _gc_cb(phase: str, info: dict) -> None:
+    """Cyclic-GC passes and their pauses (tail latency suspects), reported at exit."""
+    if phase == "start":
+        _gc_t0[0] = time.perf_counter()
+        return
+    ms = (time.perf_counter() - _gc_t0[0]) * 1e3
+    g = info["generation"]
+    GC["passes"][g] += 1
+    GC["max_ms"][g] = max(GC["max_ms"][g], round(ms, 2))
+    GC["total_ms"] += ms
+
+
 async def serve(path: str) -> int:
     cfg = load_config(path)
     relay = Relay(cfg, server_port=0, http_port=0)
@@ -33,7 +51,9 @@ async def serve(path: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(orjson.dumps({"port": relay.server.port, "http_port": relay.http.port,
                         "pid": os.getpid()}).decode(), flush=True)
+    gc.callbacks.append(_gc_cb)
     await stop.wait()
+    print(orjson.dumps({"gc": GC}).decode(), file=sys.stderr, flush=True)
     await relay.stop()
     return 0
 

@@ -65,8 +65,8 @@ class CpuMeter:
         return round(100 * sum(cpu_seconds(p) - c for p, c in zip(self.pids, self.c0)) / dt, 1)
 
 
-async def _spawn(*args: str, stdin: bool = False) -> asyncio.subprocess.Process:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+async def _spawn(*args: str, stdin: bool = False, env_extra: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(ROOT),
@@ -230,11 +230,11 @@ def relay_config(urls: list[str], symbols: list[str], depth: int, *, trades: boo
     return cfg
 
 
-async def start_relay(cfg: dict) -> RelayProc:
+async def start_relay(cfg: dict, env: dict[str, str] | None = None) -> RelayProc:
     fd, path = tempfile.mkstemp(prefix="relay-bench-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(cfg, f)
-    proc = await _spawn(str(BENCH / "e2e_relay.py"), path)
+    proc = await _spawn(str(BENCH / "e2e_relay.py"), path, env_extra=env)
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
