@@ -23,6 +23,9 @@ CAPTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/derived/
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=("v2", "futures"), default="v2",
+                        help="futures: a Kraken Futures market on /ws/v1 (see relay.sim.futures)")
+    parser.add_argument("--products", default="PF_XBTUSD,PF_ETHUSD", help="futures product ids (--protocol futures)")
     parser.add_argument("--symbols", default="BTC/USD,ETH/USD", help="comma-separated v2 symbols")
     parser.add_argument("--rate", type=float, default=500.0, help="book updates per second, whole market")
     parser.add_argument("--trade-rate", type=float, default=None, help="trades per second (default rate/10)")
@@ -111,6 +114,10 @@ async def _run(config: SimConfig, duration: float | None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "protocol", "v2") == "futures":
+        from relay.sim.futures import main as futures_main
+
+        return futures_main(args)
     try:
         config = build_config(args)
         Simulator(config)  # validate symbols / replay file before binding anything

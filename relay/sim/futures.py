@@ -565,7 +565,7 @@ class FuturesSimulator:
 def _instruments(products: list[str]) -> dict[str, Any]:
     """The fixture's instruments (ids upper-cased) plus generated perpetuals for other products."""
     try:
-        body = orjson.loads(INSTRUMENTS.read_bytes().split(b": ", 1)[1])
+        body = orjson.loads(INSTRUMENTS.read_bytes().splitlines()[0].split(b": ", 1)[1])
     except (OSError, IndexError, ValueError):
         body = {"result": "success", "instruments": []}
     have = set()
@@ -581,3 +581,88 @@ def _instruments(products: list[str]) -> dict[str, Any]:
                 "contractValueTradePrecision": 4 if linear else 0, "marginLevels": [],
             })
     return body
+
+
+# -- `kraken-relay sim --protocol futures` -------------------------------------------------------
+def build_config(args: Any) -> FuturesSimConfig:
+    """The futures simulator config from `kraken-relay sim` arguments (shared with the v2 sim)."""
+    from relay.sim.cli import _per_line
+
+    ports = [int(p) for p in str(args.ports).split(",") if p.strip()] or [0]
+    n = args.lines or len(ports)
+    if len(ports) == 1 and n > 1:
+        ports = [ports[0] + i if ports[0] else 0 for i in range(n)]
+    if len(ports) != n:
+        raise ValueError("--lines does not match the number of --ports")
+    lat = _per_line(args.latency, n, "latency")
+    jit = _per_line(args.jitter, n, "jitter")
+    replay = args.replay
+    if replay == "capture":
+        replay = str(CAPTURE)
+    return FuturesSimConfig(
+        products=[p.strip().upper() for p in args.products.split(",") if p.strip()],
+        rate=args.rate, trade_rate=args.trade_rate, seed=args.seed, host=args.host,
+        lines=[LineConfig(latency=lat[i], jitter=jit[i], port=ports[i]) for i in range(n)],
+        replay=replay, replay_loop=not args.no_loop,
+        levels=min(args.levels, 500),
+        log=lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True),
+    )
+
+
+async def _run(cfg: FuturesSimConfig, faults: list[Any], duration: float | None) -> None:
+    import contextlib
+    import signal
+
+    sim = FuturesSimulator(cfg)
+    await sim.start()
+    what = f"replay {cfg.replay}" if cfg.replay else f"{', '.join(sim.market.products)} at {cfg.rate:g} deltas/s"
+    print(f"kraken-relay sim (futures): {what}", flush=True)
+    for line in sim.lines:
+        print(f"  line {line.idx}: {line.url}  REST {sim.rest_url.rsplit(':', 1)[0]}:{line.port}"
+              f"/derivatives/api/v3/instruments", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    for f in faults:  # scripted faults: at seconds after start
+        def fire(f: Any = f) -> None:
+            print(f"{time.strftime('%H:%M:%S')} fault line {f.line}: {f.kind} {f.duration or ''} {f.params}", flush=True)
+            sim.inject(f.line, f.kind, f.duration, **f.params)
+        loop.call_later(f.at, fire)
+    try:
+        if duration is None:
+            await stop.wait()
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+    finally:
+        await sim.stop()
+
+
+def main(args: Any) -> int:
+    """`kraken-relay sim --protocol futures [--products PF_XBTUSD,...] [--replay capture]`."""
+    import sys
+
+    from relay.sim.faults import load_schedule, parse_fault
+
+    try:
+        cfg = build_config(args)
+        faults = [parse_fault(f) for f in args.fault] + (load_schedule(args.faults) if args.faults else [])
+        for f in faults:
+            if f.kind not in FUTURES_FAULTS:
+                raise ValueError(f"fault {f.kind!r} is not simulated for futures ({', '.join(FUTURES_FAULTS)})")
+        FuturesMarket(cfg)  # validate the replay file before binding anything
+    except (ValueError, OSError) as exc:
+        print(f"kraken-relay sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(_run(cfg, faults, args.duration))
+    except OSError as exc:
+        print(f"kraken-relay sim: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
