@@ -49,6 +49,12 @@ def summary(cfg: RelayConfig) -> str:
                  if getattr(v1.channels, n) is not None and getattr(v1.channels, n).symbols]
         line += (f"; Spot v1: {len(v1.channels.all_symbols())} pairs, channels {' '.join(names)}, "
                  f"serving {scheme}://{cfg.server.listen}{v1.path}")
+    fut = getattr(cfg, "futures", None)
+    if fut is not None:
+        feeds = [n for n in ("book", "trade", "ticker", "ticker_lite")
+                 if getattr(fut.channels, n) is not None and getattr(fut.channels, n).products]
+        line += (f"; Futures: {len(fut.channels.all_products())} products, feeds {' '.join(feeds)}, "
+                 f"serving {scheme}://{cfg.server.listen}{fut.path}")
     return line
 
 

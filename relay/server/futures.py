@@ -66,6 +66,13 @@ class FuturesEndpoint:
     def set_products(self, products: dict[str, Iterable[str]]) -> None:
         self.products = {feed: frozenset(p) for feed, p in products.items()}
 
+    def reload(self, cfg: Any) -> Any:
+        """SIGHUP: serve the reloaded `futures:` products (clients of removed ones keep their
+        subscription but receive nothing new). Returns the config unchanged (nothing vetoed)."""
+        if cfg.futures is not None:
+            self.set_products(products_by_feed(cfg.futures))
+        return cfg
+
     # -- connection lifecycle ------------------------------------------------------------------
     def opened(self, conn: Any, now: float) -> None:
         conn.ep_state = ClientState()
