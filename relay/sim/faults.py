@@ -27,7 +27,6 @@ FAULT_KINDS: dict[str, str] = {
     "refuse": "new connections aborted at the handshake (mode=tcp: port closed, ECONNREFUSED)",
     "slow": "extra latency delay= seconds for events sent during the fault",
     "budget": "handshake answered HTTP 429 once more than limit= attempts in window= seconds",
-    "skip": "futures only: the line loses the next count= book deltas of symbol= (a seq gap on that line)",
 }
 
 

@@ -640,15 +640,41 @@ async def _run(cfg: FuturesSimConfig, faults: list[Any], duration: float | None)
         await sim.stop()
 
 
+@dataclass
+class FuturesFault:
+    at: float
+    line: int | str
+    kind: str
+    duration: float | None
+    params: dict[str, Any]
+
+
+def parse_fault(text: str) -> FuturesFault:
+    """`T:LINE:KIND[:DURATION][:k=v,...]`, as the Spot simulator's `--fault`, with futures kinds."""
+    parts = text.split(":")
+    if len(parts) < 3:
+        raise ValueError(f"fault {text!r}: expected T:LINE:KIND[:DURATION][:key=value,...]")
+    duration, params = None, {}
+    for extra in parts[3:]:
+        if "=" in extra:
+            for kv in extra.split(","):
+                k, _, v = kv.partition("=")
+                params[k.strip()] = int(v) if v.strip().isdigit() else v.strip()
+        elif extra:
+            duration = float(extra)
+    line = parts[1] if parts[1] == "all" else int(parts[1])
+    return FuturesFault(float(parts[0]), line, parts[2], duration, params)
+
+
 def main(args: Any) -> int:
     """`kraken-relay sim --protocol futures [--products PF_XBTUSD,...] [--replay capture]`."""
     import sys
 
-    from relay.sim.faults import load_schedule, parse_fault
-
     try:
         cfg = build_config(args)
-        faults = [parse_fault(f) for f in args.fault] + (load_schedule(args.faults) if args.faults else [])
+        faults = [parse_fault(f) for f in args.fault]
+        if args.faults:
+            raise ValueError("--faults FILE is Spot-only; use --fault T:LINE:KIND[:DUR][:k=v] with futures")
         for f in faults:
             if f.kind not in FUTURES_FAULTS:
                 raise ValueError(f"fault {f.kind!r} is not simulated for futures ({', '.join(FUTURES_FAULTS)})")
