@@ -92,3 +92,27 @@ async def test_v1_clients_over_tls_through_line_faults(tls_cert):
         metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(base + "/metrics", timeout=5).read().decode())
         assert 'kraken_relay_symbol_state{channel="book",state="ok",symbol="v1:XBT/USD"} 1.0' in metrics
         assert 'symbol="v1:ETH/USD"' in metrics and 'channel="spread"' in metrics
+
+
+async def test_v1_maintenance_is_reported_and_books_recover():
+    async with v1_rig(rate=200) as rig:
+        stack = rig.relay.stacks[0]
+        assert await _until(lambda: stack.merge.book_snapshot("XBT/USD", 100) is not None, 10)
+        checker = V1Checker()
+        async with connect(rig.url, compression=None, max_size=None, open_timeout=5) as ws:
+            await ws.send('{"event":"subscribe","reqid":1,"pair":["XBT/USD"],"subscription":{"name":"book","depth":10}}')
+
+            async def reader() -> None:
+                async for msg in ws:
+                    checker.feed(msg.encode() if isinstance(msg, str) else msg)
+
+            task = asyncio.create_task(reader())
+            await asyncio.sleep(0.5)
+            rig.sim.inject("all", "maintenance", 1.0)
+            await asyncio.sleep(1.5)
+            before = checker.verified
+            await asyncio.sleep(1.5)
+            task.cancel()
+        statuses = [e["status"] for e in checker.events if e.get("event") == "systemStatus"]
+        assert statuses[0] == "online" and "maintenance" in statuses and statuses[-1] == "online"
+        assert checker.bad == [] and checker.verified > before  # updates flow again after maintenance
