@@ -43,6 +43,8 @@ def summary(cfg: RelayConfig) -> str:
         f"{len(cfg.upstreams)} upstreams ({ups}); {len(ch.all_symbols())} symbols; channels {' '.join(chans)}; "
         f"serving {scheme}://{cfg.server.listen}{cfg.server.path}; http {cfg.http.listen}"
     )
+    if not any(u.protocol == "v2" for u in cfg.upstreams):  # no Spot v2 stack: say so, not "0 symbols"
+        line = f"{len(cfg.upstreams)} upstreams ({ups}); no Spot v2 feeds; http {cfg.http.listen}"
     v1 = getattr(cfg, "v1", None)
     if v1 is not None:
         names = [n if n != "book" else f"book/{v1.channels.book.depth}" for n in ("book", "trade", "ticker", "spread", "ohlc")

@@ -80,3 +80,13 @@ def test_planner_matches_futures_acks_without_req_id_and_frees_its_bookkeeping()
     # a resync is unsubscribe + subscribe of that product alone
     assert p.resync("book", "PF_XBTUSD", 5.0) == "started"
     assert p.poll(5.0) == [b'{"event":"unsubscribe","feed":"book","product_ids":["PF_XBTUSD"]}']
+
+
+def test_sample_futures_config_is_valid():
+    from pathlib import Path
+
+    from relay.ops.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "futures.yaml", env={})
+    assert {u.protocol for u in cfg.upstreams} == {"futures"}
+    assert cfg.futures.channels.all_products() == ["PF_XBTUSD", "PF_ETHUSD"]
