@@ -191,7 +191,7 @@ class FuturesParser:
                 str(products[0]).upper() if products else None,
                 None,
                 None if ok else str(msg.get("message") or event),
-                {"product_ids": products} if len(products) > 1 else {},
+                {"_symbols": [str(p).upper() for p in products]} if len(products) > 1 else {},
             )
         if event == "pong":
             from relay.core.events import PongEvent

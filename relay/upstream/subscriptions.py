@@ -266,12 +266,15 @@ class SubscriptionPlanner:
         else:
             method = ev.method
             want_state = SENT if method == "subscribe" else UNSUB_SENT
+            # one ack may name several symbols (`result["_symbols"]`, set by the adapter, e.g. a futures ack listing
+            # several product_ids); otherwise the ack's own symbol ("" = channel-wide)
+            names = set(ev.result.get("_symbols") or ()) or {ev.symbol or ""}
             keys = [
                 k
                 for k, e in self.entries.items()
                 if e.state == want_state
                 and (ev.channel is None or k.channel == ev.channel)
-                and (k.symbol == (ev.symbol or ""))
+                and k.symbol in names
             ]
             if not keys and method == "unsubscribe" and ev.success and ev.symbol and ev.req_id is None:
                 self._dropped_by_exchange(ev)

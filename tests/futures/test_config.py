@@ -90,3 +90,15 @@ def test_sample_futures_config_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "futures.yaml", env={})
     assert {u.protocol for u in cfg.upstreams} == {"futures"}
     assert cfg.futures.channels.all_products() == ["PF_XBTUSD", "PF_ETHUSD"]
+
+
+def test_one_ack_naming_several_products_acknowledges_each():
+    spec = protocols.get("futures")
+    keys = [SubKey("trade", "PF_XBTUSD", 0), SubKey("trade", "PF_ETHUSD", 0), SubKey("book", "PF_XBTUSD", 0)]
+    p = SubscriptionPlanner(keys, encode_request=spec.encode_request, params_for=spec.request_params)
+    p.reset()
+    p.poll(0.0)
+    ev = spec.parser().parse(b'{"event":"subscribed","feed":"trade","product_ids":["pf_xbtusd","PF_ETHUSD"]}')
+    res = p.on_ack(ev, 0.1)
+    assert sorted(k.symbol for k in res.accepted) == ["PF_ETHUSD", "PF_XBTUSD"]
+    assert p.states()["book:PF_XBTUSD"] == "sent"
