@@ -306,3 +306,14 @@ def test_heartbeats_only_to_subscribed_idle_clients():
     ep.tick(1.0)
     assert s.frames[n:] == [b'{"event":"heartbeat"}']
     assert idle.frames == []  # nothing subscribed: no heartbeats (as Kraken)
+
+
+def test_sample_config_is_valid():
+    from pathlib import Path
+
+    from relay.core.v1_protocol import V1
+    from relay.ops.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "v1.yaml", env={})
+    assert [u.protocol for u in cfg.upstreams] == ["v1", "v1"] and cfg.v1.path == "/"
+    assert len(V1.desired(cfg.v1)) == 2 + 2 + 2 + 1 + 2
