@@ -43,6 +43,7 @@ from bench.harness import (  # noqa: E402
     rss_mb,
     start_client_group,
     start_clients,
+    start_forwarder,
     start_relay,
     start_sim,
     stop_client_group,
@@ -192,9 +193,15 @@ class Bench:
         return sim, relay
 
     async def _measure(self, sim, relay, direct_lines: list[int], n_clients: int, sub: list[dict], n_record: int,
-                       during=None) -> dict:
-        """Start direct + relay clients, warm up, measure one window; return raw material."""
+                       during=None, floor: bool = False) -> dict:
+        """Start direct + relay clients, warm up, measure one window; return raw material.
+        `floor`: also min(n, 10) clients on a do-nothing forwarder of the first direct line."""
         direct = [await start_clients(sim.ports[i], 1, sub, [0]) for i in direct_lines]
+        fwd = fwd_clients = None
+        if floor:
+            fwd = await start_forwarder(sim.ports[direct_lines[0]], sub)
+            k = min(n_clients, 10)
+            fwd_clients = await start_clients(fwd.port, k, sub, list(range(k)))
         group = await start_client_group(relay.port, n_clients, sub, n_record)
         try:
             await asyncio.sleep(self.warm)
@@ -212,7 +219,11 @@ class Bench:
         finally:
             dres = [await stop_clients(d) for d in direct]
             gres = await stop_client_group(group)
-        return {"t0": t0, "t1": t1, "cpu": cpu, "rss": rss, "direct": dres, "relay": gres, "extra": extra}
+            fres = await stop_clients(fwd_clients) if fwd_clients is not None else None
+            if fwd is not None:
+                await fwd.stop()
+        return {"t0": t0, "t1": t1, "cpu": cpu, "rss": rss, "direct": dres, "relay": gres, "extra": extra,
+                "floor": fres}
 
     # -- cases --------------------------------------------------------------------------------
     async def latency(self) -> None:
@@ -221,9 +232,12 @@ class Bench:
             sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], _sim_rate(target))
             try:
                 for n in (1, 10, 100):
-                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10))
+                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10), floor=n <= 10)
                     ref_b, ref_t = m["direct"][0]["records"][0]
                     t0, t1 = m["t0"], m["t1"] - 0.2
+                    floor: list[float] = []
+                    for books, trades in (m["floor"]["records"].values() if m["floor"] else []):
+                        floor += deltas(ref_b, books, t0, t1)[0] + deltas(ref_t, trades, t0, t1)[0]
                     all_d: list[float] = []
                     miss = 0
                     for books, trades in m["relay"]["records"]:
@@ -242,6 +256,7 @@ class Bench:
                         "kind": "latency", "target_fps": target, "clients": n,
                         "direct_fps": round(ref_n / span),
                         "added": summary_us(all_d), "unmatched": miss,
+                        "forwarder_floor": summary_us(floor) if m["floor"] else None,
                         "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"],
                         "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
                         "closed": sum(c["closed"] for c in m["relay"]["conns"]),
@@ -512,6 +527,8 @@ def table(cases: dict) -> str:
         fps, lat, res = "", "", ""
         if k == "latency":
             fps, lat = f"{c['direct_fps']} per client", "added " + _lat(c["added"])
+            if c.get("forwarder_floor"):
+                lat += "<br>do-nothing forwarder " + _lat(c["forwarder_floor"])
             res = f"{c['unmatched']} unmatched, {c['closed']} closed"
         elif k == "redundancy":
             lat = (f"line1 {_lat(c['line1'])}<br>line2 {_lat(c['line2'])}<br>first-of-lines {_lat(c['first_of_lines'])}"

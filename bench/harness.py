@@ -267,6 +267,32 @@ async def wait_relay_ready(relay: RelayProc, timeout: float = 20.0) -> None:
     raise RuntimeError("relay not ready in time: " + " | ".join(relay.log[-5:]))
 
 
+@dataclass
+class Forwarder:
+    proc: asyncio.subprocess.Process
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def stop(self) -> None:
+        await _stop(self.proc)
+
+
+async def start_forwarder(upstream_port: int, sub: list[dict]) -> Forwarder:
+    """`bench/e2e_forwarder.py`: a do-nothing hop (latency floor of any relay process)."""
+    proc = await _spawn(str(BENCH / "e2e_forwarder.py"), str(upstream_port), orjson.dumps(sub).decode())
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        info = orjson.loads(line)
+    except BaseException:
+        await _stop(proc)
+        raise
+    return Forwarder(proc, info["port"])
+
+
 # -- clients -----------------------------------------------------------------------------------
 def subs(symbols: list[str], depth: int | None, trades: bool = True) -> list[dict]:
     out = []
