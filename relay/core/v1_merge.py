@@ -14,14 +14,11 @@ checksum rules are the same). What differs:
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relay.core.events import BookEvent, ControlEvent, OhlcEvent, TickerEvent
 from relay.core.merge import Merge, MergeSettings
 from relay.core.v1 import LevelTimes, SpreadEvent, V1Codec, V1Parser, V1TradeEvent, normalize
-
-if TYPE_CHECKING:
-    pass
 
 TRADE_WINDOW = 2000  # trades remembered per pair for content dedupe
 TICKER_WINDOW = 64  # ticker records remembered per pair

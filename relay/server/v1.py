@@ -161,6 +161,8 @@ def parse_request(raw: bytes, max_pairs: int = 200) -> V1Subscribe | V1Ping | V1
     def per_pair(error: str) -> V1Reject:
         return V1Reject(error, rid, [encode_subscription_status("error", p, echo, rid, error=error) for p in pairs])
 
+    if name == "*" and event == "unsubscribe":  # every subscription of these pairs
+        return V1Subscribe(event, "*", list(dict.fromkeys(pairs)), 0, False, rid, echo)
     if name not in CHANNELS:
         return per_pair(ERR_NAME)
     key = 0
@@ -348,6 +350,18 @@ class V1Endpoint:
             client.queue(self.ids.stamp(key, snap))
 
     def _unsubscribe(self, client: Any, req: V1Subscribe) -> None:
+        if req.channel == "*":
+            for pair in req.pairs:
+                keys = sorted(k for k in client.subs if k[1] == pair)
+                if not keys:
+                    self._status(client, req, pair, "error", ERR_NOT_SUBSCRIBED)
+                for key in keys:
+                    self._unregister(client, key)
+                    echo = {"name": key[0], **({"depth": key[2]} if key[0] == "book" else {}),
+                            **({"interval": key[2]} if key[0] == "ohlc" else {})}
+                    one = V1Subscribe("unsubscribe", key[0], [pair], key[2], False, req.req_id, echo)
+                    self._status(client, one, pair, "unsubscribed")
+            return
         for pair in req.pairs:
             key = (req.channel, pair, req.key)
             if key not in client.subs:

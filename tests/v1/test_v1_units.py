@@ -317,3 +317,17 @@ def test_sample_config_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "v1.yaml", env={})
     assert [u.protocol for u in cfg.upstreams] == ["v1", "v1"] and cfg.v1.path == "/"
     assert len(V1.desired(cfg.v1)) == 2 + 2 + 2 + 1 + 2
+
+
+def test_unsubscribe_everything_of_a_pair_with_name_star():
+    ep, s = _ep()
+    ep.handle_message(s, b'{"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"book","depth":10}}')
+    ep.handle_message(s, b'{"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"trade"}}')
+    n = len(s.frames)
+    ep.handle_message(s, b'{"event":"unsubscribe","reqid":5,"pair":["XBT/USD"],"subscription":{"name":"*"}}')
+    out = [orjson.loads(f) for f in s.frames[n:]]
+    assert {(o["status"], o["channelName"], o["reqid"]) for o in out} == {
+        ("unsubscribed", "book-10", 5), ("unsubscribed", "trade", 5)}
+    assert s.subs == set() and ep.subscription_count() == 0
+    ep.handle_message(s, b'{"event":"unsubscribe","pair":["XBT/USD"],"subscription":{"name":"*"}}')
+    assert orjson.loads(s.frames[-1])["errorMessage"] == "Subscription Not Found"
