@@ -70,3 +70,29 @@ async def test_v1_lines_serve_the_same_market_with_valid_checksums():
     for f in corrupted:
         bad.feed(f)
     assert len(bad.bad) == 1
+
+
+async def test_v1_silent_symbol_ends_with_a_fresh_v1_snapshot():
+    cfg = SimConfig(symbols=["BTC/USD"], rate=300, seed=8, lines=[LineConfig()])
+    async with Simulator(cfg) as sim:
+        async with connect(sim.v1_urls[0], compression=None, open_timeout=5) as ws:
+            await ws.send('{"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"book","depth":10}}')
+            c = V1Checker()
+            loop = asyncio.get_running_loop()
+
+            async def read(seconds: float) -> None:
+                end = loop.time() + seconds
+                while loop.time() < end:
+                    try:
+                        c.feed((await asyncio.wait_for(ws.recv(), 0.1)).encode())
+                    except asyncio.TimeoutError:
+                        pass
+
+            await read(0.5)
+            sim.inject(0, "silent_symbol", 1.2, symbol="BTC/USD")
+            await read(0.2)
+            during = c.verified
+            await read(0.6)
+            assert c.verified == during  # the pair's book went silent on the line
+            await read(1.2)
+    assert c.snapshots == 2 and c.bad == [] and c.verified > during
