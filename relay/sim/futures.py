@@ -18,7 +18,9 @@ today, plus generated entries for simulated products not in it) on every line's 
 
 Faults (`inject`): drop, close_1001, close_1013, stall, silent_symbol (`symbol=` product: its book
 stops on that line, a fresh snapshot when it ends), skip (`symbol=`, `count=`: that line loses the
-next deltas of a product: a seq gap on one line), refuse, slow (`delay=`).
+next deltas of a product: a seq gap on one line), refuse, slow (`delay=`), budget (`limit=` handshakes
+per `window=` s, then HTTP 429). Spot-only kinds (maintenance, cancel_only, corrupt_checksum) have no
+futures equivalent: futures has no engine status frame and no book checksum.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from relay.sim.server import LineConfig, _json_response
 FIXTURES = Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/cryptofeed/sample_data"
 INSTRUMENTS = FIXTURES / "KRAKEN_FUTURES.0"
 CAPTURE = FIXTURES / "KRAKEN_FUTURES.ws.1.0"
-FUTURES_FAULTS = ("drop", "close_1001", "close_1013", "stall", "silent_symbol", "skip", "refuse", "slow")
+FUTURES_FAULTS = ("drop", "close_1001", "close_1013", "stall", "silent_symbol", "skip", "refuse", "slow", "budget")
 CLOSE_REASONS = {1001: "CloudFlare WebSocket proxy restarting", 1013: "Market data unavailable"}
 BASE_PRICES = {"XBT": 93000.0, "BTC": 93000.0, "ETH": 3400.0, "SOL": 180.0, "XRP": 2.1, "LTC": 110.0, "BCH": 450.0}
 
@@ -323,6 +325,9 @@ class FLine:
         self.last_due = 0.0
         self.faults: dict[str, tuple[float | None, dict[str, Any]]] = {}
         self.skip: dict[str, int] = {}
+        self.attempts: deque[float] = deque()  # handshake times, for the `budget` fault
+        self.handshakes = 0
+        self.rejected = 0
         self.rnd = random.Random((sim.config.seed or 0) * 31 + idx)
 
     @property
@@ -445,9 +450,21 @@ class FuturesSimulator:
             path = request.path.partition("?")[0]
             if path.startswith("/derivatives/api/v3/"):
                 return self._rest(conn, path[len("/derivatives/api/v3/"):])
+            line.handshakes += 1
             if "refuse" in line.faults:
+                line.rejected += 1
                 conn.transport.abort()
                 return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "refused\n")
+            budget = line.faults.get("budget")
+            if budget is not None:
+                now = time.monotonic()
+                window = float(budget[1].get("window", 600.0))
+                line.attempts.append(now)
+                while line.attempts and line.attempts[0] < now - window:
+                    line.attempts.popleft()
+                if len(line.attempts) > int(budget[1].get("limit", 150)):
+                    line.rejected += 1
+                    return conn.respond(HTTPStatus.TOO_MANY_REQUESTS, "error code: 1015\n")
             return None
 
         return await serve(handler, self.config.host, port, process_request=process_request, compression=None,

@@ -37,7 +37,7 @@ async def test_real_capture_replays_through_the_relay_contiguous_and_exact():
             await client.stop()
 
 
-FAULTS = [
+FAULTS = [  # (line, kind, duration, params): every futures fault kind of the simulator
     (0, "drop", None, {}),
     (1, "close_1001", None, {}),
     (1, "stall", 1.0, {}),
@@ -46,7 +46,15 @@ FAULTS = [
     (0, "skip", None, {"symbol": "PF_ETHUSD", "count": 2}),
     (0, "slow", 1.0, {"delay": 0.05}),
     (1, "close_1013", None, {}),
+    (1, "refuse", 1.0, {"then": "drop"}),
+    (0, "budget", 1.0, {"limit": 0, "window": 30.0, "then": "drop"}),
 ]
+
+
+def test_every_sim_fault_kind_is_covered():
+    from relay.sim.futures import FUTURES_FAULTS
+
+    assert {f[1] for f in FAULTS} == set(FUTURES_FAULTS)
 
 
 async def test_each_fault_on_one_line_client_sees_no_gap_no_duplicate_no_disconnect():
@@ -59,8 +67,13 @@ async def test_each_fault_on_one_line_client_sees_no_gap_no_duplicate_no_disconn
             await client.send({"event": "subscribe", "feed": "heartbeat"})
             assert await until(lambda: len(client.view.snapshots) == len(rig.products), 5.0)
             for line, kind, duration, params in FAULTS:
+                params = dict(params)
+                then = params.pop("then", None)
                 rig.sim.inject(line, kind, duration, **params)
+                if then:  # the fault meets a reconnect
+                    rig.sim.inject(line, then)
                 await asyncio.sleep((duration or 0.0) + 0.8)
+            assert rig.sim.lines[1].rejected >= 1 and rig.sim.lines[0].rejected >= 1
             late = await FuturesClient(rig.url).start()  # a late joiner after all that
             await late.send({"event": "subscribe", "feed": "book", "product_ids": rig.products})
             await asyncio.sleep(0.5)
