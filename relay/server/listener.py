@@ -37,6 +37,10 @@ class Endpoint(Protocol):
     resets through `ClientConnection.deliver_book`). The connection calls `opened` after the
     handshake (queue a greeting), `message` per text message (after size and rate checks),
     `reject` when such a check fails (`reason`: too_big | binary | rate), `closed` once.
+    Per client: `conn.queue(text)` for replies; for publications build the websocket frame once
+    (`relay.server.wire.text_frame`) and hand it to `conn.deliver(wire)` or, for droppable book
+    frames, `conn.deliver_book(key, wire, snapshot)` after `conn.start_book(key, live)`.
+    Optional: `reload(cfg) -> cfg` on SIGHUP (may veto changes by returning an adjusted config).
     """
 
     path: str
