@@ -87,7 +87,7 @@ class LineBook:
         self.seq: int | None = None  # last seq seen on this line (None: no snapshot yet)
         self.aligned: bool | None = None  # shares the published seq space (None: not proven yet)
         self.book: tuple[dict[float, FLevel], dict[float, FLevel]] | None = None  # own book
-        self.ahead: dict[int, tuple[int, bytes, bytes]] = {}  # unverified deltas beyond published
+        self.ahead: dict[int, FBookDelta] = {}  # unverified deltas beyond published (adopted once proven)
         self.last_data = 0.0
         self.behind_mark: int | None = None
         self.behind_since = 0.0
@@ -194,7 +194,7 @@ class ProductBook:
             self._verify(up, lb, s, key, now)
             if not lb.aligned:
                 if lb.aligned is None and s > self.seq:  # type: ignore[operator]
-                    lb.ahead[s] = key
+                    lb.ahead[s] = ev
                     if len(lb.ahead) > RING:
                         lb.ahead.pop(next(iter(lb.ahead)))
                 if lb.book is not None and not self._has_aligned(exclude=up):
@@ -210,6 +210,8 @@ class ProductBook:
             seen = self.ring.get(s)
             if seen is not None and seen != key:
                 self._diverged(up, lb)
+            elif self.pending and pub + 1 in self.pending:  # type: ignore[operator]
+                self._drain(now)  # a line just proven brought what was missing
             return
         if s == pub + 1:  # type: ignore[operator]
             merge.upstream_stats[up].wins += 1
@@ -243,12 +245,23 @@ class ProductBook:
             return
         if seen == key:
             lb.aligned = True
-            lb.ahead = {}
+            self._adopt(lb, now)
             if s >= self.seq:  # type: ignore[operator]
                 lb.book = None
         elif lb.aligned is None:
             lb.aligned = False
             self.merge.counters.divergent += 1
+
+    def _adopt(self, lb: LineBook, now: float) -> None:
+        """A line just proven to share the seq space: the deltas it brought beyond the published
+        seq become candidates (they may fill a gap another line left)."""
+        pub = self.seq
+        for s, d in lb.ahead.items():
+            if s > pub:  # type: ignore[operator]
+                self.pending.setdefault(s, d)
+        lb.ahead = {}
+        if self.pending and self.gap_deadline is None:
+            self.gap_deadline = now + self.merge.settings.trade_gap_wait
 
     def _diverged(self, up: int, lb: LineBook) -> None:
         self.merge.counters.divergent += 1
@@ -258,11 +271,12 @@ class ProductBook:
 
     def _can_fill(self) -> bool:
         """Could a connected line still deliver the next published seq? (An unverified line that is
-        behind gets verified by its copies before it reaches the gap.)"""
+        behind gets verified by its copies before it reaches the gap; a line still waiting for its
+        snapshot may start before it.) Bounded by the gap wait either way."""
         want = self.seq + 1  # type: ignore[operator]
         conn = self.merge.lines
         return any(
-            lb.aligned is not False and lb.seq is not None and lb.seq < want and conn[i].connected
+            lb.aligned is not False and (lb.seq is None or lb.seq < want) and conn[i].connected
             for i, lb in enumerate(self.lines)
         )
 
@@ -282,12 +296,14 @@ class ProductBook:
         self.merge.remember(ev.raw, self, ev.seq)
         for lb in self.lines:
             if lb.ahead:
-                k = lb.ahead.pop(ev.seq, None)
-                if k is not None:
-                    if k == key:
-                        lb.aligned, lb.ahead = True, {}
+                d = lb.ahead.pop(ev.seq, None)
+                if d is not None:
+                    if _key(d) == key:
+                        lb.aligned = True
+                        self._adopt(lb, now)  # its deltas beyond this one may fill a gap
                     else:
                         lb.aligned = False
+                        lb.ahead = {}
                         self.merge.counters.divergent += 1
 
     def _drain(self, now: float) -> None:
