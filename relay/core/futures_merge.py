@@ -78,7 +78,8 @@ class FCounters:
 class LineBook:
     """One line's view of one product."""
 
-    __slots__ = ("seq", "aligned", "book", "ahead", "last_data", "behind_mark", "behind_since", "stale")
+    __slots__ = ("seq", "aligned", "book", "ahead", "last_data", "behind_mark", "behind_since", "stale",
+                 "broken_since")
 
     def __init__(self) -> None:
         self.reset()
@@ -92,6 +93,7 @@ class LineBook:
         self.behind_mark: int | None = None
         self.behind_since = 0.0
         self.stale = False
+        self.broken_since: float | None = None  # unproven line whose own book missed a delta
 
 
 def _key(d: FBookDelta) -> tuple[int, bytes, bytes]:
@@ -182,7 +184,9 @@ class ProductBook:
                 lb.reset()
                 merge.request_resync(up, "book", self.product, "gap")
                 return
-            lb.book = None  # unproven line: its book is broken, its copies may still prove it
+            if lb.book is not None:  # unproven line: its book is broken, its copies may still prove it
+                lb.book = None
+                lb.broken_since = now
         lb.seq = s
         lb.last_data = now
         if lb.book is not None:
@@ -397,7 +401,14 @@ class ProductBook:
         if not self.ready or self.seq is None:
             return
         for i, lb in enumerate(self.lines):
-            if lb.seq is None or not self.merge.lines[i].connected or not lb.aligned:
+            if lb.seq is None or not self.merge.lines[i].connected:
+                continue
+            if not lb.aligned:
+                # never proven and its own book broken: useless as a backup (per-connection seq
+                # numbering); refresh it with a resubscription once `window` has passed
+                if lb.broken_since is not None and now - lb.broken_since >= window and not lb.stale:
+                    lb.stale = True
+                    self.merge.request_resync(i, "book", self.product, "gap")
                 continue
             if lb.seq >= self.seq:
                 lb.behind_mark = None

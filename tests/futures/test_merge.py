@@ -226,3 +226,15 @@ def test_parser_control_frames():
     snap = p.parse(b'{"feed":"book_snapshot","product_id":"PF_X","timestamp":1,"seq":5,"tickSize":null,'
                    b'"bids":[{"price":1.10,"qty":5e-1}],"asks":[]}')
     assert snap.bids[0].price_text == b"1.10" and snap.bids[0].qty_text == b"5e-1"
+
+
+def test_unproven_line_with_a_broken_book_is_refreshed_after_stale_after():
+    merge, a, b = _pair()
+    merge.feed(a, _snap("PF_XBTUSD", 10, [(100.0, 1.0)], [(101.0, 1.0)]), 0.0)
+    merge.feed(b, _snap("PF_XBTUSD", 900, [(100.0, 1.0)], [(101.0, 1.0)]), 0.0)  # another numbering
+    merge.feed(b, _delta("PF_XBTUSD", 901, 99.0, 1.0), 0.1)
+    merge.feed(b, _delta("PF_XBTUSD", 903, 98.0, 1.0), 0.2)  # b lost 902: its own book is broken
+    merge.tick(5.0)
+    assert merge.take_requests() == []
+    merge.tick(10.3)  # stale_after (10 s) later it is resubscribed, to be a usable backup again
+    assert [(r.upstream, r.reason) for r in merge.take_requests()] == [(b, "gap")]
