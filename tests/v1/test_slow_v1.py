@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import orjson
+
 from websockets.asyncio.client import connect
 
 from relay.core.merge import Merge, MergeSettings, Publication
@@ -78,5 +80,31 @@ async def test_slow_v1_reader_gets_a_snapshot_reset_and_a_valid_book():
         assert fast.book("XBT/USD", 10) == slow.book("XBT/USD", 10)
         await fast_ws.close()
         await slow_ws.close()
+    finally:
+        await server.stop()
+
+
+async def test_v1_clients_get_the_v2_limits_as_v1_errors():
+    merge = V1Merge(MergeSettings(book_depth=10))
+    server = LocalServer(ServerConfig(max_requests_per_second=5.0, max_message_bytes=1024), Merge(MergeSettings()),
+                         ChannelsConfig(instrument=False), host="127.0.0.1", port=0)
+    server.add_endpoint(V1Endpoint(merge, {"book": ["XBT/USD"]}, 10))
+    await server.start()
+    try:
+        async with connect(server.url_for("/"), compression=None, open_timeout=5) as ws:
+            assert '"systemStatus"' in await ws.recv()
+            for i in range(20):
+                await ws.send('{"event":"ping","reqid":%d}' % i)
+            await ws.send('{"event":"ping","reqid":99,"pad":"' + "x" * 2000 + '"}')
+            await ws.send(b'\x00binary')
+            replies = []
+            for _ in range(22):
+                replies.append(orjson.loads(await asyncio.wait_for(ws.recv(), 5)))
+        pongs = [r for r in replies if r.get("event") == "pong"]
+        errors = [r for r in replies if r.get("event") == "error"]
+        assert 4 <= len(pongs) <= 7  # the burst, then the rate limit
+        assert any(e["errorMessage"] == "Exceeded msg rate" and e.get("reqid") == 10 for e in errors)
+        assert any(e["errorMessage"] in ("Message too large", "Exceeded msg rate") for e in errors)
+        assert len(pongs) + len(errors) == 22
     finally:
         await server.stop()
