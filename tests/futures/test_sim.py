@@ -86,3 +86,19 @@ def test_cli_protocol_futures_runs():
     bad = subprocess.run([sys.executable, "-m", "relay", "sim", "--protocol", "futures", "--fault", "1:0:maintenance:2"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not simulated for futures" in bad.stderr
+
+
+async def test_futures_lines_keep_alive_with_rfc6455_pings():
+    """Futures has no JSON ping: the upstream transport pings at the websocket level."""
+    from relay.ops.config import UpstreamConfig
+    from relay.upstream.transport import open_connection
+
+    async with FuturesSimulator(FuturesSimConfig(products=["PF_XBTUSD"], rate=0.0, trade_rate=0.0)) as sim:
+        up = UpstreamConfig(name="f", url=sim.urls[0], protocol="futures")
+        ws = await open_connection(up, handshake_timeout=2.0, ping_interval=0.05)
+        try:
+            assert orjson.loads(await ws.recv()) == {"event": "info", "version": 1}
+            await asyncio.sleep(0.3)
+            assert ws.latency > 0  # a pong came back for our ping
+        finally:
+            await ws.close()
