@@ -2,8 +2,8 @@
 
 Sans-I/O: `V1Endpoint` answers requests and fans publications out to duck-typed client sessions
 (the same `Session` interface as the v2 hub: `queue(text)`, `deliver(websocket frame)`,
-`deliver_book`, `start_book`, `stop_book`, `subs`), so the v2 client machinery (coalesced writes, slow-client policy, limits)
-serves v1 clients unchanged.
+`deliver_book`, `start_book`, `stop_book`, `subs`), so the v2 client machinery (coalesced
+writes, slow-client policy, limits) serves v1 clients unchanged.
 
 Channel ids: v1 streams are keyed by a channelID. Upstream ids die with each upstream connection,
 so the relay assigns its own, one per (channelName, pair), stable for the life of the process:
