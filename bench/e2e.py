@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (  # noqa: E402
     CpuMeter,
+    cpu_seconds,
     deltas,
     longest_gap,
     relay_config,
@@ -67,12 +70,12 @@ def _count_in(books: dict, trades: dict, t0: float, t1: float) -> int:
 
 
 def _backlog_rate(ref_b: dict, ref_t: dict, rec: tuple[dict, dict], t0: float, t1: float,
-                  start: tuple[dict, dict] | None = None) -> tuple[int | None, int]:
-    """Frames/s at which a client received a stalled line's backlog: the frames the reference
-    client (unstalled line) saw well inside the stall [t0 + 0.2, t1 - 0.2], counted over the time
-    from the first to the last of them arriving (they arrive after the release, as fast as the
-    path allows; with `start`, from the first of them reaching that other client). Returns
-    (rate, frames); rate None if any of them never arrived."""
+                  start: tuple[dict, dict] | None = None) -> dict:
+    """How a client received a stalled line's backlog: the frames the reference client
+    (unstalled line) saw well inside the stall [t0 + 0.2, t1 - 0.2] arrive after the release as
+    fast as the path allows. `rate` counts them from the first of them reaching the `start`
+    client (a raw client on a released line) or this one, to the last reaching this one.
+    Returns {rate, backlog, missing, first, last}; rate None if nothing arrived."""
     books, trades = rec
     a, b = t0 + 0.2, t1 - 0.2
     got, firsts, n = [], [], 0
@@ -85,12 +88,58 @@ def _backlog_rate(ref_b: dict, ref_t: dict, rec: tuple[dict, dict], t0: float, t
                     got.append(x)
                 if start is not None and k in start[w]:
                     firsts.append(start[w][k])
-    if len(got) < max(2, n):
-        return None, n
-    first = min(firsts) if firsts else min(got)
-    if max(got) - first <= 0:
-        return None, n
-    return round(len(got) / (max(got) - first)), n
+    out = {"rate": None, "backlog": n, "missing": n - len(got), "first": None, "last": None}
+    if len(got) >= 2:
+        first = min(firsts) if firsts else min(got)
+        last = max(got)
+        if last > first:
+            out.update(rate=round(len(got) / (last - first)), first=first, last=last)
+    return out
+
+
+class CpuTrace:
+    """CPU seconds of some processes sampled every few ms, to charge a window its CPU time."""
+
+    def __init__(self, pids: list[int], every: float = 0.005) -> None:
+        self.pids = pids
+        self.every = every
+        self.samples: dict[int, list[tuple[float, float]]] = {p: [] for p in pids}
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> CpuTrace:
+        async def run() -> None:
+            while True:
+                t = time.monotonic()
+                for p in self.pids:
+                    self.samples[p].append((t, cpu_seconds(p)))
+                await asyncio.sleep(self.every)
+
+        self.task = asyncio.create_task(run())
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def between(self, pid: int, a: float, b: float) -> float:
+        pts = self.samples[pid]
+
+        def at(t: float) -> float:
+            i = bisect.bisect_left(pts, (t, -1.0))
+            if i <= 0:
+                return pts[0][1]
+            if i >= len(pts):
+                return pts[-1][1]
+            (t0, c0), (t1, c1) = pts[i - 1], pts[i]
+            return c0 + (c1 - c0) * (t - t0) / max(1e-9, t1 - t0)
+
+        return max(0.0, at(b) - at(a)) if pts else 0.0
+
+
+def _frames_in(rec: tuple[dict, dict], a: float, b: float) -> int:
+    return sum(1 for d in rec for t in d.values() if a <= t <= b)
 
 
 BARE = """
@@ -261,6 +310,7 @@ class Bench:
                         "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
                         "closed": sum(c["closed"] for c in m["relay"]["conns"]),
                         "delivered_total": delivered,
+                        "delivered_fps_per_client": round(delivered / max(1e-9, span + self.warm) / n),
                     }
                     self.log(f"{name}: {self.cases[name]}")
             finally:
@@ -317,6 +367,7 @@ class Bench:
                 await asyncio.sleep(self.warm)
                 windows: list[tuple[str, float, float]] = []
                 meter = CpuMeter([relay.pid]).start()
+                trace = CpuTrace([relay.pid, bare.pid]).start()
                 for _ in range(self.args.reps):
                     # bare websockets client: its line's backlog
                     t = time.monotonic()
@@ -330,6 +381,7 @@ class Bench:
                     await asyncio.sleep(stall + 0.05)
                     windows.append(("relay", t, time.monotonic()))
                     await asyncio.sleep(max(2.0, stall))
+                await trace.stop()
                 cpu = meter.stop()
                 rss = rss_mb(relay.pid)
             finally:
@@ -341,29 +393,39 @@ class Bench:
                 await relay.stop()
                 await sim.stop()
             ref_b, ref_t = refres["records"][0]
-            rates: dict[str, list] = {"bare": [], "relay": []}
-            backlog: dict[str, list] = {"bare": [], "relay": []}
+            drains: dict[str, list] = {"bare": [], "relay": []}
             for who, t0, t1 in windows:
                 # A client stamps a frame when its loop gets it, which may be after libuv read the
                 # whole backlog (websockets parses it all first) or after the client was
                 # descheduled; so a drain starts when the backlog's first bytes reached a raw
                 # client on a line that was released, and ends with the last backlog frame seen.
-                if who == "bare":
-                    r, n = _backlog_rate(ref_b, ref_t, bare_times, t0, t1, start=raw1res["records"][0])
-                else:
-                    r, n = _backlog_rate(ref_b, ref_t, gres["records"][0], t0, t1, start=raw2res["records"][0])
-                rates[who].append(r)
-                backlog[who].append(n)
-            best = {k: max((r for r in v if r), default=None) for k, v in rates.items()}
+                # Wall-clock rates swing with whatever else runs on the 2 cores; frames per CPU
+                # second of the process (relay / bare client) during the drain do not.
+                rec, start, pid = ((bare_times, raw1res["records"][0], bare.pid) if who == "bare"
+                                   else (gres["records"][0], raw2res["records"][0], relay.pid))
+                d = _backlog_rate(ref_b, ref_t, rec, t0, t1, start=start)
+                if d["first"] is not None:
+                    frames = _frames_in(rec, d["first"], d["last"])
+                    cpu_s = trace.between(pid, d["first"], d["last"])
+                    d["frames_per_cpu_s"] = round(frames / cpu_s) if cpu_s > 0.01 else None
+                drains[who].append(d)
+
+            def best(who: str, key: str) -> int | None:
+                return max((d.get(key) for d in drains[who] if d.get(key)), default=None)
+
+            relay_fps, bare_fps = best("relay", "rate"), best("bare", "rate")
+            relay_cap, bare_cap = best("relay", "frames_per_cpu_s"), best("bare", "frames_per_cpu_s")
             self.cases[f"throughput {n_lines} lines"] = case = {
                 "kind": "throughput", "lines": n_lines, "clients": 1, "reps": self.args.reps,
-                "backlog_frames": backlog["relay"], "relay_fps": best["relay"], "relay_fps_all": rates["relay"],
-                "bare_backlog_frames": backlog["bare"], "bare_websockets_fps": best["bare"],
-                "bare_websockets_fps_all": rates["bare"],
-                "ratio": round(best["relay"] / best["bare"], 3) if best["relay"] and best["bare"] else None,
-                "relay_cpu_pct": cpu, "relay_rss_mb": round(rss, 1),
+                "backlog_frames": [d["backlog"] for d in drains["relay"]],
+                "relay_fps": relay_fps, "bare_websockets_fps": bare_fps,
+                "ratio": round(relay_fps / bare_fps, 3) if relay_fps and bare_fps else None,
+                "relay_frames_per_cpu_s": relay_cap, "bare_frames_per_cpu_s": bare_cap,
+                "cpu_ratio": round(relay_cap / bare_cap, 3) if relay_cap and bare_cap else None,
+                "drains": drains, "relay_cpu_pct": cpu, "relay_rss_mb": round(rss, 1),
             }
-            self.log(f"throughput {n_lines} lines: {case}")
+            self.log(f"throughput {n_lines} lines: relay {relay_fps}/s ({relay_cap}/CPU s), bare {bare_fps}/s "
+                     f"({bare_cap}/CPU s)")
 
     async def fanout(self) -> None:
         """1, 10, 100, 1 000 clients at a realistic 200 frames/s; then the peak rate to 100 clients."""
@@ -529,7 +591,8 @@ def table(cases: dict) -> str:
             fps, lat = f"{c['direct_fps']} per client", "added " + _lat(c["added"])
             if c.get("forwarder_floor"):
                 lat += "<br>do-nothing forwarder " + _lat(c["forwarder_floor"])
-            res = f"{c['unmatched']} unmatched, {c['closed']} closed"
+            res = (f"{c['unmatched']} unmatched, {c['closed']} closed, ~{c.get('delivered_fps_per_client')} "
+                   f"frames/s received per relay client")
         elif k == "redundancy":
             lat = (f"line1 {_lat(c['line1'])}<br>line2 {_lat(c['line2'])}<br>first-of-lines {_lat(c['first_of_lines'])}"
                    f"<br>relay {_lat(c['relay'])}")
@@ -537,7 +600,9 @@ def table(cases: dict) -> str:
             fps = "~1000"
         elif k == "throughput":
             fps = f"relay {c['relay_fps']} / bare websockets {c['bare_websockets_fps']}"
-            res = f"ratio {c['ratio']} (best of {c['reps']} drains of ~{max(c['backlog_frames'])} frames)"
+            res = (f"ratio {c['ratio']}; per CPU second: relay {c['relay_frames_per_cpu_s']} / bare "
+                   f"{c['bare_frames_per_cpu_s']} = {c['cpu_ratio']} (best of {c['reps']} drains of "
+                   f"~{max(c['backlog_frames'])} frames)")
         elif k == "fanout":
             fps, lat = f"{c['direct_fps']} per client, {c['delivered_fps']} out", "added " + _lat(c["added"])
             res = f"{c['closed']} closed"
