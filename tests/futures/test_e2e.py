@@ -113,6 +113,9 @@ async def test_endpoint_errors_and_unsubscribe():
             msgs = [e.get("message") for e in client.events if e.get("event") == "error"]
             assert msgs == ["Invalid product id", "Invalid feed", "Json Error"]
             assert {"event": "subscribed", "feed": "ticker_lite", "product_ids": ["PF_XBTUSD"]} in client.events
+            got = []
+            client.view.feed = got.append  # type: ignore[method-assign]  # raw data frames from now on
+            assert await until(lambda: any(b'"feed":"ticker_lite"' in f for f in got), 3.0)
             await client.send({"event": "unsubscribe", "feed": "ticker_lite", "product_ids": ["PF_XBTUSD"]})
             assert await until(lambda: any(e.get("event") == "unsubscribed" for e in client.events), 3.0)
             assert client.events[0] == {"event": "info", "version": 1}
