@@ -38,7 +38,6 @@ from typing import Any
 
 import orjson
 
-from relay.core.events import StatusEvent
 from relay.core.futures import (
     BUY,
     FBookDelta,
@@ -620,9 +619,7 @@ class FuturesMerge:
             return None
         if t.__name__ == "UnknownEvent":
             self.upstream_stats[up].unknown += 1
-        if t is StatusEvent:
-            pass
-        return ev
+        return ev  # control events (info -> StatusEvent, acks, heartbeats) go to the connection
 
     def _book(self, product: str) -> ProductBook:
         pb = self.books[product] = ProductBook(self, product, len(self.lines))
