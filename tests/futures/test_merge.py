@@ -238,3 +238,25 @@ def test_unproven_line_with_a_broken_book_is_refreshed_after_stale_after():
     assert merge.take_requests() == []
     merge.tick(10.3)  # stale_after (10 s) later it is resubscribed, to be a usable backup again
     assert [(r.upstream, r.reason) for r in merge.take_requests()] == [(b, "gap")]
+
+
+def test_parser_on_third_party_fixtures_pretty_printed_and_zero_qty():
+    """nautilus_trader's futures messages (pretty-printed: lexemes still cut from the bytes) and
+    a snapshot with zero-qty levels (dropped from the book)."""
+    from tests.conftest import FIXTURES
+
+    base = FIXTURES / "nautilus_trader" / "crates" / "adapters" / "kraken" / "test_data"
+    p = FuturesParser()
+    snap = p.parse((base / "ws_futures_book_snapshot_with_zero_qty.json").read_bytes())
+    assert snap.product == "PI_XBTUSD" and snap.seq == 326072249
+    assert [lv.price_text for lv in snap.bids] == [b"34892.5", b"34892", b"34891.5"]
+    merge, a, _ = _pair()
+    merge.feed(a, (base / "ws_futures_book_snapshot_with_zero_qty.json").read_bytes(), 0.0)
+    out = orjson.loads(merge.book_snapshot("PI_XBTUSD", 0))
+    assert all(lv["qty"] != 0 for lv in out["bids"] + out["asks"]) and len(out["bids"]) == 2
+    delta = p.parse((base / "ws_futures_book_delta.json").read_bytes())
+    assert delta.seq == 326094134 and delta.level.qty == 0 and delta.level.price_text == b"34981"
+    trades = p.parse((base / "ws_futures_trade_snapshot.json").read_bytes())
+    assert trades.snapshot and all(orjson.loads(t.element)["uid"] == t.uid for t in trades.trades)
+    ticker = p.parse((base / "ws_futures_ticker.json").read_bytes())
+    assert ticker.feed == "ticker" and ticker.time == 1676393235406
