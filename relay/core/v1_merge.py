@@ -7,8 +7,8 @@ checksum rules are the same). What differs:
   one update from different lines are byte-identical and hit the pre-parse duplicate check;
 * trades carry no id, so `V1TradeArbiter` deduplicates by full content within a bounded window
   (see its docstring for the limits this implies);
-* ticker frames carry no time: `ContentWindow` publishes a record unless the same record was
-  published recently; spread is newest-wins by its time, ohlc by (endTime, time).
+* ticker frames carry no time: deduplicated by content with multiplicity like trades (a value
+  that comes back is published again); spread is newest-wins by its time, ohlc by (endTime, time).
 """
 
 from __future__ import annotations
@@ -24,26 +24,77 @@ TRADE_WINDOW = 2000  # trades remembered per pair for content dedupe
 TICKER_WINDOW = 64  # ticker records remembered per pair
 
 
+class ContentCounts:
+    """Dedupe by full content for streams without ids, across lines, over a bounded window.
+
+    Multiplicity is kept: the k-th copy of a content from one line is new only if fewer than k
+    records with that content were published within the window. So two identical records that
+    both lines deliver are both published, and a value that comes back (a ticker returning to an
+    earlier state) is published again, while the other line's copies of each are dropped.
+
+    Limits (inherent to v1, documented in the README): two genuinely identical records seen on
+    only one line each are merged into one; a line more than `window` records behind the others
+    (or a resubscribe snapshot older than the window) republishes those records.
+    """
+
+    __slots__ = ("window", "order", "published", "lines")
+
+    def __init__(self, lines: int, window: int) -> None:
+        self.window = window
+        self.order: deque[bytes] = deque()
+        self.published: dict[bytes, int] = {}
+        self.lines: list[dict[bytes, int]] = [{} for _ in range(lines)]
+
+    def add_line(self) -> None:
+        self.lines.append({})
+
+    def reset_line(self, up: int) -> None:
+        self.lines[up] = {}
+
+    def fresh(self, up: int, items: list[bytes]) -> list[bytes]:
+        """Count `items` as delivered by line `up`; return those never published before (in order)."""
+        counts = self.lines[up]
+        pub = self.published
+        out: list[bytes] = []
+        for t in items:
+            n = counts.get(t, 0) + 1
+            counts[t] = n
+            if n > pub.get(t, 0):
+                pub[t] = n
+                self.order.append(t)
+                out.append(t)
+        if out:
+            self._evict()
+        return out
+
+    def _evict(self) -> None:
+        order, pub = self.order, self.published
+        while len(order) > self.window:
+            t = order.popleft()
+            n = pub[t] - 1
+            if n:
+                pub[t] = n
+                for counts in self.lines:
+                    if counts.get(t, 0) > n:
+                        counts[t] = n
+            else:
+                del pub[t]
+                for counts in self.lines:
+                    counts.pop(t, None)
+
+
 class V1TradeArbiter:
     """v1 trades for one pair: each trade once, whichever line brings it first.
 
     With no trade id, a trade is identified by its full content (price, volume, time with µs,
-    side, type, misc). Multiplicity is kept: the k-th copy of a content from one line is new only
-    if fewer than k trades with that content were published within the window, so two identical
-    trades that both lines deliver are both published.
-
-    Limits (inherent to v1, documented in the README): two genuinely identical trades seen on
-    only one line each are merged into one; a line more than `window` trades behind the others
-    (or a reconnect snapshot older than the window) republishes those trades.
+    side, type, misc), counted with multiplicity over the last `window` trades (`ContentCounts`,
+    whose docstring states the limits this implies).
     """
 
     def __init__(self, merge: Merge, symbol: str, recent: int, window: int = TRADE_WINDOW) -> None:
         self.merge = merge
         self.symbol = symbol
-        self.window = window
-        self.order: deque[bytes] = deque()
-        self.published_count: dict[bytes, int] = {}
-        self.line_counts: list[dict[bytes, int]] = [{} for _ in merge.lines]
+        self.seen = ContentCounts(len(merge.lines), window)
         self.active: list[bool] = [False for _ in merge.lines]
         self.recent: deque[bytes] = deque(maxlen=max(recent, 1))
         self.gap_deadline: float | None = None  # v1 has no ids: no gap detection
@@ -55,11 +106,11 @@ class V1TradeArbiter:
         self.last_id: int | None = None
 
     def add_line(self) -> None:
-        self.line_counts.append({})
+        self.seen.add_line()
         self.active.append(False)
 
     def reset_line(self, up: int) -> None:
-        self.line_counts[up] = {}
+        self.seen.reset_line(up)
         self.active[up] = False
 
     def on_dup(self, up: int, token: int, now: float) -> bool:
@@ -67,20 +118,10 @@ class V1TradeArbiter:
 
     def on_event(self, up: int, ev: V1TradeEvent, now: float) -> None:
         self.active[up] = True
-        counts = self.line_counts[up]
-        pub = self.published_count
-        fresh: list[bytes] = []
-        for t in ev.trades:
-            n = counts.get(t, 0) + 1
-            counts[t] = n
-            if n > pub.get(t, 0):
-                pub[t] = n
-                self.order.append(t)
-                fresh.append(t)
+        fresh = self.seen.fresh(up, ev.trades)
         if not fresh:
             self.merge.counters.duplicates += 1
             return
-        self._evict()
         merge = self.merge
         frame = ev.raw if len(fresh) == len(ev.trades) else merge.codec.trades(self.symbol, fresh)
         self.recent.extend(fresh)
@@ -89,21 +130,6 @@ class V1TradeArbiter:
         self.published += len(fresh)
         self.last_update = now
         self.last_id = self.published
-
-    def _evict(self) -> None:
-        order, pub = self.order, self.published_count
-        while len(order) > self.window:
-            t = order.popleft()
-            n = pub[t] - 1
-            if n:
-                pub[t] = n
-                for counts in self.line_counts:
-                    if counts.get(t, 0) > n:
-                        counts[t] = n
-            else:
-                del pub[t]
-                for counts in self.line_counts:
-                    counts.pop(t, None)
 
     def expire(self, now: float) -> None:
         return None
@@ -123,7 +149,9 @@ class V1TradeArbiter:
 class Latest:
     """One full-record stream (ticker, spread, or an ohlc interval) of one pair.
 
-    `order` None: content window (ticker has no time); otherwise newest-wins by `order`.
+    `order` None (ticker, which has no time): content with multiplicity (`ContentCounts`, last
+    `TICKER_WINDOW` records), never via the byte-level fast path so every copy is counted;
+    otherwise newest-wins by `order`, and copies take the fast path.
     """
 
     def __init__(self, merge: Merge, channel: str, symbol: str, key: int = 0) -> None:
@@ -133,9 +161,15 @@ class Latest:
         self.key = key
         self.order: Any = None
         self.element: bytes | None = None
-        self.window: deque[bytes] = deque(maxlen=TICKER_WINDOW)
+        self.seen = ContentCounts(len(merge.lines), TICKER_WINDOW)
         self.published = 0
         self.last_update = 0.0
+
+    def add_line(self) -> None:
+        self.seen.add_line()
+
+    def reset_line(self, up: int) -> None:
+        self.seen.reset_line(up)
 
     def on_dup(self, up: int, token: int, now: float) -> bool:
         return True
@@ -143,15 +177,15 @@ class Latest:
     def offer(self, up: int, order: Any, element: bytes, raw: bytes, now: float) -> None:
         merge = self.merge
         if order is None:
-            if element in self.window:
+            if not self.seen.fresh(up, [element]):
                 merge.counters.duplicates += 1
                 return
-            self.window.append(element)
         elif self.element is not None and order <= self.order:
             merge.counters.duplicates += 1
             return
+        else:
+            merge.remember(raw, self, 0)
         self.order, self.element = order, element
-        merge.remember(raw, self, 0)
         merge.outbox.append(merge.Publication(self.channel, self.symbol, self.key, raw, False))
         merge.upstream_stats[up].wins += 1
         self.published += 1
@@ -216,6 +250,23 @@ class V1Merge(Merge):
         if t.__name__ == "UnknownEvent":
             self.upstream_stats[up].unknown += 1
         return ev  # type: ignore[return-value]
+
+    # Ticker content counts are per line, like trades: kept in step with the line registry.
+    def add_upstream(self, name: str) -> int:
+        up = super().add_upstream(name)
+        for arb in self.tickers.values():
+            arb.add_line()  # type: ignore[attr-defined]
+        return up
+
+    def upstream_down(self, up: int, now: float) -> None:
+        super().upstream_down(up, now)
+        for arb in self.tickers.values():
+            arb.reset_line(up)  # type: ignore[attr-defined]
+
+    def symbol_resubscribing(self, up: int, channel: str, symbol: str, now: float) -> None:
+        super().symbol_resubscribing(up, channel, symbol, now)
+        if channel == "ticker" and symbol in self.tickers:
+            self.tickers[symbol].reset_line(up)  # type: ignore[attr-defined]
 
     def _latest(self, table: dict, symbol: str, channel: str, key: int) -> Latest:
         arb = table.get(symbol)

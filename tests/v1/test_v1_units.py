@@ -116,9 +116,9 @@ def test_trade_window_is_bounded():
     a = m.add_upstream("a")
     for i in range(5000):
         m.feed(a, _tframe(1, _trade(f"{i}.5")), 0.0)
-    arb = m.trades["XBT/USD"]
-    assert len(arb.order) <= arb.window and len(arb.published_count) <= arb.window
-    assert len(arb.line_counts[a]) <= arb.window
+    seen = m.trades["XBT/USD"].seen
+    assert len(seen.order) <= seen.window and len(seen.published) <= seen.window
+    assert len(seen.lines[a]) <= seen.window
 
 
 def test_ticker_content_window_and_spread_newest_wins():
@@ -331,3 +331,23 @@ def test_unsubscribe_everything_of_a_pair_with_name_star():
     assert s.subs == set() and ep.subscription_count() == 0
     ep.handle_message(s, b'{"event":"unsubscribe","pair":["XBT/USD"],"subscription":{"name":"*"}}')
     assert orjson.loads(s.frames[-1])["errorMessage"] == "Subscription Not Found"
+
+
+def test_ticker_value_that_comes_back_is_published_again_once():
+    m = V1Merge(MergeSettings())
+    a, b = m.add_upstream("a"), m.add_upstream("b")
+    t1 = b'{"a":["1.0",1,"1.0"],"b":["0.9",1,"1.0"]}'
+    t2 = b'{"a":["1.1",1,"1.0"],"b":["0.9",1,"1.0"]}'
+    frame = lambda cid, t: b"[%d," % cid + t + b',"ticker","XBT/USD"]'  # noqa: E731
+    for up, cid, t in ((a, 1, t1), (a, 1, t2), (a, 1, t1), (b, 2, t1), (b, 2, t2), (b, 2, t1)):
+        m.feed(up, frame(cid, t), 0.0)
+    assert [orjson.loads(p.frame)[1]["a"][0] for p in m.take() if p.channel == "ticker"] == ["1.0", "1.1", "1.0"]
+    assert m.ticker_snapshot("XBT/USD") == frame(0, t1)
+    # a line that reconnects restates the current value: not republished
+    m.upstream_down(b, 1.0)
+    m.feed(b, frame(7, t1), 1.0)
+    assert [p for p in m.take() if p.channel == "ticker"] == []
+    # a third line added later takes part too
+    c = m.add_upstream("c")
+    m.feed(c, frame(9, t1), 2.0)
+    assert [p for p in m.take() if p.channel == "ticker"] == []
