@@ -280,6 +280,14 @@ class UpstreamConnection:
             j = raw.find(b'"', i + 13)
             if j > 0:
                 self.lag.observe_rfc3339(raw[i + 13 : j], time.time())
+            return
+        i = raw.find(b'"timestamp":')  # Futures: epoch milliseconds as a JSON number
+        if i >= 0:
+            j = k = i + 12
+            while k < len(raw) and 48 <= raw[k] <= 57:
+                k += 1
+            if k - j >= 12:
+                self.lag.observe(time.time() - int(raw[j:k]) / 1000.0)
 
     def _control(self, ev: Any, now: float) -> None:
         if isinstance(ev, StatusEvent):

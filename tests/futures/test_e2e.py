@@ -131,6 +131,9 @@ async def test_readyz_metrics_and_relay_feed_cover_futures():
         assert set(detail) == set(rig.products) and all(d["ready"] for d in detail.values())
         text = relay.metrics.registry and _scrape(relay)
         assert 'symbol="PF_XBTUSD"' in text and 'upstream="fut1"' in text
+        # exchange-to-receive lag is sampled from futures' numeric millisecond timestamps too
+        assert await until(lambda: 'kraken_relay_upstream_lag_seconds_count{upstream="fut0"} 0.0' not in _scrape(relay)
+                           and 'kraken_relay_upstream_lag_seconds_count{upstream="fut0"}' in _scrape(relay), 5.0)
         stats = relay.stats()
         assert {s["symbol"] for s in stats["symbols"]} >= set(rig.products)
         client = await FuturesClient(rig.url).start()
