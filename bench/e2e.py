@@ -669,7 +669,13 @@ def main() -> int:
     print(f"\n## kraken-relay end-to-end ({name}, {out['when']}, {out['seconds']} s, window {args.window} s)\n")
     print(f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}, websockets {env['websockets']}, "
           f"uvloop {env['uvloop']}, load at start {', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}\n")
-    print(table(cases))
+    text = table(cases)
+    print(text)
+    (RESULTS / f"{name}.md").write_text(
+        f"## kraken-relay end-to-end ({name}, {out['when']}, {out['seconds']} s, window {args.window} s)\n\n"
+        f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}, websockets {env['websockets']}, "
+        f"uvloop {env['uvloop']}, load at start {', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}\n\n"
+        + text + "\n")
     return 0
 
 
