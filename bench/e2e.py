@@ -464,7 +464,7 @@ class Bench:
             ref = await start_clients(sim.ports[0], 1, subs(SYMBOLS, 10), [0])
             group = await start_client_group(relay.port, n, subs(SYMBOLS, 10), 4)
             await asyncio.sleep(self.warm)
-            stall = self.args.stall * 2
+            stall = 3.0  # ~14k frames (~2.8 MB): under the server's 4 MiB per-client buffer, so no resets
             meter = CpuMeter([relay.pid]).start()
             rs = time.monotonic()
             await asyncio.gather(sim.fault(1, "stall", stall), sim.fault(2, "stall", stall))
@@ -489,7 +489,7 @@ class Bench:
                 lasts.append(max(ts))
         peak = None
         expected = len(keys) * len(gres["records"])
-        if firsts:  # frames/s out to all n clients, scaled from the recording ones
+        if firsts and got >= 0.99 * expected:  # frames/s out to all n clients, from the recording ones
             peak = round(got / len(gres["records"]) * n / max(1e-9, max(lasts) - min(firsts)))
         self.cases["fanout peak 100 clients"] = case = {
             "kind": "fanout_peak", "clients": n, "backlog_frames": len(keys), "delivered_fps": peak,
@@ -609,7 +609,8 @@ def table(cases: dict) -> str:
         elif k == "fanout_peak":
             fps = f"{c['delivered_fps']} out"
             res = (f"backlog {c['backlog_frames']} frames x {c['clients']} clients, "
-                   f"{100 * (c['recorded_fraction'] or 0):.1f}% of frames seen (rest replaced by snapshot resets)")
+                   f"{100 * (c['recorded_fraction'] or 0):.1f}% of them seen by the recording clients"
+                   + ("" if c["recorded_complete"] else " (the rest replaced by snapshot resets: no rate)"))
         elif k == "failover":
             res = (f"longest gap: clients {c['client_longest_gap_ms']} ms vs survivor {c['survivor_longest_gap_ms']} ms "
                    f"(x{c['ratio']}); lost trades {c['lost_trades']}/{c['trades_in_window']}; "
