@@ -49,7 +49,7 @@ from relay.core.futures import (
     encode_book_snapshot,
     encode_trade_snapshot,
 )
-from relay.core.merge import MergeSettings, Publication, ResyncRequest, UpstreamStats
+from relay.core.merge import MergeBase, MergeSettings, Publication, UpstreamStats
 
 MAX_PENDING = 4096  # deltas held beyond a gap per product
 RING = 2048  # published (seq -> content) kept per product for copy verification
@@ -532,25 +532,18 @@ class ProductTicker:
         merge.outbox.append(Publication(self.feed, self.product, 0, ev.raw, False))
 
 
-class FuturesMerge:
-    Publication = Publication
+class FuturesMerge(MergeBase):
 
     def __init__(self, settings: MergeSettings | None = None, parser: Any = None) -> None:
         self.settings = settings or MergeSettings()
         self.parser = parser or FuturesParser()
+        self._init_outputs()
         self.lines: list[FLine] = []
-        self.upstream_stats: list[UpstreamStats] = []
         self.counters = FCounters()
-        self.outbox: list[Publication] = []
-        self.requests: list[ResyncRequest] = []
-        self.gaps: list[tuple[str, int, int]] = []
         self.books: dict[str, ProductBook] = {}
         self.trades: dict[str, ProductTrades] = {}
         self.tickers: dict[str, ProductTicker] = {}  # feed "ticker" (metrics read this one)
         self.tickers_lite: dict[str, ProductTicker] = {}
-        self.seen: dict[bytes, tuple[Any, int]] = {}
-        self._ring: deque[bytes] = deque()
-        self._system = "maintenance"
         self._relay_states: dict[str, dict[str, Any]] = {}
 
     # -- upstream registry ---------------------------------------------------------------------
@@ -625,24 +618,7 @@ class FuturesMerge:
         pb = self.books[product] = ProductBook(self, product, len(self.lines))
         return pb
 
-    def remember(self, raw: bytes, owner: Any, token: int) -> None:
-        ring = self._ring
-        ring.append(raw)
-        self.seen[raw] = (owner, token)
-        if len(ring) > 4096:
-            self.seen.pop(ring.popleft(), None)
-
     # -- requests and timers -------------------------------------------------------------------
-    def request_resync(self, up: int, channel: str, symbol: str, reason: str) -> None:
-        self.requests.append(ResyncRequest(up, channel, symbol, reason))
-        resyncs = self.upstream_stats[up].resyncs
-        resyncs[reason] = resyncs.get(reason, 0) + 1
-
-    def report_gap(self, symbol: str, first: int, last: int) -> None:
-        self.counters.gaps_reported += 1
-        self.gaps.append((symbol, first, last))
-        del self.gaps[:-100]
-
     def tick(self, now: float) -> None:
         window = self.settings.stale_after
         for pb in self.books.values():
@@ -652,18 +628,6 @@ class FuturesMerge:
     def next_deadline(self) -> float | None:
         ds = [pb.gap_deadline for pb in self.books.values() if pb.gap_deadline is not None]
         return min(ds) if ds else None
-
-    def take(self) -> list[Publication]:
-        out = self.outbox
-        if out:
-            self.outbox = []
-        return out
-
-    def take_requests(self) -> list[ResyncRequest]:
-        out = self.requests
-        if out:
-            self.requests = []
-        return out
 
     # -- views for the endpoint ----------------------------------------------------------------
     def want_book_depth(self, symbol: str, depth: int) -> None:  # futures books are full depth
@@ -697,9 +661,6 @@ class FuturesMerge:
         return None
 
     # -- state ---------------------------------------------------------------------------------
-    def system_status(self) -> str:
-        return self._system
-
     def _update_system(self) -> None:
         self._system = "online" if any(ln.connected and ln.status == "online" for ln in self.lines) else "maintenance"
 

@@ -12,6 +12,7 @@ The merge never sleeps and never touches a socket: time comes in as `now`, timer
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -89,29 +90,72 @@ class Line:
     status: str = ""
 
 
-class Merge:
+class MergeBase:
+    """What every protocol's merge shares: publications out, resync requests back to the
+    upstreams, reported gaps, and the registry of published bytes for the pre-parse duplicate
+    check. Subclasses call `_init_outputs()` and keep their own per-symbol arbiters."""
+
     Publication = Publication  # arbiters build publications through the merge (one import)
+    SEEN_RING = 4096  # non-book frames remembered for the duplicate check
+
+    def _init_outputs(self) -> None:
+        self.upstream_stats: list[UpstreamStats] = []
+        self.outbox: list[Publication] = []
+        self.requests: list[ResyncRequest] = []
+        self.gaps: list[tuple[str, int, int]] = []  # recent (symbol, first missing, last missing)
+        self.seen: dict[bytes, tuple[Any, int]] = {}
+        self._ring: deque[bytes] = deque()
+        self._system = "maintenance"
+
+    def remember(self, raw: bytes, owner: Any, token: int) -> None:
+        """Register published bytes of a non-book channel for the pre-parse duplicate check."""
+        ring = self._ring
+        ring.append(raw)
+        self.seen[raw] = (owner, token)
+        if len(ring) > self.SEEN_RING:
+            self.seen.pop(ring.popleft(), None)
+
+    def request_resync(self, up: int, channel: str, symbol: str, reason: str) -> None:
+        self.requests.append(ResyncRequest(up, channel, symbol, reason))
+        resyncs = self.upstream_stats[up].resyncs
+        resyncs[reason] = resyncs.get(reason, 0) + 1
+
+    def report_gap(self, symbol: str, first: int, last: int) -> None:
+        self.counters.gaps_reported += 1  # type: ignore[attr-defined]
+        self.gaps.append((symbol, first, last))
+        del self.gaps[:-100]
+
+    def take(self) -> list[Publication]:
+        out = self.outbox
+        if out:
+            self.outbox = []
+        return out
+
+    def take_requests(self) -> list[ResyncRequest]:
+        out = self.requests
+        if out:
+            self.requests = []
+        return out
+
+    def system_status(self) -> str:
+        return self._system
+
+
+class Merge(MergeBase):
 
     def __init__(self, settings: MergeSettings | None = None, parser: Any = None, codec: Any = None) -> None:
         self.settings = settings or MergeSettings()
         self.parser = parser or V2Parser()  # upstream protocol adapter: frame bytes -> events
         self.codec = codec or V2Codec()  # client protocol: how synthesized frames are written
+        self._init_outputs()
         self.lines: list[Line] = []
-        self.upstream_stats: list[UpstreamStats] = []
         self.counters = MergeCounters()
-        self.outbox: list[Publication] = []
-        self.requests: list[ResyncRequest] = []
-        self.gaps: list[tuple[str, int, int]] = []  # recent (symbol, first missing, last missing)
-        self.seen: dict[bytes, tuple[Any, int]] = {}
-        self._recent_keys: list[bytes | None] = [None] * 4096  # ring for non-book dedupe keys
-        self._recent_pos = 0
         self.books: dict[str, BookArbiter] = {}
         self.trades: dict[str, TradeArbiter] = {}
         self.tickers: dict[str, TickerArbiter] = {}
         self.ohlc: dict[tuple[str, int], OhlcArbiter] = {}
         self.instrument = InstrumentArbiter(self)
         self._blocked: list[bool] = []
-        self._system = "maintenance"
         self._relay_states: dict[str, dict[str, Any]] = {}
 
     # -- upstream registry ------------------------------------------------------------------
@@ -213,33 +257,12 @@ class Merge:
             self.upstream_stats[up].unknown += 1
         return ev  # type: ignore[return-value]
 
-    def remember(self, raw: bytes, arbiter: Any, token: int) -> None:
-        """Register published bytes of a non-book channel for the pre-parse duplicate check."""
-        ring = self._recent_keys
-        pos = self._recent_pos
-        old = ring[pos]
-        if old is not None:
-            self.seen.pop(old, None)
-        ring[pos] = raw
-        self._recent_pos = (pos + 1) % len(ring)
-        self.seen[raw] = (arbiter, token)
-
     def _book_arbiter(self, symbol: str) -> BookArbiter:
         arb = BookArbiter(self, symbol, self.settings.book_depth, self.settings.history)
         self.books[symbol] = arb
         return arb
 
     # -- requests and timers ------------------------------------------------------------------
-    def request_resync(self, up: int, channel: str, symbol: str, reason: str) -> None:
-        self.requests.append(ResyncRequest(up, channel, symbol, reason))
-        resyncs = self.upstream_stats[up].resyncs
-        resyncs[reason] = resyncs.get(reason, 0) + 1
-
-    def report_gap(self, symbol: str, first: int, last: int) -> None:
-        self.counters.gaps_reported += 1
-        self.gaps.append((symbol, first, last))
-        del self.gaps[:-100]
-
     def tick(self, now: float) -> None:
         """Run due timers: trade gap waits, staleness cross-checks, relay-state updates."""
         window = self.settings.stale_after
@@ -254,18 +277,6 @@ class Merge:
     def next_deadline(self) -> float | None:
         deadlines = [t.gap_deadline for t in self.trades.values() if t.gap_deadline is not None]
         return min(deadlines) if deadlines else None
-
-    def take(self) -> list[Publication]:
-        out = self.outbox
-        if out:
-            self.outbox = []
-        return out
-
-    def take_requests(self) -> list[ResyncRequest]:
-        out = self.requests
-        if out:
-            self.requests = []
-        return out
 
     # -- views and snapshots for the local server -----------------------------------------------
     def want_book_depth(self, symbol: str, depth: int) -> None:
@@ -299,9 +310,6 @@ class Merge:
         return self.instrument.snapshot_frame()
 
     # -- state for clients, metrics and readiness ------------------------------------------------
-    def system_status(self) -> str:
-        return self._system
-
     def _update_system(self) -> None:
         statuses = [ln.status for ln in self.lines if ln.connected and ln.status in STATUS_RANK]
         best = min(statuses, key=STATUS_RANK.__getitem__) if statuses else "maintenance"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -75,20 +76,33 @@ class UpstreamConfig(_Strict):
         return v
 
 
-def _symbols(v: list[str]) -> list[str]:
-    for s in v:
-        if not isinstance(s, str) or "/" not in s or s != s.strip():
-            raise ValueError(f"{s!r} is not a Kraken v2 symbol like BTC/USD")
-    if len(set(v)) != len(v):
-        raise ValueError("lists a symbol twice")
-    return v
+def _name_check(what: str, example: str) -> Callable[[list[str]], list[str]]:
+    """Validator for a list of market names (`BTC/USD` in v2, `XBT/USD` in v1)."""
+
+    def check(v: list[str]) -> list[str]:
+        for s in v:
+            if not isinstance(s, str) or "/" not in s or s != s.strip():
+                raise ValueError(f"{s!r} is not a Kraken {what} like {example}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a {what.split()[-1]} twice")
+        return v
+
+    return check
 
 
-class BookChannelConfig(_Strict):
+class SymbolsChannelConfig(_Strict):
     symbols: list[str] = Field(default_factory=list)
-    depth: int = 100
 
-    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _symbols(v)))
+    names: ClassVar[Callable[[list[str]], list[str]]] = staticmethod(_name_check("v2 symbol", "BTC/USD"))
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, v: list[str]) -> list[str]:
+        return cls.names(v)
+
+
+class BookChannelConfig(SymbolsChannelConfig):
+    depth: int = 100
 
     @field_validator("depth")
     @classmethod
@@ -98,17 +112,8 @@ class BookChannelConfig(_Strict):
         return v
 
 
-class SymbolsChannelConfig(_Strict):
-    symbols: list[str] = Field(default_factory=list)
-
-    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _symbols(v)))
-
-
-class OhlcChannelConfig(_Strict):
-    symbols: list[str] = Field(default_factory=list)
+class OhlcChannelConfig(SymbolsChannelConfig):
     intervals: list[int] = Field(default_factory=lambda: [1])
-
-    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _symbols(v)))
 
     @field_validator("intervals")
     @classmethod
@@ -186,45 +191,19 @@ class FuturesConfig(_Strict):
         return v
 
 
-def _v1_pairs(v: list[str]) -> list[str]:
-    for s in v:
-        if not isinstance(s, str) or "/" not in s or s != s.strip():
-            raise ValueError(f"{s!r} is not a Kraken v1 pair like XBT/USD")
-    if len(set(v)) != len(v):
-        raise ValueError("lists a pair twice")
-    return v
+_v1_pairs = staticmethod(_name_check("v1 pair", "XBT/USD"))
 
 
-class V1BookConfig(_Strict):
-    symbols: list[str] = Field(default_factory=list)
-    depth: int = 100
-
-    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _v1_pairs(v)))
-
-    @field_validator("depth")
-    @classmethod
-    def _depth(cls, v: int) -> int:
-        if v not in BOOK_DEPTHS:
-            raise ValueError(f"must be one of {', '.join(map(str, BOOK_DEPTHS))}")
-        return v
+class V1BookConfig(BookChannelConfig):
+    names = _v1_pairs
 
 
-class V1PairsConfig(_Strict):
-    symbols: list[str] = Field(default_factory=list)
-
-    _check_symbols = field_validator("symbols")(classmethod(lambda cls, v: _v1_pairs(v)))
+class V1PairsConfig(SymbolsChannelConfig):
+    names = _v1_pairs
 
 
-class V1OhlcConfig(V1PairsConfig):
-    intervals: list[int] = Field(default_factory=lambda: [1])
-
-    @field_validator("intervals")
-    @classmethod
-    def _intervals(cls, v: list[int]) -> list[int]:
-        bad = [i for i in v if i not in OHLC_INTERVALS]
-        if bad:
-            raise ValueError(f"{bad[0]} is not a Kraken interval ({', '.join(map(str, OHLC_INTERVALS))})")
-        return v
+class V1OhlcConfig(OhlcChannelConfig):
+    names = _v1_pairs
 
 
 class V1ChannelsConfig(_Strict):
