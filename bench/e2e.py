@@ -415,7 +415,7 @@ class Bench:
 
             relay_fps, bare_fps = best("relay", "rate"), best("bare", "rate")
             relay_cap, bare_cap = best("relay", "frames_per_cpu_s"), best("bare", "frames_per_cpu_s")
-            self.cases[f"throughput {n_lines} lines"] = case = {
+            self.cases[f"throughput {n_lines} lines"] = {
                 "kind": "throughput", "lines": n_lines, "clients": 1, "reps": self.args.reps,
                 "backlog_frames": [d["backlog"] for d in drains["relay"]],
                 "relay_fps": relay_fps, "bare_websockets_fps": bare_fps,

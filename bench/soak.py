@@ -30,7 +30,6 @@ import contextlib
 import json
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
