@@ -65,11 +65,24 @@ class CpuMeter:
         return round(100 * sum(cpu_seconds(p) - c for p, c in zip(self.pids, self.c0)) / dt, 1)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark process dies, so no simulator or relay outlives
+    an interrupted run (Linux prctl PR_SET_PDEATHSIG; a no-op elsewhere)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        pass
+
+
 async def _spawn(*args: str, stdin: bool = False, env_extra: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(ROOT),
+        preexec_fn=_die_with_parent,
     )
 
 
