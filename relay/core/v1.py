@@ -37,10 +37,8 @@ from relay.core.events import (
     TickerEvent,
     UnknownEvent,
 )
-from relay.core.v2 import encode_elements, encode_instrument
+from relay.core.v2 import BOOK_DEPTHS, OHLC_INTERVALS, encode_elements, encode_instrument
 
-BOOK_DEPTHS = (10, 25, 100, 500, 1000)
-OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)
 CHANNELS = ("book", "trade", "ticker", "spread", "ohlc")
 STATUS_OK = ("subscribed", "unsubscribed", "ok")
 

@@ -17,8 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-BOOK_DEPTHS = (10, 25, 100, 500, 1000)
-OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)
+from relay.core.v2 import BOOK_DEPTHS, OHLC_INTERVALS  # noqa: E402  (one definition of Kraken's enums)
 
 
 class ConfigError(ValueError):
