@@ -63,6 +63,21 @@ def main() -> int:
         from relay.upstream.sink import SinkClientConnection
 
         SinkClientConnection.attach = lambda self, sink: False  # type: ignore[method-assign]
+    if os.environ.get("RELAY_BENCH_SNAPSHOT_CACHE"):  # A/B: one encoding per (symbol, depth, state)
+        from relay.core.book_arbiter import BookArbiter
+
+        plain = BookArbiter.snapshot_frame
+
+        def cached(self, depth: int) -> bytes:  # type: ignore[no-untyped-def]
+            key = (depth, self.seq, self.pub.timestamp, self.pub.checksum)
+            hit = self.__dict__.get("_snap_cache")
+            if hit is not None and hit[0] == key:
+                return hit[1]
+            frame = plain(self, depth)
+            self.__dict__["_snap_cache"] = (key, frame)
+            return frame
+
+        BookArbiter.snapshot_frame = cached  # type: ignore[method-assign]
     cfg = load_config(sys.argv[1])
     configure_logging(cfg.logging.level, "json")
     return run_loop(serve(sys.argv[1]))
