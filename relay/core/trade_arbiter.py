@@ -43,7 +43,8 @@ class TradeArbiter:
         self.published = 0
         self.gaps = 0
         self.missing = 0
-        self.late = 0
+        self.late = 0  # trades that arrived after their gap had been reported (not published)
+        self.reported_missing: set[int] = set()
         self.last_update = 0.0
 
     def add_line(self) -> None:
@@ -94,6 +95,10 @@ class TradeArbiter:
                 if tid > last and tid not in pending and len(pending) < MAX_PENDING:
                     pending[tid] = t
                     fresh = True
+                elif tid in self.reported_missing:
+                    # Arrived after its gap was reported: too late to publish in trade_id order.
+                    self.reported_missing.discard(tid)
+                    self.late += 1
             if not fresh:
                 self.merge.counters.duplicates += 1
                 return
@@ -152,6 +157,10 @@ class TradeArbiter:
         if missing > 0:
             self.gaps += 1
             self.missing += missing
+            if missing <= MAX_PENDING:  # remember the hole's ids (bounded) to count late arrivals
+                self.reported_missing.update(range(last + 1, first))
+                while len(self.reported_missing) > MAX_PENDING:
+                    self.reported_missing.discard(min(self.reported_missing))
             self.merge.report_gap(self.symbol, last + 1, first - 1)
         self.last_id = first - 1
         self.gap_deadline = None

@@ -101,7 +101,6 @@ class V1TradeArbiter:
         self.published = 0
         self.gaps = 0
         self.missing = 0
-        self.late = 0
         self.last_update = 0.0
         self.last_id: int | None = None
 

@@ -33,7 +33,8 @@ counters must be monotonic totals since process start)::
          "published": 1000,                   # frames published to clients
          "age": 0.4,                          # seconds since the last published update
          "upstreams": {"primary": "valid", "beta": "resyncing"},   # per-line state (UPSTREAM_SYMBOL_STATES)
-         "gaps": 0, "missing_trades": 0},     # trade channel: gaps seen on every line, trade ids never seen
+         "gaps": 0, "missing_trades": 0,      # trade channel: gaps seen on every line, trade ids never seen,
+         "late_trades": 0},                   # and trades that came after their gap was reported
       ],
       "clients": {
          "connected": 2, "subscriptions": 10,
@@ -103,6 +104,7 @@ class SymbolStats(TypedDict, total=False):
     upstreams: Mapping[str, str]
     gaps: int
     missing_trades: int
+    late_trades: int
 
 
 class ClientStats(TypedDict, total=False):
@@ -271,6 +273,8 @@ class RelayCollector:
              labels, s.get("gaps"))
         _add(f.counter("trades_missing", "Trade ids never received from any line.", L), labels,
              s.get("missing_trades"))
+        _add(f.counter("trades_late", "Trades that arrived after their gap was reported (not published).", L),
+             labels, s.get("late_trades"))
 
     def _clients(self, f: _Families, c: Mapping[str, Any]) -> None:
         _add(f.gauge("clients_connected", "Downstream websocket clients connected."), [], c.get("connected"))
