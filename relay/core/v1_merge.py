@@ -101,6 +101,7 @@ class V1TradeArbiter:
         self.published = 0
         self.gaps = 0
         self.missing = 0
+        self.late = 0  # same counters as the v2 trade arbiter; v1 trades have no ids, so no gaps
         self.last_update = 0.0
         self.last_id: int | None = None
 
