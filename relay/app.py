@@ -338,7 +338,7 @@ def _merge_symbols(merge: Any, now: float) -> list[dict[str, Any]]:
                 "age": (now - tarb.last_update) if tarb.last_update else None,
                 "gaps": tarb.gaps,
                 "missing_trades": tarb.missing,
-                "late_trades": getattr(tarb, "late", 0),  # only id-sequenced trades can be late
+                "late_trades": tarb.late,
             }
         )
     for channel, table in (("ticker", merge.tickers), ("spread", getattr(merge, "spreads", {}))):

@@ -451,6 +451,7 @@ class ProductTrades:
         self.last_update: float | None = None
         self.gaps = 0
         self.missing = 0
+        self.late = 0  # same counters as the spot trade arbiters; trades deduped by uid are never late
         self.started = False
 
     def _seen(self, uid: str, t: int) -> None:
@@ -553,9 +554,6 @@ class FuturesMerge(MergeBase):
         for pb in self.books.values():
             pb.add_line()
         return len(self.lines) - 1
-
-    def upstream_up(self, up: int, now: float) -> None:
-        self.lines[up].connected = True
 
     def upstream_down(self, up: int, now: float) -> None:
         line = self.lines[up]

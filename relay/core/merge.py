@@ -125,6 +125,10 @@ class MergeBase:
         self.gaps.append((symbol, first, last))
         del self.gaps[:-100]
 
+    def upstream_up(self, up: int, now: float) -> None:
+        """A connection is established (its data starts with fresh snapshots)."""
+        self.lines[up].connected = True  # type: ignore[attr-defined]
+
     def take(self) -> list[Publication]:
         out = self.outbox
         if out:
@@ -166,10 +170,6 @@ class Merge(MergeBase):
         for arb in (*self.books.values(), *self.trades.values()):
             arb.add_line()
         return len(self.lines) - 1
-
-    def upstream_up(self, up: int, now: float) -> None:
-        """A connection is established (its data starts with fresh snapshots)."""
-        self.lines[up].connected = True
 
     def upstream_down(self, up: int, now: float) -> None:
         """The connection is gone: everything it held is forgotten."""
