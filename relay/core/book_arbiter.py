@@ -79,6 +79,9 @@ class BookArbiter:
         self.published = 0
         self.mismatches = 0
         self.last_update = 0.0
+        # depth -> ((seq, timestamp, checksum), frame): late joiners of an unchanged book share
+        # one encoding (100 clients joining 50 depth-1000 books encode 50 frames, not 5 000).
+        self._snapshots: dict[int, tuple[tuple[int, str, int], bytes]] = {}
 
     # -- upstream registry ------------------------------------------------------------------
     def add_line(self) -> None:
@@ -247,8 +250,16 @@ class BookArbiter:
         merge.upstream_stats[up].wins += 1
 
     def snapshot_frame(self, depth: int) -> bytes:
+        """The published book as a snapshot frame at `depth`, encoded once per published state
+        (the same bytes object is returned until the book changes, so callers may key on it)."""
         pub = self.pub
-        return self.merge.codec.book(self.symbol, True, pub.bids.best(depth), pub.asks.best(depth), pub.checksum, pub.timestamp)
+        state = (self.seq, pub.timestamp, pub.checksum)
+        hit = self._snapshots.get(depth)
+        if hit is not None and hit[0] == state:
+            return hit[1]
+        frame = self.merge.codec.book(self.symbol, True, pub.bids.best(depth), pub.asks.best(depth), pub.checksum, pub.timestamp)
+        self._snapshots[depth] = (state, frame)
+        return frame
 
     # -- forks, invalidation, staleness --------------------------------------------------------
     def _fork(self, pos: int) -> Book | None:

@@ -45,6 +45,8 @@ _wslog.setLevel(logging.WARNING)  # websockets logs every open/close at INFO: to
 
 SLOW_CLOSE_CODE = 1008
 SLOW_CLOSE_REASON = "client too slow"
+RESYNC_POLL = 0.005  # s between checks of a draining buffer while snapshots wait for room
+SHARED_WRITE_BYTES = 64 * 1024  # queued output at which frames are written without joining
 
 
 def is_loopback(host: str | None) -> bool:
@@ -85,6 +87,7 @@ class ClientConnection(asyncio.Protocol):
         # subscription key so the per-client hot path allocates nothing.
         self.books: dict[tuple[str, str, int], bool] = {}
         self._resync = False
+        self._resync_timer: asyncio.TimerHandle | None = None
         # output
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -146,6 +149,9 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._resync_timer is not None:
+            self._resync_timer.cancel()
+            self._resync_timer = None
         self._out.clear()
         self._out_bytes = 0
         self._detach()
@@ -322,29 +328,59 @@ class ClientConnection(asyncio.Protocol):
             if snap is None:
                 self.dropped += 1
                 return
-            wire = text_frame(snap)  # it already contains this update
+            wire = self.server.shared_frames.frame(key, snap)  # it already contains this update
         self.books[key] = True
         self.deliver(wire)
 
-    def start_book(self, key: tuple[str, str, int], live: bool) -> None:
-        self.books[key] = live
+    def open_book(self, key: tuple[str, str, int], snapshot: bool) -> None:
+        """Start a book subscription. With `snapshot`, updates flow only once the client has its
+        base: sent now if the output buffer has room (half the budget), else paced out as it
+        drains, so joining many deep books never holds them all in memory or trips the
+        slow-client close. Without, updates flow right away (Kraken's `snapshot: false`)."""
+        if not snapshot:
+            self.books[key] = True
+            return
+        self.books[key] = False
+        if self._resync or self._paused or self.buffered() > self.limit // 2:
+            self._want_resync()
+            return
+        snap = self.source.book_snapshot(key[1], key[2])
+        if snap is not None:  # None: the book is (re)building; its snapshot publication serves
+            self.books[key] = True
+            self.deliver(self.server.shared_frames.frame(key, snap))
 
     def stop_book(self, key: tuple[str, str, int]) -> None:
         self.books.pop(key, None)
 
+    def _want_resync(self) -> None:
+        """Books wait for a snapshot: send them as the buffer drains. A paused transport calls
+        `resume_writing`; below the pause mark nothing signals the drain, so poll briefly."""
+        self._resync = True
+        if self._resync_timer is None and not self._paused and not self.closing:
+            self._resync_timer = self.loop.call_later(RESYNC_POLL, self._resync_poll)
+
+    def _resync_poll(self) -> None:
+        self._resync_timer = None
+        if self._resync and not self.closing:
+            self._resync_books()
+
     def _resync_books(self) -> None:
+        """Snapshots for the books waiting for one, while the output buffer stays under half the
+        budget (counting what the transport still holds)."""
         self._resync = False
         source = self.source
+        shared = self.server.shared_frames
+        room = self.limit // 2
         for key, live in list(self.books.items()):
             if live:
                 continue
-            if self._paused or self._out_bytes > self.limit // 2:
-                self._resync = True
+            if self._paused or self.buffered() > room:
+                self._want_resync()
                 return
             snap = source.book_snapshot(key[1], key[2])
             if snap is not None:
                 self.books[key] = True
-                self.queue(snap)
+                self.deliver(shared.frame(key, snap))
 
     def _over_budget(self) -> None:
         now = self.loop.time()
@@ -372,14 +408,19 @@ class ClientConnection(asyncio.Protocol):
             return
         n = len(out)
         self.frames_out += n
-        data = b"".join(out)
-        out.clear()
-        self._out_bytes = 0
-        self.bytes_out += len(data)
+        size = self._out_bytes
+        self.bytes_out += size
         server = self.server
         server.frames_out += n
-        server.bytes_out += len(data)
-        self.transport.write(data)
+        server.bytes_out += size
+        if size >= SHARED_WRITE_BYTES:
+            # Big frames (snapshots) are shared by every client: hand the transport references
+            # instead of a joined per-client copy.
+            self.transport.writelines(out)
+        else:
+            self.transport.write(b"".join(out))
+        out.clear()
+        self._out_bytes = 0
         self.last_out = self.loop.time()
         if not self._paused:
             self.congested_since = None

@@ -164,10 +164,7 @@ class FuturesEndpoint:
     def _snapshot(self, conn: Any, feed: str, product: str) -> None:
         src = self.source
         if feed == "book":
-            snap = src.book_snapshot(product, 0)
-            if snap is not None:
-                conn.queue(snap)
-            conn.start_book(("book", product, 0), live=snap is not None)
+            conn.open_book(("book", product, 0), True)
         elif feed == "trade":
             snap = src.trade_snapshot(product, self.trade_snapshot_count)
             if snap is not None:

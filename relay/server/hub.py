@@ -52,7 +52,7 @@ class Session(Protocol):
     def queue(self, frame: bytes) -> None: ...
     def deliver(self, wire: bytes) -> None: ...  # a frame built by `wire.text_frame`
     def deliver_book(self, key: SubKey, wire: bytes, snapshot: bool) -> None: ...
-    def start_book(self, key: SubKey, live: bool) -> None: ...
+    def open_book(self, key: SubKey, snapshot: bool) -> None: ...
     def stop_book(self, key: SubKey) -> None: ...
 
 
@@ -258,12 +258,7 @@ class Hub:
         src = self.source
         if channel == "book":
             src.want_book_depth(symbol, sub.depth)
-            snap = src.book_snapshot(symbol, sub.depth) if sub.snapshot else None
-            if snap is not None:
-                client.queue(snap)
-            # Without a snapshot (none wanted, or the book is resyncing) updates still flow only
-            # once the client has a base: with snapshot=False Kraken streams updates right away.
-            client.start_book(key, live=snap is not None or not sub.snapshot)
+            client.open_book(key, sub.snapshot)  # its snapshot now, or paced as the buffer drains
             return
         if not sub.snapshot:
             return

@@ -27,6 +27,7 @@ from relay.ops.config import ChannelsConfig, ServerConfig, split_host_port
 from relay.server.client import ClientConnection
 from relay.server.demand import DemandHandler
 from relay.server.hub import Hub, Source
+from relay.server.wire import SharedFrames
 
 log = logging.getLogger("relay.server")
 
@@ -39,7 +40,7 @@ class Endpoint(Protocol):
     `reject` when such a check fails (`reason`: too_big | binary | rate), `closed` once.
     Per client: `conn.queue(text)` for replies; for publications build the websocket frame once
     (`relay.server.wire.text_frame`) and hand it to `conn.deliver(wire)` or, for droppable book
-    frames, `conn.deliver_book(key, wire, snapshot)` after `conn.start_book(key, live)`.
+    frames, `conn.deliver_book(key, wire, snapshot)` after `conn.open_book(key, snapshot)`.
     Optional: `reload(cfg) -> cfg` on SIGHUP (may veto changes by returning an adjusted config).
     """
 
@@ -88,6 +89,7 @@ class LocalServer:
         # Frames above max_message_bytes get an error reply; above this hard cap the websocket
         # layer closes the connection with 1009 without buffering the rest.
         self.hard_message_bytes = hard_message_bytes or max(16 * config.max_message_bytes, 1024 * 1024 + 4096)
+        self.shared_frames = SharedFrames()  # late-joiner snapshot frames, one copy for all clients
         self.hub = Hub(
             merge,
             channels,

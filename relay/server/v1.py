@@ -2,7 +2,7 @@
 
 Sans-I/O: `V1Endpoint` answers requests and fans publications out to duck-typed client sessions
 (the same `Session` interface as the v2 hub: `queue(text)`, `deliver(websocket frame)`,
-`deliver_book`, `start_book`, `stop_book`, `subs`), so the v2 client machinery (coalesced
+`deliver_book`, `open_book`, `stop_book`, `subs`), so the v2 client machinery (coalesced
 writes, slow-client policy, limits) serves v1 clients unchanged.
 
 Channel ids: v1 streams are keyed by a channelID. Upstream ids die with each upstream connection,
@@ -331,10 +331,7 @@ class V1Endpoint:
         merge = self.merge
         if channel == "book":
             merge.want_book_depth(pair, k)
-            snap = self.source.book_snapshot(pair, k) if req.snapshot else None
-            if snap is not None:
-                client.queue(snap)
-            client.start_book(key, live=snap is not None or not req.snapshot)
+            client.open_book(key, req.snapshot)
             return
         if not req.snapshot:
             return

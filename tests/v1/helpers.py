@@ -93,8 +93,11 @@ class FakeSession:
             self.books[key] = True
         self.queue(frame)
 
-    def start_book(self, key, live: bool) -> None:
-        self.books[key] = live
+    def open_book(self, key, snapshot: bool) -> None:
+        snap = self.source.book_snapshot(key[1], key[2]) if snapshot and self.source else None
+        if snap is not None:
+            self.queue(snap)
+        self.books[key] = snap is not None or not snapshot
 
     def stop_book(self, key) -> None:
         self.books.pop(key, None)
