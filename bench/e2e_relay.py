@@ -3,7 +3,10 @@
 Same code path as `kraken-relay run --config FILE` (`relay.app.Relay` on uvloop, logging at
 warning), except that the server and HTTP ports are 0 so concurrent runs never collide; prints
 one JSON line `{"port": .., "http_port": .., "pid": ..}` once started, stops on SIGTERM/SIGINT.
-Usage: python bench/e2e_relay.py CONFIG.yaml  (RELAY_BENCH_NO_SINK=1: upstream frames via recv(), for A/B)
+Usage: python bench/e2e_relay.py CONFIG.yaml
+A/B switches (environment, set to 1): RELAY_BENCH_NO_SINK (upstream frames via recv()),
+RELAY_BENCH_NO_EARLY_FLUSH (client writes once per loop pass), RELAY_BENCH_NO_WRITE_THROUGH (client writes via uvloop's deferred
+transport.write).
 """
 
 from __future__ import annotations
@@ -63,21 +66,14 @@ def main() -> int:
         from relay.upstream.sink import SinkClientConnection
 
         SinkClientConnection.attach = lambda self, sink: False  # type: ignore[method-assign]
-    if os.environ.get("RELAY_BENCH_SNAPSHOT_CACHE"):  # A/B: one encoding per (symbol, depth, state)
-        from relay.core.book_arbiter import BookArbiter
+    if os.environ.get("RELAY_BENCH_NO_EARLY_FLUSH"):  # A/B: client writes only once per loop pass
+        from relay.server.listener import LocalServer
 
-        plain = BookArbiter.snapshot_frame
+        LocalServer.FLUSH_AFTER = float("inf")
+    if os.environ.get("RELAY_BENCH_NO_WRITE_THROUGH"):  # A/B: every client write via the transport
+        from relay.server.client import ClientConnection
 
-        def cached(self, depth: int) -> bytes:  # type: ignore[no-untyped-def]
-            key = (depth, self.seq, self.pub.timestamp, self.pub.checksum)
-            hit = self.__dict__.get("_snap_cache")
-            if hit is not None and hit[0] == key:
-                return hit[1]
-            frame = plain(self, depth)
-            self.__dict__["_snap_cache"] = (key, frame)
-            return frame
-
-        BookArbiter.snapshot_frame = cached  # type: ignore[method-assign]
+        ClientConnection._write = lambda self, data: self.transport.write(data)  # type: ignore[method-assign]
     cfg = load_config(sys.argv[1])
     configure_logging(cfg.logging.level, "json")
     return run_loop(serve(sys.argv[1]))

@@ -141,7 +141,7 @@ class Relay:
             pool = UpstreamPool(
                 config,
                 merge,
-                endpoint.publish,
+                self.server.publisher(endpoint.publish),
                 lag_sampler=self.metrics.lag_sampler,
                 protocol=spec,
                 budgets=self.pool.budgets,  # attempt budgets and stagger are per relay

@@ -2,8 +2,9 @@
 
 Why Sans-I/O instead of `websockets.serve`: fan-out throughput. Frames queued for a client during
 one event-loop iteration are framed with `send_text` (bytes in, no decode/encode) and written with
-a single `transport.write` scheduled once per dirty client via `loop.call_soon` (design-notes §4
-measured 3.5x the throughput of per-frame sends). Compression is never negotiated.
+a single write per dirty client per loop pass, or earlier when a long upstream read holds output
+back (`LocalServer.mark_dirty` / `flush_due`; design-notes §4 measured 3.5x the throughput of
+per-frame sends). Compression is never negotiated.
 
 Slow clients (documented policy):
   * Each client has an output budget of `server.client_buffer_bytes` (bytes queued this iteration +
@@ -23,6 +24,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import os
 import random
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -94,6 +96,7 @@ class ClientConnection(asyncio.Protocol):
         self._scheduled = False
         self._paused = False
         self._reading_paused = False
+        self._fd = -1  # plain TCP socket written through directly when idle (see `_write`)
         self.congested_since: float | None = None
         self.last_out = self.loop.time()
         # input
@@ -120,6 +123,9 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
         transport.set_write_buffer_limits(high=self.limit, low=self.limit // 2)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._fd = sock.fileno()
         if not self.server.handshake_started(self):
             transport.abort()
             return
@@ -298,7 +304,7 @@ class ClientConnection(asyncio.Protocol):
         self._out_bytes += len(wire)
         if not self._scheduled:
             self._scheduled = True
-            self.loop.call_soon(self._flush)
+            self.server.mark_dirty(self)
         if self._out_bytes > self.limit or self._paused:
             self._over_budget()
 
@@ -418,7 +424,7 @@ class ClientConnection(asyncio.Protocol):
             # instead of a joined per-client copy.
             self.transport.writelines(out)
         else:
-            self.transport.write(b"".join(out))
+            self._write(b"".join(out))
         out.clear()
         self._out_bytes = 0
         self.last_out = self.loop.time()
@@ -429,6 +435,25 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
             if self._resync:
                 self._resync_books()
+
+    def _write(self, data: bytes) -> None:
+        """Write now. uvloop defers `transport.write` to the end of the loop iteration, so output
+        flushed while a long upstream read is still being processed (`LocalServer.flush_due`)
+        would wait for the whole read; with nothing buffered in the transport the bytes go to
+        the socket directly (what asyncio's own transports do), the rest through the transport."""
+        transport = self.transport
+        fd = self._fd
+        if fd >= 0 and not transport.get_write_buffer_size():
+            try:
+                n = os.write(fd, data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                n = 0  # the transport reports the broken connection itself
+            if n == len(data):
+                return
+            data = data[n:]
+        transport.write(data)
 
     def _write_protocol(self) -> None:
         """Write what the protocol produced itself (handshake response, pong, close) right away."""
