@@ -244,35 +244,56 @@ class Bench:
     async def _measure(self, sim, relay, direct_lines: list[int], n_clients: int, sub: list[dict], n_record: int,
                        during=None, floor: bool = False) -> dict:
         """Start direct + relay clients, warm up, measure one window; return raw material.
-        `floor`: also min(n, 10) clients on a do-nothing forwarder of the first direct line."""
+        `floor`: then, in a second window of its own (so neither hop takes CPU from the other on
+        these 2 cores), the same clients on a do-nothing forwarder of the first direct line."""
         direct = [await start_clients(sim.ports[i], 1, sub, [0]) for i in direct_lines]
-        fwd = fwd_clients = None
-        if floor:
-            fwd = await start_forwarder(sim.ports[direct_lines[0]], sub)
-            k = min(n_clients, 10)
-            fwd_clients = await start_clients(fwd.port, k, sub, list(range(k)))
-        group = await start_client_group(relay.port, n_clients, sub, n_record)
+        fres = None
+        ft0 = ft1 = 0.0
         try:
-            await asyncio.sleep(self.warm)
-            pids_c = [c.pid for c in group]
-            meters = {"relay": CpuMeter([relay.pid]).start(), "sim": CpuMeter([sim.pid]).start(),
-                      "clients": CpuMeter(pids_c + [d.pid for d in direct]).start()}
-            t0 = time.monotonic()
-            extra = await during(t0) if during else None
-            remaining = t0 + self.window - time.monotonic()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
-            t1 = time.monotonic()
-            cpu = {k: m.stop() for k, m in meters.items()}
-            rss = rss_mb(relay.pid)
+            group = await start_client_group(relay.port, n_clients, sub, n_record)
+            try:
+                await asyncio.sleep(self.warm)
+                pids_c = [c.pid for c in group]
+                meters = {"relay": CpuMeter([relay.pid]).start(), "sim": CpuMeter([sim.pid]).start(),
+                          "clients": CpuMeter(pids_c + [d.pid for d in direct]).start()}
+                t0 = time.monotonic()
+                extra = await during(t0) if during else None
+                remaining = t0 + self.window - time.monotonic()
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+                t1 = time.monotonic()
+                cpu = {k: m.stop() for k, m in meters.items()}
+                rss = rss_mb(relay.pid)
+            finally:
+                gres = await stop_client_group(group)
+            if floor:
+                fwd = await start_forwarder(sim.ports[direct_lines[0]], sub)
+                try:
+                    fgroup = await start_client_group(fwd.port, n_clients, sub, n_record)
+                    try:
+                        await asyncio.sleep(self.warm)
+                        ft0 = time.monotonic()
+                        await asyncio.sleep(self.window)
+                        ft1 = time.monotonic()
+                    finally:
+                        fres = await stop_client_group(fgroup)
+                finally:
+                    await fwd.stop()
         finally:
             dres = [await stop_clients(d) for d in direct]
-            gres = await stop_client_group(group)
-            fres = await stop_clients(fwd_clients) if fwd_clients is not None else None
-            if fwd is not None:
-                await fwd.stop()
         return {"t0": t0, "t1": t1, "cpu": cpu, "rss": rss, "direct": dres, "relay": gres, "extra": extra,
-                "floor": fres}
+                "floor": fres, "floor_t0": ft0, "floor_t1": ft1}
+
+    def _floor(self, m: dict) -> dict | None:
+        """The forwarder window's latency over the direct path (None without one)."""
+        if not m["floor"]:
+            return None
+        ref_b, ref_t = m["direct"][0]["records"][0]
+        a, b = m["floor_t0"], m["floor_t1"] - 0.2
+        d: list[float] = []
+        for books, trades in m["floor"]["records"]:
+            d += deltas(ref_b, books, a, b)[0] + deltas(ref_t, trades, a, b)[0]
+        return summary_us(d)
 
     # -- cases --------------------------------------------------------------------------------
     async def latency(self) -> None:
@@ -281,12 +302,9 @@ class Bench:
             sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], _sim_rate(target))
             try:
                 for n in (1, 10, 100):
-                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10), floor=n <= 10)
+                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10), floor=True)
                     ref_b, ref_t = m["direct"][0]["records"][0]
                     t0, t1 = m["t0"], m["t1"] - 0.2
-                    floor: list[float] = []
-                    for books, trades in (m["floor"]["records"].values() if m["floor"] else []):
-                        floor += deltas(ref_b, books, t0, t1)[0] + deltas(ref_t, trades, t0, t1)[0]
                     all_d: list[float] = []
                     miss = 0
                     for books, trades in m["relay"]["records"]:
@@ -305,7 +323,7 @@ class Bench:
                         "kind": "latency", "target_fps": target, "clients": n,
                         "direct_fps": round(ref_n / span),
                         "added": summary_us(all_d), "unmatched": miss,
-                        "forwarder_floor": summary_us(floor) if m["floor"] else None,
+                        "forwarder_floor": self._floor(m),
                         "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"],
                         "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
                         "closed": sum(c["closed"] for c in m["relay"]["conns"]),
@@ -439,7 +457,7 @@ class Bench:
                                        liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
         try:
             for n in (1, 10, 100, 1000):
-                m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10))
+                m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10), floor=n >= 100)
                 ref_b, ref_t = m["direct"][0]["records"][0]
                 t0, t1 = m["t0"], m["t1"] - 0.2
                 d: list[float] = []
@@ -450,6 +468,7 @@ class Bench:
                 self.cases[f"fanout {n} clients"] = case = {
                     "kind": "fanout", "clients": n, "direct_fps": round(ref_n / span),
                     "delivered_fps": round(ref_n * n / span), "added": summary_us(d),
+                    "forwarder_floor": self._floor(m),
                     "closed": sum(c["closed"] for c in m["relay"]["conns"]),
                     "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"],
                     "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
@@ -611,6 +630,8 @@ def table(cases: dict) -> str:
                    f"~{max(c['backlog_frames'])} frames)")
         elif k == "fanout":
             fps, lat = f"{c['direct_fps']} per client, {c['delivered_fps']} out", "added " + _lat(c["added"])
+            if c.get("forwarder_floor"):
+                lat += "<br>do-nothing forwarder " + _lat(c["forwarder_floor"])
             res = f"{c['closed']} closed"
         elif k == "fanout_peak":
             fps = f"{c['delivered_fps']} out"
