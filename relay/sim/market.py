@@ -126,6 +126,7 @@ class SymbolMarket:
             a += rng.randint(1, 3)
         self.book.load_snapshot(bids, asks, now_rfc3339())
         self.last_price = self.first_price = self.low = self.high = ticks
+        self.anchor = ticks  # the price the book reverts to (see `_random_changes`)
 
     def _level(self, ticks: int, units: int) -> Level:
         return Level(ticks / self.pscale, fmt(ticks, self.pp), fmt(units, self.qp) if units else self.zero_q)
@@ -140,6 +141,11 @@ class SymbolMarket:
         ask_ch: dict[int, int] = {}
         n = 1 if rng.random() < 0.8 else rng.randint(2, 4)
         bids, asks = self.book.bids.levels, self.book.asks.levels
+        if not bids or not asks:  # never expected (see the refill below); refill the tail
+            n = 0
+        else:  # best prices as this update's inserts move them (so two inserts never cross)
+            best_b = self._ticks(bids.keys()[0])
+            best_a = self._ticks(asks.keys()[0])
         for _ in range(n):
             is_bid = rng.random() < 0.5
             levels, ch = (bids, bid_ch) if is_bid else (asks, ask_ch)
@@ -153,19 +159,35 @@ class SymbolMarket:
                 ch[self._ticks(levels.keys()[idx])] = 0
                 continue
             # insert a new price near the top, never crossing the other side
-            best_b = self._ticks(bids.keys()[0])
-            best_a = self._ticks(asks.keys()[0])
             off = rng.randint(-1, 40)
+            # Liquidity refills a wide spread, and more so on the side that pulls the mid back
+            # to where it started. Without this, trades and deletes widened the spread by ~1
+            # tick per 10 updates: a cheap symbol's bids reached zero after ~30 s at 10k
+            # updates/s and the market loop stopped.
+            spread = best_a - best_b
+            if spread > 2:
+                back = (best_a + best_b < 2 * self.anchor) == is_bid
+                if rng.random() < min(0.9, spread / (8.0 if back else 32.0)):
+                    off = -rng.randint(1, min(spread - 1, max(3, spread // 3)))
             t = best_b - off if is_bid else best_a + off
             if is_bid and t >= best_a or not is_bid and t <= best_b or t <= 0:
                 t = best_b - 1 - rng.randint(0, 5) if is_bid else best_a + 1 + rng.randint(0, 5)
             if t > 0:
                 ch[t] = self._qty()
+                if is_bid:
+                    best_b = max(best_b, t)
+                else:
+                    best_a = min(best_a, t)
         # keep each side near its target size with tail adds/deletes (invisible at low depths)
         for levels, ch, sign in ((bids, bid_ch, -1), (asks, ask_ch, 1)):
             size = len(levels) + sum(1 for t, u in ch.items() if u and (sign * t) not in levels)
             if size > self.levels:
                 ch[self._ticks(levels.keys()[-1])] = 0
+            elif not levels:
+                other = asks if sign < 0 else bids
+                t = self._ticks(other.keys()[0]) + sign if other else self.anchor
+                if t > 0:
+                    ch[t] = self._qty()
             elif size < self.levels:
                 worst = self._ticks(levels.keys()[-1])
                 t = worst + sign * rng.randint(1, 3)
@@ -233,6 +255,8 @@ class SymbolMarket:
         """One taker trade at the best opposite level: (book frames, trade frame, ticker, ohlc)."""
         rng = self.rng
         buy = rng.random() < 0.5
+        if not (self.book.asks if buy else self.book.bids).levels:
+            buy = not buy  # an empty side has nothing to take (never expected, see the reversion)
         side = self.book.asks if buy else self.book.bids
         key = side.levels.keys()[0]
         ptext, qtext, _ = side.levels[key]

@@ -21,8 +21,9 @@ import asyncio
 import heapq
 import random
 import time
+import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -413,10 +414,10 @@ class Simulator:
         loop = asyncio.get_running_loop()
         self.started_at = loop.time()
         self._running = True
-        self._tasks.append(asyncio.create_task(self._market_loop(), name="sim-market"))
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="sim-housekeeping"))
+        self._spawn(self._market_loop, "sim-market")
+        self._spawn(self._housekeeping, "sim-housekeeping")
         for line in self.lines:
-            self._tasks.append(asyncio.create_task(line.run(), name=f"sim-line-{line.idx}"))
+            self._spawn(line.run, f"sim-line-{line.idx}")
         if cfg.faults:
             self._tasks.append(asyncio.create_task(self._run_schedule(cfg.faults), name="sim-faults"))
         if cfg.control_port is not None:
@@ -476,6 +477,25 @@ class Simulator:
 
     def rest_urls(self) -> list[str]:
         return [f"http://{self.config.host}:{line.port}" for line in self.lines]
+
+    def _spawn(self, run: Callable[[], Awaitable[None]], name: str) -> None:
+        """A task that must run as long as the simulator: if it ever fails, say so loudly and
+        start it again (a line that silently stopped sending would look like a relay fault)."""
+
+        def done(task: asyncio.Task) -> None:
+            if task.cancelled() or not self._running:
+                return
+            exc = task.exception()
+            if exc is None:
+                return
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self._log(f"{name} failed: {type(exc).__name__}: {exc} at {where.filename}:{where.lineno}; restarting it")
+            self._tasks.append(asyncio.create_task(run(), name=name))
+            self._tasks[-1].add_done_callback(done)
+
+        task = asyncio.create_task(run(), name=name)
+        task.add_done_callback(done)
+        self._tasks.append(task)
 
     def _log(self, text: str) -> None:
         if self.config.log is not None:

@@ -154,3 +154,24 @@ def test_real_instrument_snapshot_gives_precisions_beyond_the_builtin_table() ->
     first = raw.split(b'"price":', 1)[1].split(b",", 1)[0]
     assert len(first.split(b".")[1]) == atom.price_precision
     assert price["data"][0]["symbol"] == "ATOM/USD"
+
+
+def test_market_stays_sane_for_long_runs_at_high_rates() -> None:
+    """10k updates/s on one cheap symbol for 100 000 updates (the spread once widened ~1 tick per
+    10 updates until the bids reached zero and the market loop died mid-benchmark): the book
+    never crosses, neither side empties, and the price stays within reach of where it started."""
+    eng = _engine(("SOL/USD",), rate=10_000, levels=1000, burst_every=0.0)
+    eng.want("book", "SOL/USD", 10)
+    sm = eng.symbols["SOL/USD"]
+    start = sm.anchor
+    eng.advance(0.0, time.time())
+    worst = 0.0
+    for i in range(1, 5001):
+        eng.advance(i * 0.002, time.time())
+        bids, asks = sm.book.bids.levels, sm.book.asks.levels
+        assert len(bids) > 100 and len(asks) > 100
+        best_b, best_a = sm._ticks(bids.keys()[0]), sm._ticks(asks.keys()[0])
+        assert best_b < best_a, f"crossed book after {eng.book_updates} updates"
+        worst = max(worst, abs(best_b / start - 1.0))
+    assert eng.book_updates >= 95_000
+    assert worst < 0.9
