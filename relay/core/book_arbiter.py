@@ -93,15 +93,26 @@ class BookArbiter:
         self._check_orphaned()
 
     # -- the duplicate fast path ----------------------------------------------------------------
-    def on_dup(self, up: int, token: int, now: float) -> bool:
-        """A frame byte-identical to published frame `token`. True when fully handled."""
+    def on_dup(self, up: int, token: int, now: float, raw: bytes | None = None) -> bool:
+        """A frame byte-identical to published frame `token` (the latest with these bytes). True
+        when it is this line's copy of its next published frame: the line just moves on.
+
+        Anything else is parsed as an event: a line never sends one frame twice, so the same bytes
+        from a line that already passed `token` are a new event (a level placed, cancelled and
+        placed again within one timestamp repeats a frame exactly)."""
         lb = self.lines[up]
-        if lb.mode == FOLLOW:
-            if lb.pos == token - 1:
-                lb.pos = token
+        if lb.mode != FOLLOW:
+            return False
+        pos = lb.pos
+        if pos == token - 1:
+            lb.pos = token
+            return True
+        if raw is not None and pos < token - 1:  # behind: is its next frame an older copy?
+            hist = self.hist
+            i = pos - (self.seq - len(hist))
+            if i >= 0 and hist[i].raw == raw:
+                lb.pos = pos + 1
                 return True
-            if lb.pos >= token:
-                return True  # an old copy already reflected in this line's state
         return False
 
     # -- events ---------------------------------------------------------------------------------

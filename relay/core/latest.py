@@ -34,7 +34,7 @@ class NewestWins:
         self.published = 0
         self.last_update = 0.0
 
-    def on_dup(self, up: int, token: int, now: float) -> bool:
+    def on_dup(self, up: int, token: int, now: float, raw: bytes | None = None) -> bool:
         return True
 
     def offer(self, up: int, order: Any, element: bytes, snapshot: bool, raw: bytes, now: float) -> None:
@@ -96,7 +96,7 @@ class InstrumentArbiter:
         self.snapshot_raw: bytes | None = None
         self.published = 0
 
-    def on_dup(self, up: int, token: int, now: float) -> bool:
+    def on_dup(self, up: int, token: int, now: float, raw: bytes | None = None) -> bool:
         return True
 
     def on_event(self, up: int, ev: InstrumentEvent, now: float) -> None:

@@ -214,7 +214,7 @@ class Merge(MergeBase):
     def feed(self, up: int, raw: bytes, now: float) -> ControlEvent | None:
         hit = self.seen.get(raw)
         if hit is not None and not self._blocked[up]:
-            if hit[0].on_dup(up, hit[1], now):
+            if hit[0].on_dup(up, hit[1], now, raw):
                 self.upstream_stats[up].duplicates += 1
                 return None
         ev = self.parser.parse(raw)

@@ -54,7 +54,7 @@ class TradeArbiter:
         tl = self.lines[up]
         tl.active, tl.behind_since = False, None
 
-    def on_dup(self, up: int, max_id: int, now: float) -> bool:
+    def on_dup(self, up: int, max_id: int, now: float, raw: bytes | None = None) -> bool:
         tl = self.lines[up]
         tl.active = True
         if max_id > tl.last_seen:

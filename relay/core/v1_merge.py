@@ -113,7 +113,7 @@ class V1TradeArbiter:
         self.seen.reset_line(up)
         self.active[up] = False
 
-    def on_dup(self, up: int, token: int, now: float) -> bool:
+    def on_dup(self, up: int, token: int, now: float, raw: bytes | None = None) -> bool:
         return False  # never registered in the byte-level check: counts must see every copy
 
     def on_event(self, up: int, ev: V1TradeEvent, now: float) -> None:
@@ -171,7 +171,7 @@ class Latest:
     def reset_line(self, up: int) -> None:
         self.seen.reset_line(up)
 
-    def on_dup(self, up: int, token: int, now: float) -> bool:
+    def on_dup(self, up: int, token: int, now: float, raw: bytes | None = None) -> bool:
         return True
 
     def offer(self, up: int, order: Any, element: bytes, raw: bytes, now: float) -> None:
@@ -211,7 +211,7 @@ class V1Merge(Merge):
         hit = self.seen.get(raw)
         blocked = self._blocked[up]
         if hit is not None and not blocked:
-            if hit[0].on_dup(up, hit[1], now):
+            if hit[0].on_dup(up, hit[1], now, raw):
                 self.upstream_stats[up].duplicates += 1
                 return None
         ev = self.parser.parse(raw)

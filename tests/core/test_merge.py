@@ -355,3 +355,44 @@ def test_synthesized_diffs_list_deletes_before_sets() -> None:
     for p, q in asks:
         client.apply_text_levels([], [(p, q)], "t1", None)
     assert client.same_levels(after)
+
+
+def _flip_frames() -> list[bytes]:
+    """Snapshot, then a level inserted, deleted and inserted again with one timestamp: the third
+    frame is byte-identical to the first update, yet it is a new event (Kraken can send this when
+    an order is placed, cancelled and placed again within one matching timestamp)."""
+    from relay.core.book import Book
+    from relay.core.v2 import V2Parser, encode_book
+
+    ts = "2026-11-21T00:00:00.000001Z"
+    bids = [(b"%d.0" % (100 - i), b"1.00000000") for i in range(10)]
+    asks = [(b"%d.0" % (101 + i), b"1.00000000") for i in range(10)]
+    parser, book = V2Parser(), Book("BTC/USD", 10)
+    out = []
+    for snapshot, b, a in ((True, bids, asks), (False, [(b"100.5", b"2.00000000")], []),
+                           (False, [(b"100.5", b"0.00000000")], []), (False, [(b"100.5", b"2.00000000")], [])):
+        ev = parser.parse(encode_book("BTC/USD", snapshot, b, a, 0, ts))
+        crc = (book.load_snapshot if snapshot else lambda x, y, t: book.apply(x, y, t, None))(ev.bids, ev.asks, ts)
+        out.append(encode_book("BTC/USD", snapshot, b, a, crc, ts))
+    assert out[3] == out[1]
+    return out
+
+
+def test_a_repeated_frame_from_the_same_line_is_a_new_event_not_a_copy() -> None:
+    frames = _flip_frames()
+    for order in (("a",), ("a", "b"), ("b", "a")):  # one line; two lines, either one leading
+        m, (a, b) = new_merge()
+        line = {"a": a, "b": b}
+        client = VerifyingClient()
+        published = []
+        for i, raw in enumerate(frames + frames[1:2]):  # ... and the level deleted again at the end
+            if i == 4:
+                raw = frames[2]
+            for name in order:
+                m.feed(line[name], raw, i * 0.01)
+                pubs = m.take()
+                client.receive(pubs)
+                published += [p.frame for p in pubs if p.channel == "book"]
+        assert published == frames + [frames[2]], order  # five events, each published once
+        assert client.mismatches == 0
+        assert not m.take_requests()  # and no line was resynced over it
