@@ -302,7 +302,8 @@ class Bench:
             sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], _sim_rate(target))
             try:
                 for n in (1, 10, 100):
-                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10), floor=True)
+                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10),
+                                            floor=n == 10 or not self.args.quick)  # --quick: < 2 min
                     ref_b, ref_t = m["direct"][0]["records"][0]
                     t0, t1 = m["t0"], m["t1"] - 0.2
                     all_d: list[float] = []
@@ -457,7 +458,8 @@ class Bench:
                                        liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
         try:
             for n in (1, 10, 100, 1000):
-                m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10), floor=n >= 100)
+                m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10),
+                                        floor=n == 1000 or n == 100 and not self.args.quick)
                 ref_b, ref_t = m["direct"][0]["records"][0]
                 t0, t1 = m["t0"], m["t1"] - 0.2
                 d: list[float] = []
