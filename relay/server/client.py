@@ -400,7 +400,8 @@ class ClientConnection(asyncio.Protocol):
             self._reading_paused = True
             transport.pause_reading()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the queued output (called by `LocalServer.flush_clients`)."""
         self._scheduled = False
         out = self._out
         if not out or self.closing or self.transport is None or self.transport.is_closing():
@@ -446,10 +447,8 @@ class ClientConnection(asyncio.Protocol):
         if fd >= 0 and not transport.get_write_buffer_size():
             try:
                 n = os.write(fd, data)
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # would block, or broken: the transport buffers or reports it
                 n = 0
-            except OSError:
-                n = 0  # the transport reports the broken connection itself
             if n == len(data):
                 return
             data = data[n:]

@@ -232,7 +232,7 @@ class LocalServer:
         self._dirty = []
         t = time.perf_counter()
         for conn in dirty:
-            conn._flush()
+            conn.flush()
         self._write_cost += 0.2 * ((time.perf_counter() - t) / len(dirty) - self._write_cost)
 
     def demand_ready(self, channel: str, symbol: str) -> None:

@@ -429,9 +429,10 @@ class Simulator:
 
     async def stop(self) -> None:
         self._running = False
-        for t in self._tasks:
+        tasks = list(self._tasks)  # done callbacks remove finished tasks from the list
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
@@ -480,22 +481,26 @@ class Simulator:
 
     def _spawn(self, run: Callable[[], Awaitable[None]], name: str) -> None:
         """A task that must run as long as the simulator: if it ever fails, say so loudly and
-        start it again (a line that silently stopped sending would look like a relay fault)."""
+        start it again a second later (a line that silently stopped sending would look like a
+        relay fault; a task that fails at once again must not spin)."""
+
+        def start() -> None:
+            if self._running:
+                task = asyncio.create_task(run(), name=name)
+                task.add_done_callback(done)
+                self._tasks.append(task)
 
         def done(task: asyncio.Task) -> None:
-            if task.cancelled() or not self._running:
+            if task in self._tasks:
+                self._tasks.remove(task)
+            if task.cancelled() or not self._running or task.exception() is None:
                 return
             exc = task.exception()
-            if exc is None:
-                return
             where = traceback.extract_tb(exc.__traceback__)[-1]
             self._log(f"{name} failed: {type(exc).__name__}: {exc} at {where.filename}:{where.lineno}; restarting it")
-            self._tasks.append(asyncio.create_task(run(), name=name))
-            self._tasks[-1].add_done_callback(done)
+            asyncio.get_running_loop().call_later(1.0, start)
 
-        task = asyncio.create_task(run(), name=name)
-        task.add_done_callback(done)
-        self._tasks.append(task)
+        start()
 
     def _log(self, text: str) -> None:
         if self.config.log is not None:
