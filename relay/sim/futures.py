@@ -54,6 +54,7 @@ from relay.core.futures import (
     encode_trade_snapshot,
 )
 from relay.sim.server import LineConfig, _json_response
+from relay.sim.tasks import supervise
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/cryptofeed/sample_data"
 INSTRUMENTS = FIXTURES / "KRAKEN_FUTURES.0"
@@ -395,6 +396,7 @@ class FuturesSimulator:
         self.lines: list[FLine] = []
         self.requests: list[list[dict[str, Any]]] = []
         self._tasks: list[asyncio.Task] = []
+        self._running = False
         self._instruments = _instruments(self.market.products)
         self.paused = config.paused
 
@@ -408,15 +410,19 @@ class FuturesSimulator:
             self.requests.append([])
             line.server = await self._serve(line, lc.port)
             line.port = line.server.sockets[0].getsockname()[1]
-        self._tasks.append(asyncio.create_task(self._market_loop(), name="fsim-market"))
+        self._running = True
+        alive = lambda: self._running  # noqa: E731
+        supervise(self._tasks, self._market_loop, "fsim-market", self.config.log, alive)
         for line in self.lines:
-            self._tasks.append(asyncio.create_task(line.run(), name=f"fsim-line-{line.idx}"))
+            supervise(self._tasks, line.run, f"fsim-line-{line.idx}", self.config.log, alive)
         return self
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        self._running = False
+        tasks = list(self._tasks)  # done callbacks remove finished tasks from the list
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         for line in self.lines:
             for c in list(line.conns):

@@ -21,9 +21,8 @@ import asyncio
 import heapq
 import random
 import time
-import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -49,6 +48,7 @@ from relay.core.v2 import (
     now_rfc3339,
 )
 from relay.sim.faults import FAULT_KINDS, FaultSpec
+from relay.sim.tasks import supervise
 from relay.sim.instruments import (
     Instrument,
     instrument_data,
@@ -414,10 +414,11 @@ class Simulator:
         loop = asyncio.get_running_loop()
         self.started_at = loop.time()
         self._running = True
-        self._spawn(self._market_loop, "sim-market")
-        self._spawn(self._housekeeping, "sim-housekeeping")
+        alive = lambda: self._running  # noqa: E731
+        supervise(self._tasks, self._market_loop, "sim-market", self._log, alive)
+        supervise(self._tasks, self._housekeeping, "sim-housekeeping", self._log, alive)
         for line in self.lines:
-            self._spawn(line.run, f"sim-line-{line.idx}")
+            supervise(self._tasks, line.run, f"sim-line-{line.idx}", self._log, alive)
         if cfg.faults:
             self._tasks.append(asyncio.create_task(self._run_schedule(cfg.faults), name="sim-faults"))
         if cfg.control_port is not None:
@@ -478,29 +479,6 @@ class Simulator:
 
     def rest_urls(self) -> list[str]:
         return [f"http://{self.config.host}:{line.port}" for line in self.lines]
-
-    def _spawn(self, run: Callable[[], Awaitable[None]], name: str) -> None:
-        """A task that must run as long as the simulator: if it ever fails, say so loudly and
-        start it again a second later (a line that silently stopped sending would look like a
-        relay fault; a task that fails at once again must not spin)."""
-
-        def start() -> None:
-            if self._running:
-                task = asyncio.create_task(run(), name=name)
-                task.add_done_callback(done)
-                self._tasks.append(task)
-
-        def done(task: asyncio.Task) -> None:
-            if task in self._tasks:
-                self._tasks.remove(task)
-            if task.cancelled() or not self._running or task.exception() is None:
-                return
-            exc = task.exception()
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            self._log(f"{name} failed: {type(exc).__name__}: {exc} at {where.filename}:{where.lineno}; restarting it")
-            asyncio.get_running_loop().call_later(1.0, start)
-
-        start()
 
     def _log(self, text: str) -> None:
         if self.config.log is not None:
