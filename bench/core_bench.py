@@ -21,7 +21,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.core.merge import Merge, MergeSettings  # noqa: E402
+from relay.core.outputs import MergeSettings  # noqa: E402
+from relay.protocols.spot_v2.merge import V2Merge
 from tests.core.streams import book_stream, trade_frames  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def per_frame_us(fn, frames: list[bytes], repeat: int) -> float:
 
 def merge_leader(depth: int, snapshot: bytes | None, history: int = 512):
     def make():
-        m = Merge(MergeSettings(book_depth=depth, history=history))
+        m = V2Merge(MergeSettings(book_depth=depth, history=history))
         up = m.add_upstream("a")
         m.line_status(up, "online", 0.0)
         if snapshot is not None:
@@ -58,7 +59,7 @@ def merge_leader(depth: int, snapshot: bytes | None, history: int = 512):
 
 def merge_duplicate(depth: int, snapshot: bytes, updates: list[bytes]):
     def make():
-        m = Merge(MergeSettings(book_depth=depth, history=len(updates) + 1))
+        m = V2Merge(MergeSettings(book_depth=depth, history=len(updates) + 1))
         a, b = m.add_upstream("a"), m.add_upstream("b")
         m.line_status(a, "online", 0.0)
         m.line_status(b, "online", 0.0)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson  # noqa: E402
 
 from relay.app import Relay, run_loop  # noqa: E402
-from relay.ops.config import load_config  # noqa: E402
+from relay.config import load_config  # noqa: E402
 from relay.ops.logging import configure_logging  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.core.futures_merge import FuturesMerge  # noqa: E402
+from relay.protocols.futures.merge import FuturesMerge  # noqa: E402
 from tests.futures.capture import frames  # noqa: E402
 
 

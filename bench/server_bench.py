@@ -112,8 +112,8 @@ def frame(i: int, stamp: float | None = None) -> bytes:
 
 
 async def _parent(args: argparse.Namespace) -> dict:
-    from relay.core.merge import Publication
-    from relay.ops.config import ChannelsConfig, ServerConfig
+    from relay.core.outputs import Publication
+    from relay.config import ChannelsConfig, ServerConfig
     from relay.server.listener import LocalServer
 
     cfg = ServerConfig(max_clients=max(1000, args.clients + 10), max_requests_per_second=1000)

@@ -56,7 +56,7 @@ async def _serve(n: int) -> None:
 
 class NullMerge:
     def __init__(self) -> None:
-        from relay.core.v2 import V2Parser
+        from relay.protocols.spot_v2.wire import V2Parser
 
         self.parser = V2Parser()
 
@@ -107,12 +107,13 @@ async def _bare(url: str, n: int) -> tuple[float, float]:
 
 
 async def _pool(url: str, n: int) -> tuple[float, float]:
-    from relay.ops.config import parse_config
+    from relay.config import parse_config
+    from relay.protocols.spot_v2.spec import SPOT_V2
     from relay.upstream.pool import UpstreamPool
 
     cfg = parse_config({"upstreams": [{"name": "a", "url": url}], "channels": {"book": {"symbols": ["BTC/USD"]},
                         "instrument": False}}, env={})
-    pool = UpstreamPool(cfg, NullMerge(), lambda pubs: None)
+    pool = UpstreamPool(cfg, NullMerge(), lambda pubs: None, protocol=SPOT_V2)
     await pool.start()
     conn = pool.connections[0]
     while conn.frames < 3:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.core.merge import MergeSettings  # noqa: E402
-from relay.core.v1_merge import V1Merge  # noqa: E402
-from relay.server.v1 import ChannelIds, V1Endpoint  # noqa: E402
-from relay.server.wire import text_frame  # noqa: E402
+from relay.core.outputs import MergeSettings  # noqa: E402
+from relay.protocols.spot_v1.merge import V1Merge  # noqa: E402
+from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint  # noqa: E402
+from relay.core.wsframe import text_frame  # noqa: E402
 from tests.v1.helpers import cryptofeed_frames  # noqa: E402
 
 _ID = re.compile(rb"^\[(\d+),")

@@ -1,9 +1,9 @@
-"""The daemon: one merge, the upstream pool feeding it, the local server publishing it, and the
-operator surface (metrics, health, systemd), with SIGTERM/SIGINT shutdown and SIGHUP reload.
+"""The daemon: one stack per configured protocol (its merge, the upstream pool feeding it, its
+endpoint on the shared local listener), and the operator surface (metrics, health, systemd),
+with SIGTERM/SIGINT shutdown and SIGHUP reload.
 
-One stack per protocol (relay.protocols): the Spot v2 stack (`merge`, `pool`, the server's own
-`/v2` endpoint) always exists; every other configured protocol (Futures, Spot v1) gets its own
-merge, pool and endpoint on the same listener (`stacks`). Readiness and metrics cover them all.
+Every protocol is handled alike (`relay.protocols.PROTOCOLS`): a stack per protocol that has an
+upstream in the config, in the table's order. Readiness and metrics cover them all.
 
 `kraken-relay run --config FILE`. Everything here is wiring; the behaviour lives in the modules
 it connects, so `Relay` can also be started in-process by tests and by `kraken-relay demo`.
@@ -17,20 +17,26 @@ import gc
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from relay import __version__, protocols
-from relay.core.merge import Merge, MergeSettings
-from relay.ops.config import ChannelsConfig, ConfigError, RelayConfig, load_config, split_host_port
+from relay.config import ConfigError, RelayConfig, load_config, split_host_port
+from relay.core.keys import SubKey
+from relay.core.outputs import STATUS_RANK, MergeSettings
 from relay.ops.http import HttpServer, readiness
 from relay.ops.logging import configure_logging
 from relay.ops.loopmon import LoopLagMonitor
 from relay.ops.metrics import RelayMetrics
 from relay.ops.systemd import Notifier, ReadyGate, start_watchdog, status_text
+from relay.protocols import EndpointContext, ProtocolSpec
+from relay.protocols.interfaces import Endpoint, ProtocolMerge
 from relay.server.listener import LocalServer
+from relay.upstream.backoff import Stagger
+from relay.upstream.budget import BudgetRegistry
 from relay.upstream.pool import UpstreamPool
 
 log = structlog.get_logger("relay.app")
@@ -39,9 +45,8 @@ SHUTDOWN_GRACE = 4.0  # seconds: clients get 1001 and the process exits within 5
 
 
 def merge_settings(cfg: RelayConfig) -> MergeSettings:
-    book = cfg.channels.book
+    """The settings every protocol's merge starts from (each sets its own book depth)."""
     return MergeSettings(
-        book_depth=book.depth if book is not None else 10,
         trade_gap_wait=cfg.merge.trade_gap_wait,
         stale_after=cfg.liveness.stale_after,
         history=cfg.merge.history,
@@ -50,72 +55,59 @@ def merge_settings(cfg: RelayConfig) -> MergeSettings:
 
 
 class Stack:
-    """One non-v2 protocol: its merge, its upstream pool and its local endpoint."""
+    """One protocol: its merge, its endpoint on the shared listener, its upstream pool."""
 
-    def __init__(self, spec: Any, merge: Any, pool: UpstreamPool, endpoint: Any) -> None:
+    def __init__(
+        self,
+        spec: ProtocolSpec,
+        config: RelayConfig,
+        server: LocalServer,
+        metrics: RelayMetrics,
+        budgets: BudgetRegistry,
+        stagger: Stagger,
+    ) -> None:
         self.spec = spec
-        self.merge = merge
-        self.pool = pool
-        self.endpoint = endpoint
+        self.config = config
+        self.merge: ProtocolMerge = spec.make_merge(merge_settings(config), config)
+        self.endpoint: Endpoint = spec.make_endpoint(
+            self.merge, config, EndpointContext(version=__version__, resubscribe=self.resubscribe)
+        )
+        publish = server.add_endpoint(self.endpoint)
+        self.pool = UpstreamPool(
+            config,
+            self.merge,
+            publish,
+            protocol=spec,
+            lag_sampler=metrics.lag_sampler,
+            budgets=budgets,  # attempt budgets and stagger are per relay, whatever the protocol
+            stagger=stagger,
+        )
 
-    def symbols(self, cfg: RelayConfig) -> list[str]:
-        section = self.spec.section(cfg)
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def symbols(self) -> list[str]:
+        section = self.spec.section(self.config)
         return self.spec.symbols(section) if section is not None else []
 
+    def desired(self) -> list[SubKey]:
+        """The upstream subscriptions: what the endpoint needs now, else the configured set."""
+        demanded = self.endpoint.demanded_subscriptions()
+        if demanded is not None:
+            return list(demanded)
+        section = self.spec.section(self.config)
+        return self.spec.desired(section) if section is not None else []
 
-class DynamicSymbols:
-    """Subscribes symbols upstream on a client's demand and releases them when unused.
+    def resubscribe(self) -> None:
+        self.pool.set_desired(self.desired())
 
-    The local server decides *when* (allowlist, limit, release delay); this bridge changes the
-    upstream subscriptions and tells the server once the merge has data for the symbol.
-    """
-
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        self.extra: dict[str, set[str]] = {}  # channel -> symbols added on demand
-        self.waiting: set[tuple[str, str]] = set()
-
-    def on_demand(self, channel: str, symbol: str) -> None:
-        self.extra.setdefault(channel, set()).add(symbol)
-        self.waiting.add((channel, symbol))
-        self.relay.apply_channels()
-
-    def on_release(self, channel: str, symbol: str) -> None:
-        self.extra.get(channel, set()).discard(symbol)
-        self.waiting.discard((channel, symbol))
-        self.relay.apply_channels()
-
-    def channels(self, base: ChannelsConfig) -> ChannelsConfig:
-        update: dict[str, Any] = {}
-        for channel, symbols in self.extra.items():
-            current = getattr(base, channel, None)
-            if not symbols:
-                continue
-            if current is None:
-                if channel == "book":
-                    from relay.ops.config import BookChannelConfig
-
-                    current = BookChannelConfig(symbols=[], depth=self.relay.merge.settings.book_depth)
-                else:
-                    from relay.ops.config import SymbolsChannelConfig
-
-                    current = SymbolsChannelConfig(symbols=[])
-            merged = list(dict.fromkeys([*current.symbols, *sorted(symbols)]))
-            update[channel] = current.model_copy(update={"symbols": merged})
-        return base.model_copy(update=update) if update else base
-
-    def poll(self) -> None:
-        """Tell the server about symbols whose data has arrived."""
-        merge = self.relay.merge
-        for channel, symbol in list(self.waiting):
-            have = {
-                "book": lambda s: merge.book_snapshot(s, 10),
-                "trade": lambda s: merge.trades.get(s),
-                "ticker": merge.ticker_snapshot,
-            }.get(channel, lambda s: True)(symbol)
-            if have:
-                self.waiting.discard((channel, symbol))
-                self.relay.server.demand_ready(channel, symbol)
+    def reload(self, new: RelayConfig) -> RelayConfig:
+        """SIGHUP: the endpoint takes the new served set (and may veto parts of it)."""
+        new = self.endpoint.reload(new)
+        self.config = self.pool.config = new
+        self.resubscribe()
+        return new
 
 
 class Relay:
@@ -123,31 +115,14 @@ class Relay:
 
     def __init__(self, config: RelayConfig, *, server_port: int | None = None, http_port: int | None = None) -> None:
         self.config = config
-        self.merge = Merge(merge_settings(config))
-        self.dynamic = DynamicSymbols(self)
-        self.server = LocalServer(
-            config.server, self.merge, config.channels, demand=self.dynamic, port=server_port, version=__version__
-        )
+        self.server = LocalServer(config.server, port=server_port)
         self.loop_monitor = LoopLagMonitor()
         self.metrics = RelayMetrics(self.stats, self.loop_monitor)
-        self.pool = UpstreamPool(config, self.merge, self.server.publish, lag_sampler=self.metrics.lag_sampler)
-        self.stacks: list[Stack] = []
-        for spec in protocols.configured(config):
-            if spec.name == "v2":
-                continue
-            merge = spec.make_merge(merge_settings(config), config)
-            endpoint = spec.endpoint(self.server, merge, config)
-            self.server.add_endpoint(endpoint)
-            pool = UpstreamPool(
-                config,
-                merge,
-                self.server.publisher(endpoint.publish),
-                lag_sampler=self.metrics.lag_sampler,
-                protocol=spec,
-                budgets=self.pool.budgets,  # attempt budgets and stagger are per relay
-                stagger=self.pool.stagger,
-            )
-            self.stacks.append(Stack(spec, merge, pool, endpoint))
+        self.budgets = BudgetRegistry(config.budget)
+        stagger = Stagger(config.reconnect.stagger)
+        self.stacks: list[Stack] = [
+            Stack(spec, config, self.server, self.metrics, self.budgets, stagger) for spec in protocols.configured(config)
+        ]
         host, port = split_host_port(config.http.listen)
         self.http = HttpServer(host, port if http_port is None else http_port, self.metrics.registry, self.ready, self.loop_monitor)
         self.notifier = Notifier()
@@ -155,15 +130,21 @@ class Relay:
         # the relay is healthy and serving status frames, and must not be restarted in a loop.
         self.ready_gate = ReadyGate(self.notifier, grace=60.0)
         self._watchdog: Any = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
+
+    def stack(self, name: str) -> Stack:
+        """The stack of protocol `name` (`v2`, `v1`, `futures`)."""
+        for stack in self.stacks:
+            if stack.name == name:
+                return stack
+        raise KeyError(name)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop_monitor.start()
         await self.server.start()
         await self.http.start()
-        await self.pool.start()
         for stack in self.stacks:
             await stack.pool.start()
         self._watchdog = start_watchdog(self.notifier, self.loop_monitor)
@@ -187,7 +168,7 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.wait_for(self.server.stop(1001, "relay shutting down"), SHUTDOWN_GRACE)
         try:
-            pools = [self.pool.stop(), *(s.pool.stop() for s in self.stacks)]
+            pools = [s.pool.stop() for s in self.stacks]
             await asyncio.wait_for(asyncio.gather(*pools), SHUTDOWN_GRACE / 2)
         except asyncio.TimeoutError:
             log.warning("upstreams did not close in time")
@@ -197,11 +178,10 @@ class Relay:
         self.loop_monitor.stop()
 
     async def _housekeeping(self) -> None:
-        """Tell systemd READY (see ready_gate) and keep STATUS current; poll dynamic symbols."""
+        """Tell systemd READY (see ready_gate) and keep STATUS current."""
         ticks = 0
         while True:
             await asyncio.sleep(0.2)
-            self.dynamic.poll()
             ticks += 1
             if self.ready_gate.sent and ticks % 25:
                 continue  # STATUS every 5 s once started
@@ -212,51 +192,34 @@ class Relay:
             elif self.ready_gate.sent:
                 self.notifier.status(status)
 
-    def apply_channels(self) -> None:
-        self.pool.set_symbols(self.dynamic.channels(self.config.channels))
-
     async def reload(self, new: RelayConfig) -> bool:
         """SIGHUP: apply symbol changes without dropping clients. Other changes need a restart."""
         old = self.config
-        if new.channels.book and old.channels.book and new.channels.book.depth != old.channels.book.depth:
-            log.warning("reload: book depth changes need a restart; keeping the old depth")
-            book = new.channels.book.model_copy(update={"depth": old.channels.book.depth})
-            new = new.model_copy(update={"channels": new.channels.model_copy(update={"book": book})})
         restart_only = [k for k in ("upstreams", "server", "http") if getattr(new, k) != getattr(old, k)]
         if restart_only:
             log.warning("reload: these sections need a restart and were not applied", sections=restart_only)
             new = new.model_copy(update={k: getattr(old, k) for k in restart_only})
-        self.config = new
-        self.server.hub.set_channels(new.channels)
-        self.pool.config = new
-        self.apply_channels()
         for stack in self.stacks:
-            reload = getattr(stack.endpoint, "reload", None)  # the endpoint's served set (may veto changes)
-            if reload is not None:
-                new = self.config = reload(new)
-            stack.pool.config = new
-            section = stack.spec.section(new)
-            if section is not None:
-                stack.pool.set_desired(stack.spec.desired(section))
-        log.info("config reloaded", symbols=new.channels.all_symbols())
+            new = stack.reload(new)
+        self.config = new
+        log.info("config reloaded", symbols=[s for stack in self.stacks for s in stack.symbols()])
         return True
 
     # -- state ----------------------------------------------------------------------------
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        v2_symbols = self.config.channels.all_symbols() if protocols.V2.section(self.config) is not None else []
-        ok, detail = readiness(v2_symbols, self.merge.symbol_state) if v2_symbols else (True, {})
+        ok, detail = True, {}
         for stack in self.stacks:
-            s_ok, s_detail = readiness(stack.symbols(self.config), stack.merge.symbol_state)
+            s_ok, s_detail = readiness(stack.symbols(), stack.merge.symbol_state)
             ok = ok and s_ok
             prefix = stack.spec.label_prefix
             detail.update({prefix + k: v for k, v in s_detail.items()} if prefix else s_detail)
         return ok and bool(detail), detail
 
-    def merges(self) -> list[Any]:
-        return [self.merge, *(s.merge for s in self.stacks)]
+    def merges(self) -> list[ProtocolMerge]:
+        return [s.merge for s in self.stacks]
 
     def pools(self) -> list[UpstreamPool]:
-        return [self.pool, *(s.pool for s in self.stacks)]
+        return [s.pool for s in self.stacks]
 
     def stats(self) -> dict[str, Any]:
         """The snapshot `relay.ops.metrics` exports (shape documented there)."""
@@ -265,7 +228,7 @@ class Relay:
         upstreams = []
         for c in (c for pool in self.pools() for c in pool.stats()["upstreams"]):
             m = ustats.get(c["name"])
-            budget = self.pool.budgets.for_upstream(next(u for u in self.config.upstreams if u.name == c["name"]))
+            budget = self.budgets.for_upstream(next(u for u in self.config.upstreams if u.name == c["name"]))
             upstreams.append(
                 {
                     "name": c["name"],
@@ -285,17 +248,16 @@ class Relay:
                     "resyncs": dict(m.resyncs) if m else {},
                 }
             )
-        symbols: list[dict[str, Any]] = _merge_symbols(self.merge, now)
+        symbols: list[dict[str, Any]] = []
         for stack in self.stacks:
             rows = _merge_symbols(stack.merge, now)
             for row in rows if stack.spec.label_prefix else ():
                 row["symbol"] = stack.spec.label_prefix + row["symbol"]
             symbols += rows
         s = self.server.stats()
-        ep_subs = sum(int(e.get("subscriptions", 0)) for e in s.get("endpoints", {}).values())
         clients = {
             "connected": s["clients"],
-            "subscriptions": s["subscriptions"] + ep_subs,
+            "subscriptions": s["subscriptions"],
             "buffer_bytes": s["buffered_bytes"],
             "buffer_max_bytes": s["max_client_buffered_bytes"],
             "frames_sent": s["frames_out"],
@@ -313,7 +275,7 @@ class Relay:
         }
 
 
-def _merge_symbols(merge: Any, now: float) -> list[dict[str, Any]]:
+def _merge_symbols(merge: ProtocolMerge, now: float) -> list[dict[str, Any]]:
     """Per (symbol, channel) rows for the metrics snapshot, from any protocol's merge."""
     symbols: list[dict[str, Any]] = []
     for sym, arb in merge.books.items():
@@ -357,8 +319,6 @@ def _merge_symbols(merge: Any, now: float) -> list[dict[str, Any]]:
 
 def _best_status(statuses: list[str]) -> str:
     """The best engine status across protocols (one gauge; each endpoint reports its own)."""
-    from relay.core.merge import STATUS_RANK
-
     known = [s for s in statuses if s in STATUS_RANK]
     return min(known, key=STATUS_RANK.__getitem__) if known else "maintenance"
 
@@ -396,7 +356,7 @@ async def serve(config_path: str | Path, config: RelayConfig) -> int:
     return 0
 
 
-def run_loop(coro: Any) -> int:
+def run_loop(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop (mandated for throughput); plain asyncio if uvloop is unavailable."""
     try:
         import uvloop

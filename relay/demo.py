@@ -20,8 +20,8 @@ import websockets
 from relay.app import Relay, run_loop
 from relay.core.book import Book
 from relay.core.events import BookEvent, TradeEvent
-from relay.core.v2 import V2Parser, encode_subscribe
-from relay.ops.config import load_config, parse_config
+from relay.protocols.spot_v2.wire import V2Parser, encode_subscribe
+from relay.config import load_config, parse_config
 from relay.ops.logging import configure_logging
 from relay.sim import LineConfig, SimConfig, Simulator
 
@@ -88,9 +88,9 @@ class VerifyingClient:
 
 
 def status_line(relay: Relay, client: VerifyingClient, note: str) -> str:
-    lines = " ".join(f"{c.name}:{c.state}" for c in relay.pool.connections)
+    lines = " ".join(f"{c.name}:{c.state}" for c in relay.stack("v2").pool.connections)
     return (
-        f"lines [{lines}] system={relay.merge.system_status()} | client: {client.book_frames} book frames, "
+        f"lines [{lines}] system={relay.stack('v2').merge.system_status()} | client: {client.book_frames} book frames, "
         f"{client.bad} bad, {client.trades} trades, {client.gaps} gaps, {client.dups} dups, "
         f"{client.disconnects} disconnects | {note}"
     )

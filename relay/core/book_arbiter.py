@@ -20,14 +20,13 @@ the published book is rolled back and other upstreams and symbols are untouched.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from relay.core.book import Book, Level
 from relay.core.events import BookEvent
+from relay.core.outputs import ArbiterHost
 from relay.core.views import DepthView
 
-if TYPE_CHECKING:
-    from relay.core.merge import Merge
 
 # Per-(upstream, symbol) modes.
 NONE, FOLLOW, OWN, INVALID = 0, 1, 2, 3
@@ -63,7 +62,7 @@ _new_tuple = tuple.__new__  # builds NamedTuples without their Python-level __ne
 class BookArbiter:
     """Merges one symbol's book streams from every upstream into one published book."""
 
-    def __init__(self, merge: Merge, symbol: str, depth: int, history: int) -> None:
+    def __init__(self, merge: ArbiterHost, symbol: str, depth: int, history: int) -> None:
         self.merge = merge
         self.symbol = symbol
         self.depth = depth

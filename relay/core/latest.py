@@ -7,14 +7,13 @@ count) and drop everything else. The last record is kept for late joiners' snaps
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from relay.core.events import InstrumentEvent, OhlcEvent, TickerEvent
+from relay.core.outputs import ArbiterHost
 
-if TYPE_CHECKING:
-    from relay.core.merge import Merge
 
 
 class NewestWins:
@@ -24,7 +23,7 @@ class NewestWins:
     trade count). An upstream snapshot that is newer is re-framed as an update for live clients.
     """
 
-    def __init__(self, merge: Merge, channel: str, symbol: str, key: int = 0) -> None:
+    def __init__(self, merge: ArbiterHost, channel: str, symbol: str, key: int = 0) -> None:
         self.merge = merge
         self.channel = channel
         self.symbol = symbol
@@ -59,7 +58,7 @@ class NewestWins:
 
 
 class TickerArbiter(NewestWins):
-    def __init__(self, merge: Merge, symbol: str) -> None:
+    def __init__(self, merge: ArbiterHost, symbol: str) -> None:
         super().__init__(merge, "ticker", symbol)
 
     def on_event(self, up: int, ev: TickerEvent, now: float) -> None:
@@ -69,7 +68,7 @@ class TickerArbiter(NewestWins):
 class OhlcArbiter(NewestWins):
     """One (symbol, interval) candle stream; a candle is newer by start time, then trade count."""
 
-    def __init__(self, merge: Merge, symbol: str, interval: int) -> None:
+    def __init__(self, merge: ArbiterHost, symbol: str, interval: int) -> None:
         super().__init__(merge, "ohlc", symbol, interval)
         self.interval = interval
 
@@ -89,7 +88,7 @@ def _ohlc_ts(raw: bytes) -> bytes:
 class InstrumentArbiter:
     """The merged instrument list (assets and pairs), kept for snapshots; changes are published."""
 
-    def __init__(self, merge: Merge) -> None:
+    def __init__(self, merge: ArbiterHost) -> None:
         self.merge = merge
         self.assets: dict[str, Any] = {}
         self.pairs: dict[str, Any] = {}

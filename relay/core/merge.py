@@ -1,20 +1,21 @@
-"""The merge: several upstream frame streams in, one published stream out (Sans-I/O).
+"""`Merge`: several upstream frame streams in, one published stream out (Sans-I/O).
 
 `Merge.feed(up, raw, now)` is the hot path. A frame byte-identical to one already published is
 recognised before any parsing (`seen`: frame bytes -> the arbiter and position it belongs to)
-and costs one dict lookup; everything else is parsed by the protocol adapter and routed to the
-per-symbol arbiter of its channel. Arbiters append `Publication`s to `outbox` and ask for
-per-(upstream, symbol) resubscriptions through `requests`; the I/O layers drain both.
+and costs one dict lookup; everything else is parsed by the protocol's parser and routed to the
+per-symbol arbiter of its channel. Synthesized frames are written by the protocol's codec, so
+the same merge serves Spot v2 (`relay.protocols.spot_v2.merge`) and Spot v1. Arbiters append `Publication`s to `outbox` and
+ask for per-(upstream, symbol) resubscriptions through `requests`; the I/O layers drain both.
 
 The merge never sleeps and never touches a socket: time comes in as `now`, timers run in
-`tick(now)`, and `next_deadline()` says when the next one is due.
+`tick(now)`, which the upstream pool calls every 0.1 s.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
+
+import orjson
 
 from relay.core.book_arbiter import BookArbiter
 from relay.core.events import (
@@ -26,131 +27,28 @@ from relay.core.events import (
     TradeEvent,
 )
 from relay.core.latest import InstrumentArbiter, OhlcArbiter, TickerArbiter
+from relay.core.outputs import (
+    BLOCKING_STATUS,
+    STATUS_RANK,
+    Line,
+    MergeBase,
+    MergeCounters,
+    MergeSettings,
+    Publication,
+    UpstreamStats,
+)
 from relay.core.trade_arbiter import TradeArbiter
-from relay.core.v2 import V2Codec, V2Parser
-
-# Engine modes, best first: the relay reports the best mode any connected line reports.
-STATUS_RANK = {"online": 0, "post_only": 1, "limit_only": 2, "cancel_only": 3, "maintenance": 4}
-BLOCKING_STATUS = ("maintenance",)
-
-
-class Publication(NamedTuple):
-    """One frame to send to the subscribers of (channel, symbol, key), encoded once."""
-
-    channel: str
-    symbol: str
-    key: int  # book: depth of the view; ohlc: interval; otherwise 0
-    frame: bytes
-    snapshot: bool
-
-
-class ResyncRequest(NamedTuple):
-    """Resubscribe `symbol` on `channel` on upstream `upstream` (checksum, stale or gap)."""
-
-    upstream: int
-    channel: str
-    symbol: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MergeSettings:
-    book_depth: int = 100
-    trade_gap_wait: float = 0.5
-    stale_after: float = 10.0
-    history: int = 512
-    recent_trades: int = 50
-
-
-@dataclass(slots=True)
-class UpstreamStats:
-    """Merge outcomes per upstream, read by the metrics collector at scrape time (frames and
-    bytes received are counted once, by the connection)."""
-
-    name: str
-    duplicates: int = 0
-    wins: int = 0
-    checksum_mismatches: int = 0
-    resyncs: dict[str, int] = field(default_factory=dict)
-    unknown: int = 0
-
-
-@dataclass(slots=True)
-class MergeCounters:
-    duplicates: int = 0
-    book_dropped: int = 0
-    maintenance_dropped: int = 0
-    gaps_reported: int = 0
-
-
-@dataclass(slots=True)
-class Line:
-    name: str
-    connected: bool = False
-    status: str = ""
-
-
-class MergeBase:
-    """What every protocol's merge shares: publications out, resync requests back to the
-    upstreams, reported gaps, and the registry of published bytes for the pre-parse duplicate
-    check. Subclasses call `_init_outputs()` and keep their own per-symbol arbiters."""
-
-    Publication = Publication  # arbiters build publications through the merge (one import)
-    SEEN_RING = 4096  # non-book frames remembered for the duplicate check
-
-    def _init_outputs(self) -> None:
-        self.upstream_stats: list[UpstreamStats] = []
-        self.outbox: list[Publication] = []
-        self.requests: list[ResyncRequest] = []
-        self.gaps: list[tuple[str, int, int]] = []  # recent (symbol, first missing, last missing)
-        self.seen: dict[bytes, tuple[Any, int]] = {}
-        self._ring: deque[bytes] = deque()
-        self._system = "maintenance"
-
-    def remember(self, raw: bytes, owner: Any, token: int) -> None:
-        """Register published bytes of a non-book channel for the pre-parse duplicate check."""
-        ring = self._ring
-        ring.append(raw)
-        self.seen[raw] = (owner, token)
-        if len(ring) > self.SEEN_RING:
-            self.seen.pop(ring.popleft(), None)
-
-    def request_resync(self, up: int, channel: str, symbol: str, reason: str) -> None:
-        self.requests.append(ResyncRequest(up, channel, symbol, reason))
-        resyncs = self.upstream_stats[up].resyncs
-        resyncs[reason] = resyncs.get(reason, 0) + 1
-
-    def report_gap(self, symbol: str, first: int, last: int) -> None:
-        self.counters.gaps_reported += 1  # type: ignore[attr-defined]
-        self.gaps.append((symbol, first, last))
-        del self.gaps[:-100]
-
-    def upstream_up(self, up: int, now: float) -> None:
-        """A connection is established (its data starts with fresh snapshots)."""
-        self.lines[up].connected = True  # type: ignore[attr-defined]
-
-    def take(self) -> list[Publication]:
-        out = self.outbox
-        if out:
-            self.outbox = []
-        return out
-
-    def take_requests(self) -> list[ResyncRequest]:
-        out = self.requests
-        if out:
-            self.requests = []
-        return out
-
-    def system_status(self) -> str:
-        return self._system
+from relay.core.outputs import Codec, Parser
 
 
 class Merge(MergeBase):
 
-    def __init__(self, settings: MergeSettings | None = None, parser: Any = None, codec: Any = None) -> None:
-        self.settings = settings or MergeSettings()
-        self.parser = parser or V2Parser()  # upstream protocol adapter: frame bytes -> events
-        self.codec = codec or V2Codec()  # client protocol: how synthesized frames are written
+    """Book, trade, ticker, ohlc and instrument arbiters behind one protocol's parser and codec."""
+
+    def __init__(self, settings: MergeSettings, parser: Parser, codec: Codec) -> None:
+        self.settings = settings
+        self.parser = parser  # upstream protocol adapter: frame bytes -> events
+        self.codec = codec  # client protocol: how synthesized frames are written
         self._init_outputs()
         self.lines: list[Line] = []
         self.counters = MergeCounters()
@@ -274,11 +172,6 @@ class Merge(MergeBase):
             arb.check_stale(now, window)
         self._publish_relay_states()
 
-    def next_deadline(self) -> float | None:
-        deadlines = [t.gap_deadline for t in self.trades.values() if t.gap_deadline is not None]
-        return min(deadlines) if deadlines else None
-
-    # -- views and snapshots for the local server -----------------------------------------------
     def want_book_depth(self, symbol: str, depth: int) -> None:
         arb = self.books.get(symbol) or self._book_arbiter(symbol)
         arb.want_depth(depth)
@@ -353,12 +246,5 @@ class Merge(MergeBase):
                 frame = self.codec.elements("relay", False, [_json(st)])
                 self.outbox.append(Publication("relay", sym, 0, frame, False))
 
-    def relay_snapshot(self, symbol: str | None = None) -> bytes:
-        syms = [symbol] if symbol else self.symbols()
-        return self.codec.elements("relay", True, [_json(self.symbol_state(s)) for s in syms])
-
-
 def _json(obj: Any) -> bytes:
-    import orjson
-
     return orjson.dumps(obj)

@@ -12,12 +12,10 @@ trades are re-framed, splicing each trade's original JSON object so numbers keep
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 from relay.core.events import Trade, TradeEvent
+from relay.core.outputs import ArbiterHost
 
-if TYPE_CHECKING:
-    from relay.core.merge import Merge
 
 MAX_PENDING = 10_000  # bound on trades held behind a gap
 
@@ -32,7 +30,7 @@ class TradeLine:
 
 
 class TradeArbiter:
-    def __init__(self, merge: Merge, symbol: str, recent: int) -> None:
+    def __init__(self, merge: ArbiterHost, symbol: str, recent: int) -> None:
         self.merge = merge
         self.symbol = symbol
         self.last_id: int | None = None

@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from relay.ops.config import ConfigError, RelayConfig, load_config, split_host_port
+from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

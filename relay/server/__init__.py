@@ -1,13 +1,12 @@
-"""The local Kraken-v2-compatible endpoint that republishes the merged feed.
+"""The local listener that republishes the merged feeds (asyncio layer).
 
-`LocalServer(config.server, merge, config.channels, demand=...)` with `start()`, `stop()`,
-`publish(pubs)`, `demand_ready()`, `demand_failed()`, `stats()`. See `listener.py` (lifecycle),
-`hub.py` (subscriptions, dispatch, snapshots), `client.py` (one socket, slow-client policy),
-`requests.py` (request validation, error texts), `demand.py` (dynamic subscriptions).
+`LocalServer(config.server, endpoints)` with `start()`, `stop()`, `publisher(endpoint)`,
+`stats()`. See `listener.py` (lifecycle, routing by path, coalesced writes) and `client.py`
+(one socket: handshake, limits, token, slow-client policy). What a message means is the
+protocol endpoint's (`relay.protocols.<name>.endpoint`).
 """
 
 from relay.server.client import SLOW_CLOSE_CODE, SLOW_CLOSE_REASON
-from relay.server.demand import DemandHandler
 from relay.server.listener import LocalServer
 
-__all__ = ["DemandHandler", "LocalServer", "SLOW_CLOSE_CODE", "SLOW_CLOSE_REASON"]
+__all__ = ["LocalServer", "SLOW_CLOSE_CODE", "SLOW_CLOSE_REASON"]

@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import os
 import random
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.frames import Opcode
@@ -34,12 +34,11 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.core.v2 import encode_error, encode_pong, encode_status, now_rfc3339
-from relay.server.wire import text_frame
-from relay.server import requests as rq
+from relay.core.wsframe import text_frame
+from relay.protocols.interfaces import Endpoint
 
-if TYPE_CHECKING:
-    from relay.server.listener import LocalServer
+from relay.config import ServerConfig
+from relay.core.wsframe import SharedFrames
 
 log = logging.getLogger("relay.server")
 _wslog = logging.getLogger("relay.server.websocket")
@@ -49,6 +48,35 @@ SLOW_CLOSE_CODE = 1008
 SLOW_CLOSE_REASON = "client too slow"
 RESYNC_POLL = 0.005  # s between checks of a draining buffer while snapshots wait for room
 SHARED_WRITE_BYTES = 64 * 1024  # queued output at which frames are written without joining
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the listener that accepted it (`listener.LocalServer`):
+    its config and limits, the endpoints by path, the shared output machinery, and counters."""
+
+    config: ServerConfig
+    loop: asyncio.AbstractEventLoop
+    endpoints: dict[str, Endpoint]
+    hard_message_bytes: int
+    handshake_timeout: float
+    close_timeout: float
+    shared_frames: SharedFrames
+    requests_total: int
+    error_replies: int
+    rate_limited: int
+    slow_closes: int
+    book_resets: int
+    frames_out: int
+    bytes_out: int
+
+    @property
+    def open_count(self) -> int: ...
+    def handshake_started(self, conn: ClientConnection) -> bool: ...
+    def client_opened(self, conn: ClientConnection) -> None: ...
+    def client_detached(self, conn: ClientConnection) -> None: ...
+    def connection_gone(self, conn: ClientConnection) -> None: ...
+    def refused(self, reason: str) -> None: ...
+    def mark_dirty(self, conn: ClientConnection) -> None: ...
 
 
 def is_loopback(host: str | None) -> bool:
@@ -65,7 +93,7 @@ def is_loopback(host: str | None) -> bool:
 class ClientConnection(asyncio.Protocol):
     """Handshake, request handling, coalesced writes and the slow-client policy for one socket."""
 
-    def __init__(self, server: LocalServer) -> None:
+    def __init__(self, server: ConnectionHost) -> None:
         self.server = server
         self.loop = server.loop
         cfg = server.config
@@ -76,12 +104,12 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.is_open = False
-        self.endpoint = None  # another protocol's endpoint (listener.Endpoint); None: the v2 hub
-        self.source = server.source  # the merge serving this client's book snapshots
-        self.ep_state: object = None  # per-client state owned by the endpoint
+        self.endpoint: Endpoint | None = None  # the protocol endpoint of the path asked for
+        self.source: Any = None  # the merge serving this client's book snapshots (the endpoint's)
+        self.ep_state: Any = None  # per-client state owned by the endpoint
         self.closing = False
         self.closed = False
-        # hub state
+        # the endpoint's subscription state for this client
         self.subs: set[tuple[str, str, int]] = set()
         self.relay_filter: set[str] | None = None
         self.relay_subscribed = False
@@ -188,9 +216,8 @@ class ClientConnection(asyncio.Protocol):
         if endpoint is not None:
             self.endpoint = endpoint
             self.source = endpoint.source
-        if parts.path != cfg.path and endpoint is None:
-            text = "Not Found: the v1 endpoint is not available yet\n" if parts.path == "/" else "Not Found\n"
-            response = proto.reject(404, text)
+        if endpoint is None:
+            response = proto.reject(404, "Not Found\n")
             reason = "path"
         elif cfg.token and not is_loopback(self.peer) and not _token_ok(cfg.token, request, parts.query):
             response = proto.reject(401, "Unauthorized: bearer token required\n")
@@ -208,8 +235,6 @@ class ClientConnection(asyncio.Protocol):
         if response.status_code == 101:
             self.is_open = True
             server.client_opened(self)
-            if endpoint is None:
-                self.queue(encode_status(server.source.system_status(), server.version, self.connection_id))
         else:
             server.refused(reason)
 
@@ -238,23 +263,17 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_message(self, data: bytes, text: bool, size: int | None = None) -> None:
         now = self.loop.time()
-        time_in = now_rfc3339()
         server = self.server
         server.requests_total += 1
         endpoint = self.endpoint
+        assert endpoint is not None  # messages arrive only after a handshake on an endpoint's path
         if (size if size is not None else len(data)) > self.max_message:
             server.error_replies += 1
-            if endpoint is not None:
-                endpoint.reject(self, "too_big", None)
-                return
-            self.queue(encode_error(None, rq.ERR_TOO_BIG, None, time_in, now_rfc3339()))
+            endpoint.reject(self, "too_big", None)
             return
         if not text:
             server.error_replies += 1
-            if endpoint is not None:
-                endpoint.reject(self, "binary", data)
-                return
-            self.queue(encode_error(None, rq.ERR_BINARY, None, time_in, now_rfc3339()))
+            endpoint.reject(self, "binary", data)
             return
         # Token bucket: `max_requests_per_second`, burst of one second's worth.
         tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
@@ -262,33 +281,18 @@ class ClientConnection(asyncio.Protocol):
         if tokens < 1.0:
             self._tokens = tokens
             server.rate_limited += 1
-            if endpoint is not None:
-                endpoint.reject(self, "rate", data)
-                return
-            method, req_id = rq.peek_ids(data)
-            self.queue(encode_error(method, rq.ERR_RATE, req_id, time_in, now_rfc3339()))
+            endpoint.reject(self, "rate", data)
             return
         self._tokens = tokens - 1.0
-        if endpoint is not None:
-            try:
-                endpoint.message(self, data, now)
-            except Exception:  # a bug must cost this request, not the connection
-                log.exception("request handling failed (%s)", endpoint.path)
-                server.error_replies += 1
-            return
-        req = rq.parse_request(data, server.config.max_subscriptions_per_client)
-        if isinstance(req, rq.Ping):
-            self.queue(encode_pong(req.req_id, time_in, now_rfc3339()))
-        elif isinstance(req, rq.Rejection):
+        try:
+            endpoint.message(self, data, now)
+        except Exception:  # a bug must cost this request, not the connection
+            log.exception("request handling failed (%s)", endpoint.path)
             server.error_replies += 1
-            self.queue(encode_error(req.method, req.error, req.req_id, time_in, now_rfc3339(), symbol=req.symbol))
-        else:
-            try:
-                server.hub.handle(self, req, now, time_in)
-            except Exception:  # a bug must cost this request, not the connection
-                log.exception("request handling failed")
-                server.error_replies += 1
-                self.queue(encode_error(req.method, "Internal error", req.req_id, time_in, now_rfc3339()))
+
+    def count_error(self) -> None:
+        """The endpoint answered a request with an error (`rejected.bad_request` in metrics)."""
+        self.server.error_replies += 1
 
     # -- output ---------------------------------------------------------------------------
     def queue(self, frame: bytes) -> None:
@@ -401,7 +405,7 @@ class ClientConnection(asyncio.Protocol):
             transport.pause_reading()
 
     def flush(self) -> None:
-        """Write the queued output (called by `LocalServer.flush_clients`)."""
+        """Write the queued output (called by the listener's `flush_clients`)."""
         self._scheduled = False
         out = self._out
         if not out or self.closing or self.transport is None or self.transport.is_closing():
@@ -439,7 +443,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         """Write now. uvloop defers `transport.write` to the end of the loop iteration, so output
-        flushed while a long upstream read is still being processed (`LocalServer.flush_due`)
+        flushed while a long upstream read is still being processed (the listener's `flush_due`)
         would wait for the whole read; with nothing buffered in the transport the bytes go to
         the socket directly (what asyncio's own transports do), the rest through the transport."""
         transport = self.transport
@@ -518,7 +522,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     # -- periodic -------------------------------------------------------------------------
-    def tick(self, now: float, heartbeat_after: float, slow_timeout: float) -> None:
+    def tick(self, now: float, slow_timeout: float) -> None:
+        """Close a client that stayed congested for `slow_timeout` seconds."""
         if self.closing:
             return
         if self.congested_since is not None and now - self.congested_since > slow_timeout:
@@ -526,8 +531,13 @@ class ClientConnection(asyncio.Protocol):
                 self.close_slow()
                 return
             self.congested_since = None
-        if self.endpoint is None and (self.subs or self.relay_subscribed) and now - self.last_out >= heartbeat_after and not self._out:
-            self.queue(b'{"channel":"heartbeat"}')
+
+    def idle(self, now: float) -> float:
+        """Seconds since this client was last sent anything; 0 while output is queued or closing
+        (endpoints send heartbeats to clients idle for longer than their interval)."""
+        if self._out or self.closing:
+            return 0.0
+        return now - self.last_out
 
     def buffered(self) -> int:
         transport = self.transport

@@ -1,15 +1,14 @@
-"""`LocalServer`: the local Kraken-v2-compatible endpoint (`ws://127.0.0.1:8765/v2` by default).
+"""`LocalServer`: the one local listener (`127.0.0.1:8765` by default), serving each protocol's
+endpoint on its own path (Spot v2 `/v2`, Spot v1 `/`, Futures `/ws/v1`).
 
-Thin asyncio layer around the hub (subscriptions, dispatch) and the per-client protocol
-(`client.ClientConnection`). The app feeds it merge publications with `publish(merge.take())`
-right after every `merge.feed()/tick()`, so the merge's state always matches what has been
-published when a late joiner's snapshot is taken.
+Thin asyncio layer: handshakes, limits, token, slow-client policy and coalesced writes live here
+and in `client.ClientConnection`, identical for every path; what a message means is the
+endpoint's (`relay.protocols.interfaces.Endpoint`, Sans-I/O). The daemon feeds each endpoint
+its merge's publications through `publisher(endpoint)` right after every `merge.feed()/tick()`,
+so the merge's state always matches what has been published when a late joiner's snapshot is
+taken.
 
 Shutdown (`stop()`) closes every client with 1001 ("going away"), as Kraken's proxy does on restart.
-
-Other protocols (Futures `/ws/v1`, Spot v1 `/`) share this listener: `add_endpoint(endpoint)`
-routes websocket handshakes on `endpoint.path` to it (see `Endpoint`); limits, token, slow-client
-policy and coalesced writes stay here and in `client.ClientConnection` for every path.
 """
 
 from __future__ import annotations
@@ -21,66 +20,38 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
-from relay import __version__
-from relay.ops.config import ChannelsConfig, ServerConfig, split_host_port
+from relay.config import ServerConfig, split_host_port
+from relay.core.outputs import Publication
+from relay.core.wsframe import SharedFrames
+from relay.protocols.interfaces import Endpoint
 from relay.server.client import ClientConnection
-from relay.server.demand import DemandHandler
-from relay.server.hub import Hub, Source
-from relay.server.wire import SharedFrames
 
 log = logging.getLogger("relay.server")
 
-class Endpoint(Protocol):
-    """A non-v2 protocol served on its own path (duck-typed; see relay/server/futures.py).
-
-    `source` is that protocol's merge (`book_snapshot(symbol, key)` serves slow-client book
-    resets through `ClientConnection.deliver_book`). The connection calls `opened` after the
-    handshake (queue a greeting), `message` per text message (after size and rate checks),
-    `reject` when such a check fails (`reason`: too_big | binary | rate), `closed` once.
-    Per client: `conn.queue(text)` for replies; for publications build the websocket frame once
-    (`relay.server.wire.text_frame`) and hand it to `conn.deliver(wire)` or, for droppable book
-    frames, `conn.deliver_book(key, wire, snapshot)` after `conn.open_book(key, snapshot)`.
-    Optional: `reload(cfg) -> cfg` on SIGHUP (may veto changes by returning an adjusted config).
-    """
-
-    path: str
-    source: Any
-
-    def opened(self, conn: Any, now: float) -> None: ...
-    def message(self, conn: Any, data: bytes, now: float) -> None: ...
-    def reject(self, conn: Any, reason: str, data: bytes | None) -> None: ...
-    def closed(self, conn: Any, now: float) -> None: ...
-    def tick(self, now: float) -> None: ...
-    def publish(self, pubs: Iterable[Any]) -> None: ...
-    def stats(self) -> dict[str, Any]: ...
-
+Publish = Callable[[Iterable[Publication]], None]
 
 HANDSHAKE_BACKLOG = 64  # extra sockets allowed mid-handshake (beyond 2 x max_clients) before aborting
 
 
 class LocalServer:
+    """Routes each websocket handshake to the endpoint serving its path."""
+
     def __init__(
         self,
         config: ServerConfig,
-        merge: Source,
-        channels: ChannelsConfig,
+        endpoints: Iterable[Endpoint] = (),
         *,
-        demand: DemandHandler | None = None,
-        version: str = __version__,
         host: str | None = None,
         port: int | None = None,
         slow_client_timeout: float = 10.0,
         close_timeout: float = 2.0,
         handshake_timeout: float = 10.0,
-        demand_timeout: float = 15.0,
         hard_message_bytes: int | None = None,
     ) -> None:
         """`host`/`port` override `config.listen` (tests bind port 0)."""
         self.config = config
-        self.source = merge
-        self.version = version
         cfg_host, cfg_port = split_host_port(config.listen)
         self.host = cfg_host if host is None else host
         self._port = cfg_port if port is None else port
@@ -91,14 +62,6 @@ class LocalServer:
         # layer closes the connection with 1009 without buffering the rest.
         self.hard_message_bytes = hard_message_bytes or max(16 * config.max_message_bytes, 1024 * 1024 + 4096)
         self.shared_frames = SharedFrames()  # late-joiner snapshot frames, one copy for all clients
-        self.hub = Hub(
-            merge,
-            channels,
-            max_subscriptions_per_client=config.max_subscriptions_per_client,
-            dynamic=config.dynamic_subscriptions,
-            demand=demand,
-            demand_timeout=demand_timeout,
-        )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._dirty: list[ClientConnection] = []  # clients with output queued, written by `flush_clients`
         self._dirty_since = 0.0
@@ -106,7 +69,7 @@ class LocalServer:
         self.early_flushes = 0
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task | None = None
-        self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint of another protocol
+        self.endpoints: dict[str, Endpoint] = {}  # path -> the protocol endpoint served there
         self.connections: set[ClientConnection] = set()  # every socket, handshaking or open
         self.open_clients: set[ClientConnection] = set()
         # counters
@@ -119,15 +82,27 @@ class LocalServer:
         self.rate_limited = 0
         self.frames_out = 0
         self.bytes_out = 0
+        for endpoint in endpoints:
+            self.add_endpoint(endpoint)
 
-    def add_endpoint(self, endpoint: Endpoint) -> None:
-        """Serve another protocol on `endpoint.path` (before or after `start`)."""
-        if endpoint.path == self.config.path or endpoint.path in self.endpoints:
+    def add_endpoint(self, endpoint: Endpoint) -> Publish:
+        """Serve a protocol on `endpoint.path` (before or after `start`); returns its publisher."""
+        if endpoint.path in self.endpoints:
             raise ValueError(f"path {endpoint.path!r} is already served")
         self.endpoints[endpoint.path] = endpoint
+        return self.publisher(endpoint)
+
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint of protocol `name` (`v2`, `v1`, `futures`)."""
+        for ep in self.endpoints.values():
+            if ep.name == name:
+                return ep
+        raise KeyError(name)
 
     def url_for(self, path: str) -> str:
-        return self.url[: -len(self.config.path)] + path
+        scheme = "wss" if self.config.tls is not None else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}{path}"
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,9 +130,8 @@ class LocalServer:
 
     @property
     def url(self) -> str:
-        scheme = "wss" if self.config.tls is not None else "ws"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}{self.config.path}"
+        """The URL of the first endpoint served (the base URL when there is none)."""
+        return self.url_for(next(iter(self.endpoints), ""))
 
     async def stop(self, close_code: int = 1001, reason: str = "relay shutting down") -> None:
         """Stop listening, close every client with `close_code`, wait (bounded) for them to go."""
@@ -185,16 +159,12 @@ class LocalServer:
             self._server = None
 
     # -- feed -----------------------------------------------------------------------------
-    def publish(self, pubs: Iterable[Any]) -> None:
-        """Fan merge publications out to subscribers (call after every merge.take())."""
-        self.hub.publish(pubs, self.loop.time() if self.loop is not None else 0.0)
-        if self._dirty:
-            self.flush_due()
+    def publisher(self, endpoint: Endpoint) -> Publish:
+        """`endpoint.publish` (fan merge publications out to its subscribers; call after every
+        `merge.take()`), followed by the early-flush check."""
+        publish = endpoint.publish
 
-    def publisher(self, publish: Callable[[Iterable[Any]], None]) -> Callable[[Iterable[Any]], None]:
-        """Another protocol's endpoint `publish`, followed by the same early-flush check."""
-
-        def run(pubs: Iterable[Any]) -> None:
+        def run(pubs: Iterable[Publication]) -> None:
             publish(pubs)
             if self._dirty:
                 self.flush_due()
@@ -235,14 +205,6 @@ class LocalServer:
             conn.flush()
         self._write_cost += 0.2 * ((time.perf_counter() - t) / len(dirty) - self._write_cost)
 
-    def demand_ready(self, channel: str, symbol: str) -> None:
-        """Upstream subscribed a dynamically demanded pair (optional; first data counts too)."""
-        self.hub.demand_ready(channel, symbol, self.loop.time())
-
-    def demand_failed(self, channel: str, symbol: str, error: str) -> None:
-        """Upstream refused a dynamically demanded pair: waiting clients get `error`."""
-        self.hub.demand_failed(channel, symbol, error, self.loop.time())
-
     # -- callbacks from ClientConnection --------------------------------------------------
     @property
     def open_count(self) -> int:
@@ -259,17 +221,13 @@ class LocalServer:
     def client_opened(self, conn: ClientConnection) -> None:
         self.accepted += 1
         self.open_clients.add(conn)
-        if conn.endpoint is None:
-            self.hub.add_client(conn)
-        else:
+        if conn.endpoint is not None:
             conn.endpoint.opened(conn, self.loop.time())
 
     def client_detached(self, conn: ClientConnection) -> None:
         if conn in self.open_clients:
             self.open_clients.discard(conn)
-            if conn.endpoint is None:
-                self.hub.remove_client(conn, self.loop.time())
-            else:
+            if conn.endpoint is not None:
                 conn.endpoint.closed(conn, self.loop.time())
 
     def connection_gone(self, conn: ClientConnection) -> None:
@@ -281,34 +239,30 @@ class LocalServer:
     # -- timers ---------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
         interval = min(0.25, self.config.heartbeat_interval / 4)
-        heartbeat_after = self.config.heartbeat_interval * 0.95
         while True:
             await asyncio.sleep(interval)
             try:
-                self.tick(self.loop.time(), heartbeat_after)
+                self.tick(self.loop.time())
             except Exception:  # a bug here must not stop heartbeats for everyone
                 log.exception("server tick failed")
 
-    def tick(self, now: float, heartbeat_after: float | None = None) -> None:
-        hb = self.config.heartbeat_interval * 0.95 if heartbeat_after is None else heartbeat_after
+    def tick(self, now: float) -> None:
+        """Slow-client deadlines, then each endpoint's timers (heartbeats, pending requests)."""
         for conn in list(self.open_clients):
-            conn.tick(now, hb, self.slow_client_timeout)
-        self.hub.tick(now)
+            conn.tick(now, self.slow_client_timeout)
         for ep in self.endpoints.values():
             ep.tick(now)
 
     # -- observability --------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         clients = self.open_clients
+        endpoints = {path: ep.stats() for path, ep in self.endpoints.items()}
         return {
             "clients": len(clients),
             "connections": len(self.connections),
             "accepted": self.accepted,
             "refused": dict(self.refusals),
-            "subscriptions": self.hub.subscription_count(),
-            "published": self.hub.published,
-            "dispatch_errors": self.hub.dispatch_errors,
-            "delivered": self.hub.delivered,
+            "subscriptions": sum(int(e.get("subscriptions", 0)) for e in endpoints.values()),
             "frames_out": self.frames_out,
             "bytes_out": self.bytes_out,
             "early_flushes": self.early_flushes,
@@ -319,7 +273,5 @@ class LocalServer:
             "requests": self.requests_total,
             "error_replies": self.error_replies,
             "rate_limited": self.rate_limited,
-            "dynamic_symbols": sorted(self.hub.demand.symbols()),
-            "pending_subscriptions": len(self.hub.pending),
-            "endpoints": {path: ep.stats() for path, ep in self.endpoints.items()},
+            "endpoints": endpoints,
         }

@@ -40,7 +40,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from relay.core.futures import (
+from relay.protocols.futures.wire import (
     BUY,
     FBookDelta,
     FBookSnapshot,

@@ -27,7 +27,8 @@ from typing import NamedTuple
 import orjson
 
 from relay.core.book import Book, Level
-from relay.core.v2 import BOOK_DEPTHS, OHLC_INTERVALS, encode_book, encode_elements, now_rfc3339
+from relay.protocols.spot_v2.wire import encode_book, encode_elements, now_rfc3339
+from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.sim.instruments import Instrument
 
 TICKER_TRADES = 1

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from relay.core.book import Book
 from relay.core.events import BookEvent
-from relay.core.v2 import BOOK_DEPTHS, V2Parser, encode_book
+from relay.protocols.spot_v2.wire import V2Parser, encode_book
+from relay.core.spot import BOOK_DEPTHS
 from relay.sim.instruments import Instrument
 from relay.sim.market import MarketEvent
 

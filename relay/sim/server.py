@@ -36,17 +36,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from relay.core.v2 import (
-    BOOK_DEPTHS,
-    HEARTBEAT,
-    OHLC_INTERVALS,
-    encode_ack,
-    encode_error,
-    encode_instrument,
-    encode_pong,
-    encode_status,
-    now_rfc3339,
-)
+from relay.protocols.spot_v2.wire import HEARTBEAT, encode_ack, encode_error, encode_instrument, encode_pong, encode_status, now_rfc3339
+from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.sim.faults import FAULT_KINDS, FaultSpec
 from relay.sim.tasks import supervise
 from relay.sim.instruments import (

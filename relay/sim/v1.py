@@ -25,17 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relay.core.v1 import (
-    BOOK_DEPTHS,
-    HEARTBEAT,
-    OHLC_INTERVALS,
-    encode_data,
-    encode_error,
-    encode_pong,
-    encode_subscription_status,
-    encode_system_status,
-)
-from relay.core.v2 import V2Parser
+from relay.protocols.spot_v1.wire import HEARTBEAT, encode_data, encode_error, encode_pong, encode_subscription_status, encode_system_status
+from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
+from relay.protocols.spot_v2.wire import V2Parser
 from relay.sim.instruments import rest_asset_pairs
 from relay.sim.market import TICKER_BBO, TICKER_TRADES
 

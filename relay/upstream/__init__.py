@@ -1,4 +1,4 @@
-"""Upstream layer: redundant Kraken v2 connections feeding the merge.
+"""Upstream layer: redundant Kraken connections (any protocol) feeding their merge.
 
 `UpstreamPool(config, merge, publish)` runs one `UpstreamConnection` task per configured
 upstream (connect with source address / proxy, subscribe in paced batches, frame deadline and

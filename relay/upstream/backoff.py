@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from tenacity import RetryCallState, wait_random_exponential
 
-from relay.ops.config import ReconnectConfig
+from relay.config import ReconnectConfig
 
 RATE_LIMITED = "429"
 

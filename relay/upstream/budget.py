@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from urllib.parse import urlsplit
 
-from relay.ops.config import BudgetConfig, UpstreamConfig
+from relay.config import BudgetConfig, UpstreamConfig
 from relay.upstream.backoff import Stagger
 
 

@@ -25,7 +25,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.core.events import AckEvent, StatusEvent, UnknownEvent
-from relay.ops.config import RelayConfig, UpstreamConfig
+from relay.config import RelayConfig, UpstreamConfig
+from relay.protocols.spec import ProtocolSpec
 from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of
 from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
@@ -68,11 +69,9 @@ class UpstreamConnection:
         stable_after: float = 10.0,
         max_queue: int = 64,
         lag_sampler: Any = None,
-        protocol: Any = None,
+        protocol: ProtocolSpec,
     ) -> None:
-        from relay.protocols import V2
-
-        self.protocol = protocol or V2  # relay.protocols.ProtocolSpec: requests, pings, liveness
+        self.protocol = protocol  # requests, pings, liveness
         self.frame_timeout = self.protocol.frame_timeout(cfg)
         self.ws_ping_interval = self.protocol.ws_ping_interval(cfg)
         self.index = index

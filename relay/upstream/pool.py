@@ -15,37 +15,37 @@ from typing import Any
 
 import structlog
 
-from relay.ops.config import ChannelsConfig, RelayConfig
+from relay.config import RelayConfig
+from relay.core.keys import SubKey
+from relay.protocols.interfaces import ProtocolMerge
+from relay.protocols.spec import ProtocolSpec
 from relay.upstream.backoff import Stagger
 from relay.upstream.budget import BudgetRegistry
 from relay.upstream.connection import Publish, UpstreamConnection
-from relay.upstream.subscriptions import desired_from_channels
 
 log = structlog.get_logger("relay.upstream")
 
 
 class UpstreamPool:
-    """Owns every upstream connection of a relay. `start()`, `stop()`, `stats()`, `set_symbols()`."""
+    """Owns the upstream connections of one protocol. `start()`, `stop()`, `stats()`, `set_desired()`."""
 
     def __init__(
         self,
         config: RelayConfig,
-        merge: Any,
+        merge: ProtocolMerge,
         publish: Publish,
         *,
+        protocol: ProtocolSpec,
         tick_interval: float = 0.1,
         planner_options: dict[str, Any] | None = None,
         stable_after: float = 10.0,
         max_queue: int = 64,
         lag_sampler: Callable[[str], Any] | None = None,
-        protocol: Any = None,
         budgets: BudgetRegistry | None = None,
         stagger: Stagger | None = None,
     ) -> None:
         """`budgets`/`stagger`: share another pool's (one per relay, whatever the protocol)."""
-        from relay.protocols import V2
-
-        self.protocol = protocol or V2  # relay.protocols.ProtocolSpec: only its upstreams are ours
+        self.protocol = protocol  # only the upstreams of this protocol are ours
         self.config = config
         self.merge = merge
         self.publish = publish
@@ -110,12 +110,9 @@ class UpstreamPool:
                 return conn
         return None
 
-    def set_symbols(self, channels: ChannelsConfig) -> None:
-        """Config reload: subscribe added symbols and unsubscribe removed ones on every line."""
-        self.set_desired(desired_from_channels(channels))
-
-    def set_desired(self, desired: list[Any]) -> None:
-        """Config reload for any protocol: the new desired `SubKey`s on every line."""
+    def set_desired(self, desired: list[SubKey]) -> None:
+        """The new desired `SubKey`s on every line: added ones are subscribed, removed ones
+        unsubscribed (config reload, client demand)."""
         self._desired = list(desired)
         for conn in self.connections:
             conn.set_desired(list(self._desired))

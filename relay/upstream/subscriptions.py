@@ -17,46 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any
 
 from relay.core.events import AckEvent
-from relay.core.v2 import encode_subscribe
-from relay.ops.config import ChannelsConfig
-
-
-class SubKey(NamedTuple):
-    channel: str
-    symbol: str  # "" for instrument
-    param: int  # depth for book, interval for ohlc, else 0
-
-    def label(self) -> str:
-        base = f"{self.channel}:{self.symbol}" if self.symbol else self.channel
-        return f"{base}:{self.param}" if self.param else base
-
-
-def desired_from_channels(ch: ChannelsConfig) -> list[SubKey]:
-    """The subscriptions a relay needs for a `channels:` config section."""
-    keys: list[SubKey] = []
-    if ch.instrument:
-        keys.append(SubKey("instrument", "", 0))
-    if ch.book is not None:
-        keys += [SubKey("book", s, ch.book.depth) for s in ch.book.symbols]
-    if ch.trade is not None:
-        keys += [SubKey("trade", s, 0) for s in ch.trade.symbols]
-    if ch.ticker is not None:
-        keys += [SubKey("ticker", s, 0) for s in ch.ticker.symbols]
-    if ch.ohlc is not None:
-        keys += [SubKey("ohlc", s, i) for s in ch.ohlc.symbols for i in ch.ohlc.intervals]
-    return keys
-
-
-def request_params(channel: str, param: int) -> dict:
-    """Channel parameters; trade asks for a snapshot so trades missed while down are recovered."""
-    if channel == "book":
-        return {"depth": param, "snapshot": True}
-    if channel == "ohlc":
-        return {"interval": param, "snapshot": True}
-    return {"snapshot": True}
+from relay.core.keys import SubKey
 
 
 # Entry states.
@@ -154,11 +118,11 @@ class SubscriptionPlanner:
         resync_max_interval: float = 60.0,
         ack_timeout: float = 10.0,
         first_req_id: int = 1,
-        encode_request: Callable[..., bytes] = encode_subscribe,
-        params_for: Callable[[str, int], dict] = request_params,
+        encode_request: Callable[..., bytes],
+        params_for: Callable[[str, int], dict[str, Any]],
     ) -> None:
         # The protocol's request encoder `(channel, symbols | None, req_id, method=, **params)`
-        # and channel parameters (relay.protocols); Spot v2 by default.
+        # and channel parameters (its `relay.protocols` spec).
         self.encode_request = encode_request
         self.params_for = params_for
         self.batch_size = batch_size

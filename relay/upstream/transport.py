@@ -31,7 +31,7 @@ from websockets.exceptions import (
 )
 
 from relay import __version__
-from relay.ops.config import UpstreamConfig
+from relay.config import UpstreamConfig
 from relay.upstream.sink import SinkClientConnection
 
 MAX_SIZE = 16 * 1024 * 1024

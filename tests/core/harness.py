@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from relay.core.book import Book
 from relay.core.events import BookEvent, TradeEvent
-from relay.core.merge import Merge, Publication
-from relay.core.v2 import V2Parser
+from relay.core.outputs import Publication
+from relay.protocols.spot_v2.merge import V2Merge
+from relay.protocols.spot_v2.wire import V2Parser
 
 
 class VerifyingClient:
@@ -44,10 +45,10 @@ class VerifyingClient:
         self.timestamps.append(ev.timestamp)
 
 
-def new_merge(n: int = 2, **settings) -> tuple[Merge, list[int]]:
-    from relay.core.merge import MergeSettings
+def new_merge(n: int = 2, **settings) -> tuple[V2Merge, list[int]]:
+    from relay.core.outputs import MergeSettings
 
-    m = Merge(MergeSettings(**{"book_depth": 10, **settings}))
+    m = V2Merge(MergeSettings(**{"book_depth": 10, **settings}))
     ups = [m.add_upstream(f"line{i}") for i in range(n)]
     for up in ups:
         m.line_status(up, "online", 0.0)

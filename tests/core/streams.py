@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from relay.core.book import Book, Level
 from relay.core.numbers import format_fixed
-from relay.core.v2 import encode_book, encode_elements
+from relay.protocols.spot_v2.wire import encode_book, encode_elements
 from relay.core.views import DepthView
 
 SYMBOL = "BTC/USD"

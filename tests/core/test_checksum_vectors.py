@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relay.core.book import Book, Level
 from relay.core.checksum import book_checksum, level3_checksum
-from relay.core.v2 import V2Parser
+from relay.protocols.spot_v2.wire import V2Parser
 from tests.conftest import v2_wire_frames
 
 

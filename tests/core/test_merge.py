@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from relay.core.merge import ResyncRequest
-from relay.core.v2 import encode_elements
+from relay.core.outputs import ResyncRequest
+from relay.protocols.spot_v2.wire import encode_elements
 from tests.conftest import v2_wire_frames
 from tests.core.harness import VerifyingClient, new_merge
 from tests.core.streams import book_stream, trade_frames
@@ -80,7 +80,7 @@ def test_resync_snapshot_rejoins_the_line() -> None:
     m.symbol_resubscribing(a, "book", "BTC/USD", 60)
     # Kraken answers a resubscribe with a fresh snapshot of the current book.
     book = client.book
-    from relay.core.v2 import encode_book
+    from relay.protocols.spot_v2.wire import encode_book
 
     snap = encode_book("BTC/USD", True, book.bids.best(), book.asks.best(), book.checksum, book.timestamp)
     m.feed(a, snap, 61)
@@ -101,7 +101,7 @@ def test_differently_coalesced_line_overtakes_with_a_synthesized_diff() -> None:
     m.feed(a, s.snapshot, 0)
     m.feed(b, s.snapshot, 0)
     client.receive(m.take())
-    from relay.core.v2 import encode_book
+    from relay.protocols.spot_v2.wire import encode_book
 
     t = 1.0
     for i in range(0, 60, 3):
@@ -208,7 +208,7 @@ def test_all_lines_lost_then_back_gives_clients_a_fresh_snapshot_first() -> None
     m.upstream_down(b, 2)
     assert m.symbol_state("BTC/USD")["book"] == "down"
     m.take()
-    from relay.core.v2 import encode_book
+    from relay.protocols.spot_v2.wire import encode_book
 
     cur = s.books[30]
     m.feed(b, encode_book("BTC/USD", True, cur.bids.best(), cur.asks.best(), cur.checksum, cur.timestamp), 5)
@@ -362,7 +362,7 @@ def _flip_frames() -> list[bytes]:
     frame is byte-identical to the first update, yet it is a new event (Kraken can send this when
     an order is placed, cancelled and placed again within one matching timestamp)."""
     from relay.core.book import Book
-    from relay.core.v2 import V2Parser, encode_book
+    from relay.protocols.spot_v2.wire import V2Parser, encode_book
 
     ts = "2026-11-21T00:00:00.000001Z"
     bids = [(b"%d.0" % (100 - i), b"1.00000000") for i in range(10)]

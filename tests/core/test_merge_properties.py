@@ -13,7 +13,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.core.v2 import encode_book, encode_elements
+from relay.protocols.spot_v2.wire import encode_book, encode_elements
 from tests.core.harness import VerifyingClient, new_merge
 from tests.core.streams import book_stream, trade_frames
 

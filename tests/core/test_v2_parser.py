@@ -20,7 +20,7 @@ from relay.core.events import (
     TradeEvent,
     UnknownEvent,
 )
-from relay.core.v2 import Precisions, V2Parser, encode_book
+from relay.protocols.spot_v2.wire import Precisions, V2Parser, encode_book
 from tests.conftest import FIXTURES, INSTRUMENT_SNAPSHOT
 
 NAUTILUS = FIXTURES / "nautilus_trader" / "crates" / "adapters" / "kraken" / "test_data"

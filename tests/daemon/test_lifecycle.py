@@ -28,7 +28,7 @@ import yaml
 
 from relay.core.book import Book
 from relay.core.events import BookEvent
-from relay.core.v2 import V2Parser, encode_subscribe
+from relay.protocols.spot_v2.wire import V2Parser, encode_subscribe
 from relay.sim import LineConfig, SimConfig, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]

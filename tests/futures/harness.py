@@ -11,7 +11,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from relay.app import Relay
-from relay.ops.config import parse_config
+from relay.config import parse_config
 from relay.sim.futures import FuturesSimConfig, FuturesSimulator
 from relay.sim.server import LineConfig
 from tests.futures.capture import ClientView
@@ -82,7 +82,7 @@ class FuturesClient:
 class Rig:
     def __init__(self, sim: FuturesSimulator, relay: Relay, products: list[str]) -> None:
         self.sim, self.relay, self.products = sim, relay, products
-        self.merge = relay.stacks[0].merge
+        self.merge = relay.stack("futures").merge
 
     @property
     def url(self) -> str:
@@ -104,8 +104,8 @@ async def futures_rig(products: list[str] | None = None, lines: int = 2, **sim_k
     await sim.start()
     products = sim.market.products
     relay = Relay(futures_config(sim.urls, products), server_port=0, http_port=0)
-    relay.stacks[0].pool.planner_options = {"resync_min_interval": 0.2, "resync_max_interval": 1.0, "ack_timeout": 2.0}
-    relay.stacks[0].pool.stable_after = 0.5
+    relay.stack("futures").pool.planner_options = {"resync_min_interval": 0.2, "resync_max_interval": 1.0, "ack_timeout": 2.0}
+    relay.stack("futures").pool.stable_after = 0.5
     await relay.start()
     try:
         rig = Rig(sim, relay, products)

@@ -7,7 +7,7 @@ import pytest
 from relay import protocols
 from relay.core.events import AckEvent
 from relay.ops.check_config import summary
-from relay.ops.config import ConfigError, parse_config
+from relay.config import ConfigError, parse_config
 from relay.upstream.subscriptions import ACTIVE, SubKey, SubscriptionPlanner
 
 FUT = {"channels": {"book": {"products": ["pf_xbtusd"]}, "trade": {"products": ["PF_XBTUSD", "PI_ETHUSD"]}}}
@@ -85,7 +85,7 @@ def test_planner_matches_futures_acks_without_req_id_and_frees_its_bookkeeping()
 def test_sample_futures_config_is_valid():
     from pathlib import Path
 
-    from relay.ops.config import load_config
+    from relay.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "futures.yaml", env={})
     assert {u.protocol for u in cfg.upstreams} == {"futures"}

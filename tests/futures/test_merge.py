@@ -7,8 +7,8 @@ import random
 import orjson
 
 from relay.core.events import AckEvent, HeartbeatEvent, StatusEvent
-from relay.core.futures import FuturesParser, encode_request
-from relay.core.futures_merge import FuturesMerge
+from relay.protocols.futures.wire import FuturesParser, encode_request
+from relay.protocols.futures.merge import FuturesMerge
 from tests.futures.capture import ClientView, data_frames, frames, rebuild
 
 

@@ -12,8 +12,8 @@ import random
 import orjson
 import pytest
 
-from relay.core.futures_merge import FuturesMerge
-from relay.core.merge import MergeSettings
+from relay.protocols.futures.merge import FuturesMerge
+from relay.core.outputs import MergeSettings
 from tests.futures.capture import ClientView
 
 P = "PF_XBTUSD"

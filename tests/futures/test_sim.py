@@ -90,7 +90,7 @@ def test_cli_protocol_futures_runs():
 
 async def test_futures_lines_keep_alive_with_rfc6455_pings():
     """Futures has no JSON ping: the upstream transport pings at the websocket level."""
-    from relay.ops.config import UpstreamConfig
+    from relay.config import UpstreamConfig
     from relay.upstream.transport import open_connection
 
     async with FuturesSimulator(FuturesSimConfig(products=["PF_XBTUSD"], rate=0.0, trade_rate=0.0)) as sim:

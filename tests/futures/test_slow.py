@@ -8,10 +8,10 @@ import socket
 
 from websockets.asyncio.client import connect
 
-from relay.core.futures_merge import FuturesMerge
-from relay.core.merge import Merge, MergeSettings
-from relay.ops.config import ChannelsConfig, ServerConfig
-from relay.server.futures import FuturesEndpoint
+from relay.protocols.futures.merge import FuturesMerge
+from relay.core.outputs import MergeSettings
+from relay.config import ServerConfig
+from relay.protocols.futures.endpoint import FuturesEndpoint
 from relay.server.listener import LocalServer
 from tests.futures.capture import ClientView, data_frames, frames, rebuild
 
@@ -24,8 +24,7 @@ async def test_slow_futures_reader_gets_a_snapshot_reset_then_contiguous_seq():
     merge = FuturesMerge(MergeSettings())
     up = merge.add_upstream("a")
     merge.upstream_up(up, 0.0)
-    server = LocalServer(ServerConfig(client_buffer_bytes=64 * 1024), Merge(MergeSettings()),
-                         ChannelsConfig(instrument=False), host="127.0.0.1", port=0)
+    server = LocalServer(ServerConfig(client_buffer_bytes=64 * 1024), host="127.0.0.1", port=0)
     ep = FuturesEndpoint(merge, {"book": [PRODUCT]})
     server.add_endpoint(ep)
     await server.start()

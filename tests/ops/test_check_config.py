@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main as cli_main
-from relay.ops.config import ConfigError, load_config
+from relay.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = """
@@ -158,6 +158,6 @@ def test_print_shows_the_effective_config_with_defaults_and_overrides(
     assert doc["server"]["token"] == "<redacted>" and "s3cret" not in out
     assert doc["channels"]["book"]["depth"] == 25
     # what it prints is itself a valid config (with the token placeholder)
-    from relay.ops.config import parse_config
+    from relay.config import parse_config
 
     assert parse_config(doc, env={}).http.listen == "0.0.0.0:9200"

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.ops.config import ConfigError, RelayConfig, parse_config
+from relay.config import ConfigError, RelayConfig, parse_config
 
 VALID: dict[str, Any] = {
     "upstreams": [{"name": "a", "url": "wss://ws.kraken.com/v2"},

@@ -44,7 +44,7 @@ class LiveRelay:
 
     async def _main(self) -> None:
         from relay.app import Relay
-        from relay.ops.config import parse_config
+        from relay.config import parse_config
         from relay.sim import LineConfig, SimConfig, Simulator
 
         self._loop = asyncio.get_running_loop()
@@ -59,9 +59,9 @@ class LiveRelay:
             "reconnect": {"initial_delay": 0.1, "max_delay": 1.0, "stagger": 0.0},
         }, env={})
         self.relay = Relay(cfg, server_port=0, http_port=0)
-        if self.relay.pool.lag_sampler is None:
+        if self.relay.stack("v2").pool.lag_sampler is None:
             # relay/app.py does not pass RelayMetrics.lag_sampler to the pool yet; wire it here
-            self.relay.pool.lag_sampler = self.relay.metrics.lag_sampler
+            self.relay.stack("v2").pool.lag_sampler = self.relay.metrics.lag_sampler
         await self.relay.start()
         self.http_address = f"127.0.0.1:{self.relay.http.port}"
         self._ready.set()

@@ -1,4 +1,4 @@
-"""Server test harness: a real Merge fed by captured frames, a LocalServer on 127.0.0.1:0, and
+"""Server test harness: a real V2Merge fed by captured frames, a LocalServer on 127.0.0.1:0, and
 small websocket clients that keep a checksum-verified book."""
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ import websockets
 from websockets.asyncio.client import connect
 
 from relay.core.book import Book
-from relay.core.merge import Merge, MergeSettings
-from relay.core.v2 import V2Parser
-from relay.ops.config import ChannelsConfig, ServerConfig
+from relay.core.outputs import MergeSettings
+from relay.protocols.spot_v2.endpoint import V2Endpoint
+from relay.protocols.spot_v2.merge import V2Merge
+from relay.protocols.spot_v2.wire import V2Parser
+from relay.config import ChannelsConfig, ServerConfig
 from relay.server.listener import LocalServer
 
 
 class Relay:
-    """Merge + server, fed synchronously the way the app does it (feed, then publish take())."""
+    """V2Merge + server, fed synchronously the way the app does it (feed, then publish take())."""
 
-    def __init__(self, server: LocalServer, merge: Merge) -> None:
-        self.server, self.merge = server, merge
+    def __init__(self, server: LocalServer, endpoint: V2Endpoint, merge: V2Merge) -> None:
+        self.server, self.endpoint, self.merge = server, endpoint, merge
+        self.publish = server.publisher(endpoint)
         self.ups = [merge.add_upstream("primary"), merge.add_upstream("secondary")]
         for up in self.ups:
             merge.upstream_up(up, time.monotonic())
@@ -35,7 +38,7 @@ class Relay:
         self.flush()
 
     def flush(self) -> None:
-        self.server.publish(self.merge.take())
+        self.publish(self.merge.take())
 
     @property
     def url(self) -> str:
@@ -49,17 +52,26 @@ def channels(**kw) -> ChannelsConfig:
     return ChannelsConfig.model_validate(data)
 
 
+def build_relay(cfg: ServerConfig, merge: V2Merge, chans: ChannelsConfig, **kw) -> Relay:
+    """A v2 endpoint for `merge` on a LocalServer bound to 127.0.0.1:0 (not started). `kw`: the
+    endpoint's `demand`/`demand_timeout`, the rest the server's."""
+    ep_kw = {k: kw.pop(k) for k in ("demand", "demand_timeout") if k in kw}
+    endpoint = V2Endpoint(merge, chans, path=cfg.path, max_subscriptions_per_client=cfg.max_subscriptions_per_client,
+                          dynamic=cfg.dynamic_subscriptions, heartbeat_interval=cfg.heartbeat_interval, **ep_kw)
+    server = LocalServer(cfg, [endpoint], host="127.0.0.1", port=0, **kw)
+    return Relay(server, endpoint, merge)
+
+
 @pytest.fixture
 async def make_relay() -> AsyncIterator:
     made: list[LocalServer] = []
 
     async def _make(server_kw: dict | None = None, chans: ChannelsConfig | None = None, **kw) -> Relay:
         cfg = ServerConfig.model_validate(server_kw or {})
-        merge = Merge(MergeSettings(book_depth=100))
-        server = LocalServer(cfg, merge, chans or channels(), host="127.0.0.1", port=0, **kw)
-        await server.start()
-        made.append(server)
-        return Relay(server, merge)
+        relay = build_relay(cfg, V2Merge(MergeSettings(book_depth=100)), chans or channels(), **kw)
+        await relay.server.start()
+        made.append(relay.server)
+        return relay
 
     yield _make
     for s in made:

@@ -6,7 +6,7 @@ import time
 
 import orjson
 
-from relay.core.merge import Publication
+from relay.core.outputs import Publication
 from tests.conftest import v2_wire_frames
 
 TS = "2023-07-30T15:30:00.000000Z"
@@ -163,7 +163,7 @@ async def test_direct_publications_fan_out_unchanged(make_relay, clients):
                                                         "snapshot": False}})
         await c.recv()
     frame = ticker_frame(last=b"29999.9")
-    relay.server.publish([Publication("ticker", "BTC/USD", 0, frame, False)])
+    relay.publish([Publication("ticker", "BTC/USD", 0, frame, False)])
     for c in cs:
         raw = await c.ws.recv(decode=False)
         assert raw == frame
@@ -177,7 +177,7 @@ async def test_reload_adds_symbols_without_dropping_clients(make_relay, clients)
     await c.recv()
     await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})
     assert (await c.recv())["error"] == "Currency pair not supported ETH/USD"
-    relay.server.hub.set_channels(channels(ticker={"symbols": ["BTC/USD", "ETH/USD"]}))
+    relay.endpoint.hub.set_channels(channels(ticker={"symbols": ["BTC/USD", "ETH/USD"]}))
     relay.feed(ticker_frame("ETH/USD"))
     await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})
     assert (await c.recv())["success"]
@@ -192,7 +192,7 @@ async def test_a_failing_publication_does_not_stop_the_others(make_relay, client
     await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD"], "snapshot": False}})
     await c.recv()
     bad = Publication("book", "BTC/USD", 10, b"", False)._replace(key=None)
-    relay.server.hub.subs[("book", "BTC/USD", None)] = {object()}  # a broken subscriber
-    relay.server.publish([bad, Publication("ticker", "BTC/USD", 0, ticker_frame(last=b"1.0"), False)])
+    relay.endpoint.hub.subs[("book", "BTC/USD", None)] = {object()}  # a broken subscriber
+    relay.publish([bad, Publication("ticker", "BTC/USD", 0, ticker_frame(last=b"1.0"), False)])
     msg = await c.recv()
-    assert msg["channel"] == "ticker" and relay.server.hub.dispatch_errors == 1
+    assert msg["channel"] == "ticker" and relay.endpoint.hub.dispatch_errors == 1

@@ -64,7 +64,7 @@ async def test_demand_refusals_limits_and_timeouts(make_relay, clients):
                   "req_id": 9})
     err = await c.recv()
     assert err["error"] == "Relay symbol limit reached" and err["symbol"] == "ADA/USD"
-    relay.server.demand_failed("trade", "SOL/USD", "Currency pair not supported SOL/USD")
+    relay.endpoint.demand_failed("trade", "SOL/USD", "Currency pair not supported SOL/USD", 0.0)
     err = await c.recv()
     assert err["symbol"] == "SOL/USD" and err["req_id"] == 9 and err["success"] is False
     timeout = await c.recv(timeout=3)
@@ -100,7 +100,7 @@ async def test_client_leaving_while_waiting_releases_the_demand(make_relay, clie
             break
         await asyncio.sleep(0.02)
     assert pool.calls == [("demand", "book", "SOL/USD"), ("release", "book", "SOL/USD")]
-    assert relay.server.stats()["pending_subscriptions"] == 0
+    assert relay.endpoint.stats()["pending_subscriptions"] == 0
 
 
 async def test_dynamic_book_without_a_configured_book_channel(make_relay, clients):

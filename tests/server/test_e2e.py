@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
+from relay.protocols.spot_v2.spec import SPOT_V2
 from relay.server.listener import LocalServer
 from relay.sim import LineConfig, SimConfig, Simulator
 from relay.upstream.pool import UpstreamPool
-from tests.server.conftest import Client
+from tests.server.conftest import Client, build_relay
 from tests.upstream.harness import PLANNER, make_merge, small_config, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.clients]
@@ -50,9 +51,10 @@ async def rig(**sim_kw: Any) -> AsyncIterator[Rig]:
     cfg = small_config(ups, SYMBOLS, channels={"book": {"symbols": SYMBOLS, "depth": 100},
                                                "ticker": {"symbols": SYMBOLS}, "instrument": True})
     merge = make_merge(cfg)
-    server = LocalServer(cfg.server, merge, cfg.channels, host="127.0.0.1", port=0)
+    relay = build_relay(cfg.server, merge, cfg.channels)
+    server = relay.server
     await server.start()
-    pool = UpstreamPool(cfg, merge, server.publish, planner_options=PLANNER, stable_after=0.5)
+    pool = UpstreamPool(cfg, merge, relay.publish, protocol=SPOT_V2, planner_options=PLANNER, stable_after=0.5)
     await pool.start()
     try:
         r = Rig(sim, pool, server)

@@ -87,17 +87,18 @@ def test_first_frames_leave_early_on_uvloop_too() -> None:
     """uvloop defers `transport.write` to the end of the pass: the write-through matters there."""
     import uvloop
 
-    from relay.core.merge import Merge, MergeSettings
-    from relay.ops.config import ServerConfig
-    from relay.server.listener import LocalServer
-    from tests.server.conftest import Relay, channels
+    from relay.core.outputs import MergeSettings
+    from relay.protocols.spot_v2.merge import V2Merge
+    from relay.config import ServerConfig
+    from tests.server.conftest import build_relay, channels
 
     async def main() -> None:
-        merge = Merge(MergeSettings(book_depth=100))
-        server = LocalServer(ServerConfig(), merge, channels(), host="127.0.0.1", port=0)
+        merge = V2Merge(MergeSettings(book_depth=100))
+        relay = build_relay(ServerConfig(), merge, channels())
+        server = relay.server
         await server.start()
         try:
-            await check_long_read(Relay(server, merge))
+            await check_long_read(relay)
         finally:
             await server.stop()
 

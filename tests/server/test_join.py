@@ -4,7 +4,7 @@ queued all at once, which would close the client as "too slow"), and shared betw
 from __future__ import annotations
 
 from relay.core.book import Book
-from relay.core.v2 import V2Parser, encode_book
+from relay.protocols.spot_v2.wire import V2Parser, encode_book
 from tests.server.conftest import channels
 
 SMALL = {"client_buffer_bytes": 64 * 1024}

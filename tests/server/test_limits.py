@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import relay.server.client as client_mod
-from relay.server.requests import parse_request, Rejection, Subscription
+from relay.protocols.spot_v2.requests import parse_request, Rejection, Subscription
 
 
 async def test_request_burst_gets_rate_errors_and_others_keep_being_served(make_relay, clients):

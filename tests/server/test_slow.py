@@ -8,7 +8,7 @@ import statistics
 import time
 
 
-from relay.core.merge import Publication
+from relay.core.outputs import Publication
 from tests.conftest import v2_wire_frames
 from tests.server.test_channels import trade_frame
 
@@ -65,7 +65,7 @@ async def test_slow_reader_gets_a_snapshot_reset_and_a_valid_book(make_relay, cl
     base = empty_update(relay)
     n = 120
     for _ in range(n):
-        relay.server.publish([Publication("book", "BTC/USD", 100, padded(base, 20_000), False)])
+        relay.publish([Publication("book", "BTC/USD", 100, padded(base, 20_000), False)])
         await asyncio.sleep(0.001)  # the fast reader keeps up
     for raw in frames[1:100]:  # then real updates
         relay.feed(raw)
@@ -98,7 +98,7 @@ async def test_reader_that_never_catches_up_is_closed_1008(make_relay, clients):
     big = b'{"channel":"trade","type":"update","data":[],"pad":"' + b"y" * 20_000 + b'"}'
     peak = 0
     for _ in range(400):
-        relay.server.publish([Publication("trade", "BTC/USD", 0, big, False)])
+        relay.publish([Publication("trade", "BTC/USD", 0, big, False)])
         peak = max(peak, relay.server.stats()["max_client_buffered_bytes"])
         await asyncio.sleep(0.001)
         if relay.server.stats()["slow_closes"]:
@@ -149,10 +149,10 @@ async def test_slow_client_does_not_delay_others(make_relay, clients):
         tasks = [asyncio.create_task(reader(c)) for c in fast]
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end:
-            relay.server.publish([Publication("book", "BTC/USD", 100,
+            relay.publish([Publication("book", "BTC/USD", 100,
                                               padded(base, 2000, time.perf_counter()), False)])
             await asyncio.sleep(1 / rate)
-        relay.server.publish([Publication("book", "BTC/USD", 100, padded(base, 10, None)[:-3] + b',"stop":1}]}',
+        relay.publish([Publication("book", "BTC/USD", 100, padded(base, 10, None)[:-3] + b',"stop":1}]}',
                                           False)])
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         return lat

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.core.merge import Publication
+from relay.core.outputs import Publication
 from tests.server.test_slow import empty_update, open_slow, padded
 
 
 def test_server_on_uvloop_serves_books_and_resets_a_slow_reader() -> None:
     import uvloop
 
-    from relay.core.merge import Merge, MergeSettings
-    from relay.ops.config import ServerConfig
-    from relay.server.listener import LocalServer
+    from relay.core.outputs import MergeSettings
+    from relay.protocols.spot_v2.merge import V2Merge
+    from relay.config import ServerConfig
     from tests.conftest import v2_wire_frames
-    from tests.server.conftest import Client, Relay, channels
+    from tests.server.conftest import Client, build_relay, channels
 
     async def main():
-        merge = Merge(MergeSettings(book_depth=100))
-        server = LocalServer(ServerConfig(client_buffer_bytes=65536), merge, channels(), host="127.0.0.1", port=0)
+        merge = V2Merge(MergeSettings(book_depth=100))
+        relay = build_relay(ServerConfig(client_buffer_bytes=65536), merge, channels())
+        server = relay.server
         await server.start()
-        relay = Relay(server, merge)
         opened: list[Client] = []
 
         async def clients(url, **kw):
@@ -42,7 +42,7 @@ def test_server_on_uvloop_serves_books_and_resets_a_slow_reader() -> None:
                 await c.until(lambda m: m.get("type") == "snapshot")
             base = empty_update(relay)
             for _ in range(60):
-                server.publish([Publication("book", "BTC/USD", 100, padded(base, 20_000), False)])
+                relay.publish([Publication("book", "BTC/USD", 100, padded(base, 20_000), False)])
                 await asyncio.sleep(0.001)
             for raw in frames[1:100]:
                 relay.feed(raw)

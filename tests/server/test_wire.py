@@ -4,7 +4,7 @@ import pytest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.server.wire import text_frame
+from relay.core.wsframe import text_frame
 
 
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 200, 65535, 65536, 300_000])

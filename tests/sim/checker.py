@@ -13,7 +13,7 @@ import websockets
 
 from relay.core.book import Book
 from relay.core.events import BookEvent
-from relay.core.v2 import V2Parser
+from relay.protocols.spot_v2.wire import V2Parser
 
 
 @dataclass

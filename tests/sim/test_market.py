@@ -9,7 +9,8 @@ import pytest
 
 from relay.core.book import Book
 from relay.core.checksum import book_checksum
-from relay.core.v2 import BOOK_DEPTHS, V2Parser
+from relay.protocols.spot_v2.wire import V2Parser
+from relay.core.spot import BOOK_DEPTHS
 from relay.sim.faults import FaultSpec, load_schedule, parse_fault
 from relay.sim.instruments import BUILTIN, load_instruments, rest_asset_pairs
 from relay.sim.market import MarketEngine, MarketSettings, fmt

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.e2e_client import Conn  # noqa: E402
 from bench.harness import deltas, longest_gap, summary_us  # noqa: E402
-from relay.core.v2 import encode_book, encode_elements  # noqa: E402
+from relay.protocols.spot_v2.wire import encode_book, encode_elements  # noqa: E402
 
 
 def _stream() -> tuple[bytes, list[bytes], list[bytes]]:

@@ -20,7 +20,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from relay.core.book import Book, Level
-from relay.core.v2 import encode_book, encode_status, now_rfc3339
+from relay.protocols.spot_v2.wire import encode_book, encode_status, now_rfc3339
 
 
 class Market:

@@ -9,9 +9,10 @@ from typing import Any
 
 from relay.core.book import Book
 from relay.core.events import BookEvent, TradeEvent
-from relay.core.merge import Merge, MergeSettings, Publication
-from relay.core.v2 import V2Parser
-from relay.ops.config import RelayConfig, parse_config
+from relay.core.outputs import MergeSettings, Publication
+from relay.protocols.spot_v2.merge import V2Merge
+from relay.protocols.spot_v2.wire import V2Parser
+from relay.config import RelayConfig, parse_config
 
 DEPTH = 10
 
@@ -35,8 +36,8 @@ def small_config(upstreams: list[dict[str, Any]], symbols: list[str], **sections
     return parse_config(data, env={})
 
 
-def make_merge(cfg: RelayConfig) -> Merge:
-    return Merge(
+def make_merge(cfg: RelayConfig) -> V2Merge:
+    return V2Merge(
         MergeSettings(
             book_depth=cfg.channels.book.depth if cfg.channels.book else DEPTH,
             trade_gap_wait=0.2,
@@ -213,7 +214,7 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         dst.close()
 
 
-class TapMerge(Merge):
+class TapMerge(V2Merge):
     """The real merge, plus a record of when each line delivered book data per symbol (the
     healthy line's own longest gap is the yardstick for the merged stream's gaps)."""
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from relay.sim import FAULT_KINDS, LineConfig, SimConfig, Simulator
+from relay.protocols.spot_v2.spec import SPOT_V2
 from relay.upstream.pool import UpstreamPool
 from tests.upstream.harness import PLANNER, ConnectProxy, Consumer, make_tap_merge, small_config, until
 
@@ -73,7 +74,7 @@ async def sim_rig(up_extra: list[dict] | None = None, **sections: Any) -> AsyncI
     consumer = Consumer(SYMBOLS, asyncio.get_running_loop().time)
     for s in SYMBOLS:
         merge.want_book_depth(s, 10)
-    pool = UpstreamPool(cfg, merge, consumer, planner_options=PLANNER, stable_after=0.5)
+    pool = UpstreamPool(cfg, merge, consumer, protocol=SPOT_V2, planner_options=PLANNER, stable_after=0.5)
     await pool.start()
     try:
         yield SimRig(sim, pool, consumer)

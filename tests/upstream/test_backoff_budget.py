@@ -6,7 +6,7 @@ import heapq
 
 import pytest
 
-from relay.ops.config import BudgetConfig, ReconnectConfig, UpstreamConfig
+from relay.config import BudgetConfig, ReconnectConfig, UpstreamConfig
 from relay.upstream.backoff import ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, BudgetRegistry, egress_of
 

@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from relay.protocols.spot_v2.spec import SPOT_V2
+from relay.protocols.spot_v2.plan import desired_from_channels
 from relay.upstream.pool import UpstreamPool
 from tests.upstream.fake_kraken import FakeLine, Market
 from tests.upstream.harness import PLANNER, ConnectProxy, Consumer, make_merge, small_config, until
@@ -39,7 +41,7 @@ async def rig(n: int = 2, hosts: list[str] | None = None, up_extra: list[dict] |
     consumer = Consumer(SYMBOLS, loop.time)
     for s in SYMBOLS:
         merge.want_book_depth(s, 10)
-    pool = UpstreamPool(cfg, merge, consumer, planner_options=PLANNER, stable_after=0.5)
+    pool = UpstreamPool(cfg, merge, consumer, protocol=SPOT_V2, planner_options=PLANNER, stable_after=0.5)
     market.start()
     await pool.start()
     try:
@@ -293,7 +295,7 @@ async def test_reload_adds_and_removes_symbols() -> None:
         ch = r.pool.config.channels.model_copy(
             update={"trade": r.pool.config.channels.trade.model_copy(update={"symbols": ["BTC/USD"]})}
         )
-        r.pool.set_symbols(ch)
+        r.pool.set_desired(desired_from_channels(ch))
         assert await until(
             lambda: any(q["method"] == "unsubscribe" and q["params"]["channel"] == "trade" for q in r.lines[0].requests)
         )
@@ -336,7 +338,7 @@ async def test_lag_sampler_sees_exchange_timestamps() -> None:
     await line.start()
     cfg = small_config([{"name": "a", "url": line.url}], SYMBOLS)
     merge = make_merge(cfg)
-    pool = UpstreamPool(cfg, merge, lambda pubs: None, lag_sampler=lambda name: LagSampler(seen.append, every=4))
+    pool = UpstreamPool(cfg, merge, lambda pubs: None, protocol=SPOT_V2, lag_sampler=lambda name: LagSampler(seen.append, every=4))
     market.start()
     await pool.start()
     try:

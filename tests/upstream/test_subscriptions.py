@@ -5,17 +5,22 @@ from __future__ import annotations
 import orjson
 
 from relay.core.events import AckEvent
-from relay.ops.config import parse_config
-from relay.upstream.subscriptions import ACTIVE, SubKey, SubscriptionPlanner, desired_from_channels
+from relay.config import parse_config
+from relay.core.keys import SubKey
+from relay.protocols.spot_v2.plan import desired_from_channels
+from relay.protocols.spot_v2.spec import SPOT_V2
+from relay.upstream.subscriptions import ACTIVE, SubscriptionPlanner
 
 SYMS = [f"S{i}/USD" for i in range(5)]
+
+V2_REQUESTS = {"encode_request": SPOT_V2.encode_request, "params_for": SPOT_V2.request_params}
 
 
 def _planner(**kw) -> SubscriptionPlanner:
     keys = [SubKey("book", s, 10) for s in SYMS] + [SubKey("trade", s, 0) for s in SYMS]
     opts = dict(batch_size=2, requests_per_second=10.0, burst=1.0, retry_delay=1.0, resync_min_interval=1.0)
     opts.update(kw)
-    p = SubscriptionPlanner(keys, **opts)
+    p = SubscriptionPlanner(keys, **{**V2_REQUESTS, **opts})
     p.reset()
     return p
 
@@ -194,7 +199,7 @@ def test_set_desired_adds_and_removes() -> None:
 
 
 def test_instrument_has_no_symbol_list() -> None:
-    p = SubscriptionPlanner([SubKey("instrument", "", 0)])
+    p = SubscriptionPlanner([SubKey("instrument", "", 0)], **V2_REQUESTS)
     p.reset()
     (m,) = _msgs(p.poll(0.0))
     assert m["params"] == {"channel": "instrument", "snapshot": True}

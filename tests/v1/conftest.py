@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from relay.app import Relay
-from relay.ops.config import parse_config
+from relay.config import parse_config
 from relay.sim import LineConfig, SimConfig, Simulator
 
 PAIRS = ["XBT/USD", "ETH/USD"]
@@ -64,7 +64,7 @@ class Rig:
 
     @property
     def url(self) -> str:
-        return self.relay.server.url_for(self.relay.stacks[0].endpoint.path)
+        return self.relay.server.url_for(self.relay.stack("v1").endpoint.path)
 
 
 @contextlib.asynccontextmanager

@@ -55,7 +55,7 @@ def cf_rest_pairs() -> dict:
 
 
 def unframe(wire: bytes) -> bytes:
-    """The payload of one unmasked server text frame (as built by relay.server.wire.text_frame)."""
+    """The payload of one unmasked server text frame (as built by relay.core.wsframe.text_frame)."""
     assert wire[0] == 0x81, wire[:2]
     n = wire[1] & 0x7F
     start = 2 if n < 126 else 4 if n == 126 else 10
@@ -63,9 +63,13 @@ def unframe(wire: bytes) -> bytes:
 
 
 class FakeSession:
-    """The `Session` interface of relay/server/client.py, recording frames."""
+    """The `Session` interface (relay/protocols/interfaces.py), recording frames."""
 
     def __init__(self, source=None) -> None:
+        self.connection_id = 0
+        self.ep_state = None
+        self.errors = 0
+        self.last_out = 0.0
         self.subs: set = set()
         self.relay_filter = None
         self.relay_subscribed = False
@@ -75,6 +79,12 @@ class FakeSession:
 
     def queue(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def count_error(self) -> None:
+        self.errors += 1
+
+    def idle(self, now: float) -> float:
+        return now - self.last_out
 
     def deliver(self, wire: bytes) -> None:
         self.frames.append(unframe(wire))

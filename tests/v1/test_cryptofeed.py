@@ -30,7 +30,7 @@ async def test_cryptofeed_kraken_checksums_hold_through_line_faults(tls_cert):
     syms, info = Kraken._parse_symbol_data(cf_rest_pairs())
     Symbols.set(Kraken.id, syms, info)
     async with v1_rig(cert, key) as rig:
-        stack = rig.relay.stacks[0]
+        stack = rig.relay.stack("v1")
         loop = asyncio.get_running_loop()
         end = loop.time() + 10
         while loop.time() < end and stack.merge.book_snapshot("ETH/USD", 100) is None:

@@ -32,7 +32,7 @@ async def test_v1_clients_over_tls_through_line_faults(tls_cert):
     async with v1_rig(cert, key) as rig:
         relay = rig.relay
         assert rig.url.startswith("wss://127.0.0.1:") and rig.url.endswith("/")
-        stack = relay.stacks[0]
+        stack = relay.stack("v1")
         assert await _until(lambda: stack.merge.book_snapshot("XBT/USD", 100) is not None
                             and stack.merge.book_snapshot("ETH/USD", 100) is not None, 10)
         checker = V1Checker()
@@ -96,7 +96,7 @@ async def test_v1_clients_over_tls_through_line_faults(tls_cert):
 
 async def test_v1_maintenance_is_reported_and_books_recover():
     async with v1_rig(rate=200) as rig:
-        stack = rig.relay.stacks[0]
+        stack = rig.relay.stack("v1")
         assert await _until(lambda: stack.merge.book_snapshot("XBT/USD", 100) is not None, 10)
         checker = V1Checker()
         async with connect(rig.url, compression=None, max_size=None, open_timeout=5) as ws:

@@ -8,9 +8,9 @@ import re
 
 import orjson
 
-from relay.core.merge import MergeSettings
-from relay.core.v1_merge import V1Merge
-from relay.server.v1 import V1Endpoint
+from relay.core.outputs import MergeSettings
+from relay.protocols.spot_v1.merge import V1Merge
+from relay.protocols.spot_v1.endpoint import V1Endpoint
 from tests.v1.helpers import FakeSession, V1Checker, cryptofeed_frames, sdk_frames
 
 _ID = re.compile(rb"^\[(\d+),")

@@ -10,11 +10,11 @@ import orjson
 
 from websockets.asyncio.client import connect
 
-from relay.core.merge import Merge, MergeSettings, Publication
-from relay.core.v1_merge import V1Merge
-from relay.ops.config import ChannelsConfig, ServerConfig
+from relay.core.outputs import MergeSettings, Publication
+from relay.protocols.spot_v1.merge import V1Merge
+from relay.config import ServerConfig
 from relay.server.listener import LocalServer
-from relay.server.v1 import V1Endpoint
+from relay.protocols.spot_v1.endpoint import V1Endpoint
 from tests.v1.helpers import V1Checker, sdk_frames
 
 
@@ -22,8 +22,7 @@ async def test_slow_v1_reader_gets_a_snapshot_reset_and_a_valid_book():
     frames = sdk_frames()
     merge = V1Merge(MergeSettings(book_depth=10))
     up = merge.add_upstream("a")
-    server = LocalServer(ServerConfig(client_buffer_bytes=64 * 1024), Merge(MergeSettings()),
-                         ChannelsConfig(instrument=False), host="127.0.0.1", port=0)
+    server = LocalServer(ServerConfig(client_buffer_bytes=64 * 1024), host="127.0.0.1", port=0)
     ep = V1Endpoint(merge, {"book": ["XBT/USD"]}, 10)
     server.add_endpoint(ep)
     await server.start()
@@ -86,8 +85,7 @@ async def test_slow_v1_reader_gets_a_snapshot_reset_and_a_valid_book():
 
 async def test_v1_clients_get_the_v2_limits_as_v1_errors():
     merge = V1Merge(MergeSettings(book_depth=10))
-    server = LocalServer(ServerConfig(max_requests_per_second=5.0, max_message_bytes=1024), Merge(MergeSettings()),
-                         ChannelsConfig(instrument=False), host="127.0.0.1", port=0)
+    server = LocalServer(ServerConfig(max_requests_per_second=5.0, max_message_bytes=1024), host="127.0.0.1", port=0)
     server.add_endpoint(V1Endpoint(merge, {"book": ["XBT/USD"]}, 10))
     await server.start()
     try:

@@ -8,8 +8,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.core.merge import MergeSettings
-from relay.core.v1_merge import V1Merge
+from relay.core.outputs import MergeSettings
+from relay.protocols.spot_v1.merge import V1Merge
 
 
 def _frame(cid: int, trades: list[bytes]) -> bytes:

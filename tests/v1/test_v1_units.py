@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 
 from relay.core.events import AckEvent, BookEvent, HeartbeatEvent, PongEvent, StatusEvent, UnknownEvent
-from relay.core.merge import MergeSettings
-from relay.core.v1 import V1Parser, V1TradeEvent, encode_ping, encode_request, normalize
-from relay.core.v1_merge import V1Merge
-from relay.server.v1 import ChannelIds, V1Endpoint
+from relay.core.outputs import MergeSettings
+from relay.protocols.spot_v1.wire import V1Parser, V1TradeEvent, encode_ping, encode_request, normalize
+from relay.protocols.spot_v1.merge import V1Merge
+from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint
 from tests.v1.helpers import CF_TICKER, CF_TRADE, FakeSession, cryptofeed_frames, sdk_frames
 
 
@@ -201,7 +201,7 @@ def test_endpoint_subscription_limit_and_unsubscribe_releases():
 
 
 def test_planner_resubscribes_what_kraken_unsubscribed_by_itself():
-    from relay.core.v1_protocol import V1, request_params
+    from relay.protocols.spot_v1.spec import SPOT_V1 as V1, request_params
     from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
 
     keys = [SubKey("book", "XBT/USD", 10), SubKey("ohlc", "XBT/USD", 1), SubKey("ohlc", "XBT/USD", 5)]
@@ -245,7 +245,7 @@ def test_stamped_source_serves_snapshots_with_the_relay_ids():
 def test_v1_config_section_errors_are_one_line_and_name_the_key():
     import pytest
 
-    from relay.ops.config import ConfigError, parse_config
+    from relay.config import ConfigError, parse_config
 
     up = {"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"}]}
     cases = [
@@ -268,7 +268,7 @@ def test_v1_config_section_errors_are_one_line_and_name_the_key():
 
 def test_check_config_summarizes_the_v1_stack():
     from relay.ops.check_config import summary, warnings
-    from relay.ops.config import parse_config
+    from relay.config import parse_config
 
     cfg = parse_config({"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"},
                                       {"name": "b", "url": "wss://beta-ws.kraken.com", "protocol": "v1"}],
@@ -279,8 +279,8 @@ def test_check_config_summarizes_the_v1_stack():
 
 
 def test_reload_changes_the_served_pairs_but_not_the_book_depth():
-    from relay.core.v1_protocol import V1
-    from relay.ops.config import parse_config
+    from relay.protocols.spot_v1.spec import SPOT_V1 as V1
+    from relay.config import parse_config
 
     def cfg(pairs, depth):
         return parse_config({"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"}],
@@ -311,8 +311,8 @@ def test_heartbeats_only_to_subscribed_idle_clients():
 def test_sample_config_is_valid():
     from pathlib import Path
 
-    from relay.core.v1_protocol import V1
-    from relay.ops.config import load_config
+    from relay.protocols.spot_v1.spec import SPOT_V1 as V1
+    from relay.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "v1.yaml", env={})
     assert [u.protocol for u in cfg.upstreams] == ["v1", "v1"] and cfg.v1.path == "/"

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from relay.app import Relay
-from relay.ops.config import parse_config
+from relay.config import parse_config
 from relay.sim import LineConfig, SimConfig, Simulator
 from tests.server.conftest import Client
 from tests.v1.helpers import V1Checker

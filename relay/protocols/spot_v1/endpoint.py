@@ -24,17 +24,9 @@ from typing import Any
 
 import orjson
 
-from relay.core.v1 import (
-    BOOK_DEPTHS,
-    HEARTBEAT,
-    OHLC_INTERVALS,
-    encode_error,
-    encode_pong,
-    encode_subscription_status,
-    encode_system_status,
-    split_frame,
-)
-from relay.server.wire import text_frame
+from relay.protocols.spot_v1.wire import HEARTBEAT, encode_error, encode_pong, encode_subscription_status, encode_system_status, split_frame
+from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
+from relay.core.wsframe import text_frame
 
 SubKey = tuple[str, str, int]
 log = logging.getLogger("relay.server")
@@ -222,6 +214,9 @@ class V1Endpoint:
         self.delivered = 0
         self.dispatch_errors = 0
 
+    def demanded_subscriptions(self) -> None:
+        return None  # the configured pairs only
+
     def reload(self, cfg: Any) -> Any:
         """SIGHUP: serve the new pair set. The book depth is fixed for the life of the merge, so a
         changed `v1.channels.book.depth` is reverted (with a warning) in the config returned."""
@@ -262,9 +257,7 @@ class V1Endpoint:
 
     def message(self, conn: Any, data: bytes, now: float) -> None:
         if not self.handle_message(conn, data, now):
-            server = getattr(conn, "server", None)
-            if server is not None:
-                server.error_replies += 1
+            conn.count_error()
 
     def reject(self, conn: Any, reason: str, data: bytes | None) -> None:
         """A message refused before parsing (size, binary, rate): Kraken-style `error` event."""
@@ -414,8 +407,7 @@ class V1Endpoint:
         """Heartbeats for subscribed clients that got nothing for `heartbeat_interval`."""
         after = self.heartbeat_interval * 0.95
         for c in tuple(self.clients):
-            if c.subs and now - getattr(c, "last_out", now) >= after and not getattr(c, "_out", None) \
-                    and not getattr(c, "closing", False):
+            if c.subs and c.idle(now) >= after:
                 c.queue(HEARTBEAT)
 
     def stats(self) -> dict[str, Any]:

@@ -35,9 +35,6 @@ from relay.core.events import (
 )
 from relay.core.numbers import format_fixed
 
-BOOK_DEPTHS = (10, 25, 100, 500, 1000)
-OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)
-PUBLIC_CHANNELS = ("book", "trade", "ticker", "ohlc", "instrument")
 
 _LEVEL_RE = re.compile(rb'"price"\s*:\s*([-+0-9.eE]+)\s*,\s*"qty"\s*:\s*([-+0-9.eE]+)')
 _FLAT_OBJECT_RE = re.compile(rb"\{[^{}]*\}")

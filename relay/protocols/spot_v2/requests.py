@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.v2 import BOOK_DEPTHS, OHLC_INTERVALS
+from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 
 # Channels clients may subscribe to. `relay` is this relay's own opt-in state channel;
 # `heartbeat` is accepted for clients that follow Kraken's reconnection guide (heartbeats are

@@ -1,50 +1,32 @@
-"""Spot v1 in the protocol registry (`relay.protocols`): its merge, requests, config section and
-the local endpoint on `v1.path` (`/` by default, as Kraken serves v1).
-
-Imported by `relay.protocols._load_all()`; importing it registers the spec.
-"""
+"""Spot v1 (`protocol: v1`) as the daemon sees it: its merge, requests, config section and the
+local endpoint on `v1.path` (`/` by default, as Kraken serves v1)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from relay import protocols
-from relay.core.merge import MergeSettings
-from relay.upstream.subscriptions import SubKey
+from relay.config import RelayConfig, V1Config
+from relay.core.keys import SubKey
+from relay.core.outputs import MergeSettings
+from relay.protocols.interfaces import ProtocolMerge
+from relay.protocols.spec import EndpointContext, ProtocolSpec
+from relay.protocols.spot_v1.endpoint import V1Endpoint
+from relay.protocols.spot_v1.merge import V1Merge
+from relay.protocols.spot_v1.wire import V1Parser, encode_ping, encode_request
 
 
-def _parser() -> Any:
-    from relay.core.v1 import V1Parser
-
-    return V1Parser()
+def _section(cfg: RelayConfig) -> V1Config | None:
+    return cfg.v1
 
 
-def _section(cfg: Any) -> Any:
-    return getattr(cfg, "v1", None)
-
-
-def _merge(settings: MergeSettings, cfg: Any) -> Any:
-    from relay.core.v1_merge import V1Merge
-
+def _merge(settings: MergeSettings, cfg: RelayConfig) -> V1Merge:
     section = _section(cfg)
     book = section.channels.book if section is not None else None
     return V1Merge(dataclasses.replace(settings, book_depth=book.depth if book is not None else 10))
 
 
-def _encode(channel: str, symbols: list[str] | None, req_id: int, method: str = "subscribe", **params: Any) -> bytes:
-    from relay.core.v1 import encode_request
-
-    return encode_request(channel, symbols, req_id, method=method, **params)
-
-
-def _ping(req_id: int) -> bytes:
-    from relay.core.v1 import encode_ping
-
-    return encode_ping(req_id)
-
-
-def request_params(channel: str, param: int) -> dict:
+def request_params(channel: str, param: int) -> dict[str, Any]:
     """v1 subscription keys: book depth, ohlc interval. No `snapshot` key: Kraken documents it for
     the private channels only, and its public defaults (book snapshot, ohlc last candle) are what
     the merge needs, as sent by existing v1 clients (cryptofeed)."""
@@ -79,11 +61,9 @@ def static_pairs(section: Any) -> dict[str, list[str]]:
             for name in ("book", "trade", "ticker", "spread", "ohlc")}
 
 
-def _endpoint(server: Any, merge: Any, cfg: Any) -> Any:
-    from relay import __version__
-    from relay.server.v1 import V1Endpoint
-
+def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> V1Endpoint:
     section = _section(cfg)
+    assert section is not None
     ch = section.channels
     return V1Endpoint(
         merge,
@@ -91,25 +71,22 @@ def _endpoint(server: Any, merge: Any, cfg: Any) -> Any:
         ch.book.depth if ch.book is not None else 10,
         ch.ohlc.intervals if ch.ohlc is not None else (1,),
         max_subscriptions_per_client=cfg.server.max_subscriptions_per_client,
-        version=f"kraken-relay {__version__}",
+        version=f"kraken-relay {ctx.version}",
         path=section.path,
         heartbeat_interval=cfg.server.heartbeat_interval,
     )
 
 
-V1 = protocols.ProtocolSpec(
+SPOT_V1 = ProtocolSpec(
     name="v1",
-    parser=_parser,
+    parser=V1Parser,
     make_merge=_merge,
-    encode_request=_encode,
+    encode_request=encode_request,
     request_params=request_params,
-    encode_ping=_ping,
+    encode_ping=encode_ping,
     section=_section,
     desired=desired,
     symbols=symbols,
-    path=lambda cfg: _section(cfg).path,
-    endpoint=_endpoint,
+    make_endpoint=_endpoint,
     label_prefix="v1:",
 )
-
-protocols.register(V1)

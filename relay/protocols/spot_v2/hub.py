@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from relay.core.v2 import encode_ack, encode_error, now_rfc3339
-from relay.ops.config import ChannelsConfig, DynamicSubscriptionsConfig
-from relay.server import requests as rq
-from relay.server.demand import DemandHandler, DemandTracker
-from relay.server.wire import text_frame
+from relay.protocols.spot_v2.wire import encode_ack, encode_error, now_rfc3339
+from relay.config import ChannelsConfig, DynamicSubscriptionsConfig
+from relay.protocols.spot_v2 import requests as rq
+from relay.protocols.spot_v2.demand import DemandHandler, DemandTracker
+from relay.core.wsframe import text_frame
 
 log = logging.getLogger("relay.server")
 
@@ -29,7 +29,7 @@ SubKey = tuple[str, str, int]  # (channel, symbol, key); instrument uses ("instr
 
 
 class Source(Protocol):
-    """The read side of `relay.core.merge.Merge` that the server uses."""
+    """The read side of `relay.protocols.spot_v2.merge.Merge` that the server uses."""
 
     def want_book_depth(self, symbol: str, depth: int) -> None: ...
     def release_book_depth(self, symbol: str, depth: int) -> None: ...

@@ -37,7 +37,8 @@ from relay.core.events import (
     TickerEvent,
     UnknownEvent,
 )
-from relay.core.v2 import BOOK_DEPTHS, OHLC_INTERVALS, encode_elements, encode_instrument
+from relay.protocols.spot_v2.wire import encode_elements, encode_instrument
+from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 
 CHANNELS = ("book", "trade", "ticker", "spread", "ohlc")
 STATUS_OK = ("subscribed", "unsubscribed", "ok")
@@ -345,7 +346,7 @@ class V1Codec:
     """How a v1 merge renders the frames it synthesizes (the arbiters only call `merge.codec`).
 
     Frames carry channelID 0 and the bare channel name (`book`); the v1 endpoint stamps its own
-    id and `book-<depth>` per publication (`relay.server.v1`), so a frame is still encoded once.
+    id and `book-<depth>` per publication (`relay.protocols.spot_v1.endpoint`), so a frame is still encoded once.
     """
 
     name = "v1"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay.ops.config import DynamicSubscriptionsConfig
+from relay.config import DynamicSubscriptionsConfig
 
 
 class DemandHandler(Protocol):

@@ -1,9 +1,9 @@
-"""The Spot v1 merge: the v2 `Merge` with the v1 adapter, the v1 codec and v1 arbiters.
+"""The Spot v1 merge: the protocol-neutral `Merge` with the v1 adapter, the v1 codec and v1 arbiters.
 
 Books go through the shared `BookArbiter` unchanged (v1 lexemes are the quoted strings, the
 checksum rules are the same). What differs:
 
-* frames are normalized first (`relay.core.v1.normalize`: upstream channelID -> 0), so copies of
+* frames are normalized first (`relay.protocols.spot_v1.wire.normalize`: upstream channelID -> 0), so copies of
   one update from different lines are byte-identical and hit the pre-parse duplicate check;
 * trades carry no id, so `V1TradeArbiter` deduplicates by full content within a bounded window
   (see its docstring for the limits this implies);
@@ -17,8 +17,9 @@ from collections import deque
 from typing import Any
 
 from relay.core.events import BookEvent, ControlEvent, OhlcEvent, TickerEvent
-from relay.core.merge import Merge, MergeSettings
-from relay.core.v1 import LevelTimes, SpreadEvent, V1Codec, V1Parser, V1TradeEvent, normalize
+from relay.core.outputs import MergeSettings
+from relay.core.merge import Merge
+from relay.protocols.spot_v1.wire import LevelTimes, SpreadEvent, V1Codec, V1Parser, V1TradeEvent, normalize
 
 TRADE_WINDOW = 2000  # trades remembered per pair for content dedupe
 TICKER_WINDOW = 64  # ticker records remembered per pair
@@ -202,7 +203,7 @@ class V1Merge(Merge):
 
     def __init__(self, settings: MergeSettings | None = None) -> None:
         times = LevelTimes()
-        super().__init__(settings, parser=V1Parser(times), codec=V1Codec(times))
+        super().__init__(settings or MergeSettings(), V1Parser(times), V1Codec(times))
         self.spreads: dict[str, Latest] = {}
 
     def feed(self, up: int, raw: bytes, now: float) -> ControlEvent | None:

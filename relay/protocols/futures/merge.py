@@ -1,6 +1,6 @@
 """The Futures merge: several futures upstream lines in, one futures feed out (Sans-I/O).
 
-Same public surface as `relay.core.merge.Merge` (feed/take/take_requests/tick/line_status/
+Same public surface as `relay.protocols.spot_v2.merge.Merge` (feed/take/take_requests/tick/line_status/
 upstream_up/upstream_down/symbol_resubscribing/add_upstream, snapshots, symbol_state,
 system_status), so the upstream pool, the app, metrics and readiness treat it the same way.
 
@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.futures import (
+from relay.protocols.futures.wire import (
     BUY,
     FBookDelta,
     FBookSnapshot,
@@ -49,7 +49,7 @@ from relay.core.futures import (
     encode_book_snapshot,
     encode_trade_snapshot,
 )
-from relay.core.merge import MergeBase, MergeSettings, Publication, UpstreamStats
+from relay.core.outputs import MergeBase, MergeSettings, Publication, UpstreamStats
 
 MAX_PENDING = 4096  # deltas held beyond a gap per product
 RING = 2048  # published (seq -> content) kept per product for copy verification
@@ -623,11 +623,6 @@ class FuturesMerge(MergeBase):
             pb.check(now, window)
         self._publish_relay_states()
 
-    def next_deadline(self) -> float | None:
-        ds = [pb.gap_deadline for pb in self.books.values() if pb.gap_deadline is not None]
-        return min(ds) if ds else None
-
-    # -- views for the endpoint ----------------------------------------------------------------
     def want_book_depth(self, symbol: str, depth: int) -> None:  # futures books are full depth
         pass
 
@@ -692,7 +687,3 @@ class FuturesMerge(MergeBase):
                 self._relay_states[sym] = st
                 frame = orjson.dumps({"feed": "relay", "product_id": sym, **st})
                 self.outbox.append(Publication("relay", sym, 0, frame, False))
-
-    def relay_snapshot(self, symbol: str | None = None) -> bytes:
-        syms = [symbol] if symbol else self.symbols()
-        return orjson.dumps({"feed": "relay_snapshot", "states": [self.symbol_state(s) for s in syms]})

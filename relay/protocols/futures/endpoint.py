@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from relay.core.futures import INFO, encode_event, encode_heartbeat
-from relay.server.wire import text_frame
+from relay.protocols.futures.wire import INFO, encode_event, encode_heartbeat
+from relay.core.wsframe import text_frame
 
 log = logging.getLogger("relay.server")
 
@@ -46,7 +46,9 @@ class ClientState:
 
 
 class FuturesEndpoint:
-    """Futures protocol on its own path of the shared listener (see listener.Endpoint)."""
+    """Futures protocol on its own path of the shared listener (`relay.protocols.interfaces.Endpoint`)."""
+
+    name = "futures"
 
     def __init__(self, source: Any, products: dict[str, Iterable[str]], path: str = "/ws/v1",
                  max_subscriptions: int = MAX_SUBSCRIPTIONS, trade_snapshot_count: int = 50) -> None:
@@ -65,6 +67,9 @@ class FuturesEndpoint:
 
     def set_products(self, products: dict[str, Iterable[str]]) -> None:
         self.products = {feed: frozenset(p) for feed, p in products.items()}
+
+    def demanded_subscriptions(self) -> None:
+        return None  # the configured products only
 
     def reload(self, cfg: Any) -> Any:
         """SIGHUP: serve the reloaded `futures:` products (clients of removed ones keep their

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from relay.core.v2 import BOOK_DEPTHS, OHLC_INTERVALS  # noqa: E402  (one definition of Kraken's enums)
+from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""Registers Kraken Futures (`protocol: futures`) in `relay.protocols` (imported by the registry).
+"""Kraken Futures (`protocol: futures`) as the daemon sees it: its `ProtocolSpec`.
 
 Upstream requests are `{"event":"subscribe","feed":F,"product_ids":[...]}`; the `heartbeat` feed is
 always subscribed and sizes the liveness deadline (`futures.heartbeat_timeout`); keep-alive is RFC
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay import protocols
-from relay.core.futures import FuturesParser, encode_request, request_params
-from relay.core.merge import MergeSettings
-from relay.ops.config import FuturesChannelsConfig, RelayConfig
-from relay.upstream.subscriptions import SubKey
+from relay.config import FuturesChannelsConfig, RelayConfig
+from relay.core.keys import SubKey
+from relay.core.outputs import MergeSettings
+from relay.protocols.futures.endpoint import FuturesEndpoint, products_by_feed
+from relay.protocols.futures.merge import FuturesMerge
+from relay.protocols.futures.wire import FuturesParser, encode_request, request_params
+from relay.protocols.interfaces import ProtocolMerge
+from relay.protocols.spec import EndpointContext, ProtocolSpec
 
 FEEDS = ("book", "trade", "ticker", "ticker_lite")
 
@@ -30,15 +33,11 @@ def desired(section: Any) -> list[SubKey]:
     return keys
 
 
-def _merge(settings: MergeSettings, cfg: RelayConfig) -> Any:
-    from relay.core.futures_merge import FuturesMerge
-
+def _merge(settings: MergeSettings, cfg: RelayConfig) -> FuturesMerge:
     return FuturesMerge(settings)
 
 
-def _endpoint(server: Any, merge: Any, cfg: RelayConfig) -> Any:
-    from relay.server.futures import FuturesEndpoint, products_by_feed
-
+def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> FuturesEndpoint:
     assert cfg.futures is not None
     return FuturesEndpoint(
         merge,
@@ -49,20 +48,33 @@ def _endpoint(server: Any, merge: Any, cfg: RelayConfig) -> Any:
     )
 
 
-FUTURES = protocols.ProtocolSpec(
+def _ws_ping_interval(cfg: RelayConfig) -> float | None:
+    return cfg.futures.ping_interval if cfg.futures is not None else 30.0
+
+
+def _frame_timeout(cfg: RelayConfig) -> float:
+    return max(cfg.liveness.frame_timeout, cfg.futures.heartbeat_timeout if cfg.futures else 90.0)
+
+
+def _section(cfg: RelayConfig) -> Any:
+    return cfg.futures
+
+
+def _products(section: Any) -> list[str]:
+    return list(section.channels.all_products())
+
+
+FUTURES = ProtocolSpec(
     name="futures",
     parser=FuturesParser,
     make_merge=_merge,
     encode_request=encode_request,
     request_params=request_params,
     encode_ping=None,
-    section=lambda cfg: cfg.futures,
+    section=_section,
     desired=desired,
-    symbols=lambda section: section.channels.all_products(),
-    path=lambda cfg: cfg.futures.path if cfg.futures is not None else "/ws/v1",
-    endpoint=_endpoint,
-    ws_ping_interval=lambda cfg: cfg.futures.ping_interval if cfg.futures is not None else 30.0,
-    frame_timeout=lambda cfg: max(cfg.liveness.frame_timeout, cfg.futures.heartbeat_timeout if cfg.futures else 90.0),
+    symbols=_products,
+    make_endpoint=_endpoint,
+    ws_ping_interval=_ws_ping_interval,
+    frame_timeout=_frame_timeout,
 )
-
-protocols.register(FUTURES)

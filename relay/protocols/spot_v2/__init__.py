@@ -1,0 +1,1 @@
+"""Kraken Spot websocket API v2: wire format, merge, local endpoint, upstream plan and spec."""
