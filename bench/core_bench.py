@@ -21,9 +21,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.core.outputs import MergeSettings  # noqa: E402
+from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v2.merge import V2Merge
-from tests.core.streams import book_stream, trade_frames  # noqa: E402
+from tests.core.streams import book_stream, trade_frames
 
 
 def per_frame_us(fn, frames: list[bytes], repeat: int) -> float:

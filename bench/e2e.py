@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
+from bench.harness import (
     CpuMeter,
     cpu_seconds,
     deltas,
@@ -69,8 +69,9 @@ def _count_in(books: dict, trades: dict, t0: float, t1: float) -> int:
     return sum(1 for t in books.values() if t0 <= t <= t1) + sum(1 for t in trades.values() if t0 <= t <= t1)
 
 
-def _backlog_rate(ref_b: dict, ref_t: dict, rec: tuple[dict, dict], t0: float, t1: float,
-                  start: tuple[dict, dict] | None = None) -> dict:
+def _backlog_rate(
+    ref_b: dict, ref_t: dict, rec: tuple[dict, dict], t0: float, t1: float, start: tuple[dict, dict] | None = None
+) -> dict:
     """How a client received a stalled line's backlog: the frames the reference client
     (unstalled line) saw well inside the stall [t0 + 0.2, t1 - 0.2] arrive after the release as
     fast as the path allows. `rate` counts them from the first of them reaching the `start`
@@ -181,8 +182,14 @@ uvloop.run(main(int(sys.argv[1]), sys.argv[2].split(",")))
 async def _start_bare(port: int, symbols: list[str]):
     """A bare `websockets` client in its own process: only stamps each received message."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", BARE, str(port), ",".join(symbols), stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-c",
+        BARE,
+        str(port),
+        ",".join(symbols),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     if line.strip() != b"ready":
@@ -198,8 +205,7 @@ async def _stop_bare(proc) -> list[float]:
     return marshal.loads(out) if out else []
 
 
-def _first_of(ref_b: dict, ref_t: dict, r1: tuple, r2: tuple, t0: float, t1: float,
-              relay: list | None = None) -> dict:
+def _first_of(ref_b: dict, ref_t: dict, r1: tuple, r2: tuple, t0: float, t1: float, relay: list | None = None) -> dict:
     """What an ideal first-arrival merge would see: per frame, the earlier of the two lines
     (vs the reference line); with `relay`: relay client's time minus that earlier arrival."""
     out = []
@@ -225,8 +231,17 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
     # -- building blocks ----------------------------------------------------------------------
-    async def _stack(self, lines: list[tuple[float, float]], relay_lines: list[int], rate: float, *,
-                     symbols: list[str] = SYMBOLS, depth: int = 10, levels: int = 1000, **cfg: Any):
+    async def _stack(
+        self,
+        lines: list[tuple[float, float]],
+        relay_lines: list[int],
+        rate: float,
+        *,
+        symbols: list[str] = SYMBOLS,
+        depth: int = 10,
+        levels: int = 1000,
+        **cfg: Any,
+    ):
         sim = await start_sim(lines, symbols, rate, levels=levels)
         try:
             relay = await start_relay(relay_config([sim.urls[i] for i in relay_lines], symbols, depth, **cfg))
@@ -241,8 +256,17 @@ class Bench:
             raise
         return sim, relay
 
-    async def _measure(self, sim, relay, direct_lines: list[int], n_clients: int, sub: list[dict], n_record: int,
-                       during=None, floor: bool = False) -> dict:
+    async def _measure(
+        self,
+        sim,
+        relay,
+        direct_lines: list[int],
+        n_clients: int,
+        sub: list[dict],
+        n_record: int,
+        during=None,
+        floor: bool = False,
+    ) -> dict:
         """Start direct + relay clients, warm up, measure one window; return raw material.
         `floor`: then, in a second window of its own (so neither hop takes CPU from the other on
         these 2 cores), the same clients on a do-nothing forwarder of the first direct line."""
@@ -254,8 +278,11 @@ class Bench:
             try:
                 await asyncio.sleep(self.warm)
                 pids_c = [c.pid for c in group]
-                meters = {"relay": CpuMeter([relay.pid]).start(), "sim": CpuMeter([sim.pid]).start(),
-                          "clients": CpuMeter(pids_c + [d.pid for d in direct]).start()}
+                meters = {
+                    "relay": CpuMeter([relay.pid]).start(),
+                    "sim": CpuMeter([sim.pid]).start(),
+                    "clients": CpuMeter(pids_c + [d.pid for d in direct]).start(),
+                }
                 t0 = time.monotonic()
                 extra = await during(t0) if during else None
                 remaining = t0 + self.window - time.monotonic()
@@ -281,8 +308,18 @@ class Bench:
                     await fwd.stop()
         finally:
             dres = [await stop_clients(d) for d in direct]
-        return {"t0": t0, "t1": t1, "cpu": cpu, "rss": rss, "direct": dres, "relay": gres, "extra": extra,
-                "floor": fres, "floor_t0": ft0, "floor_t1": ft1}
+        return {
+            "t0": t0,
+            "t1": t1,
+            "cpu": cpu,
+            "rss": rss,
+            "direct": dres,
+            "relay": gres,
+            "extra": extra,
+            "floor": fres,
+            "floor_t0": ft0,
+            "floor_t1": ft1,
+        }
 
     def _floor(self, m: dict) -> dict | None:
         """The forwarder window's latency over the direct path (None without one)."""
@@ -302,8 +339,9 @@ class Bench:
             sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], _sim_rate(target))
             try:
                 for n in (1, 10, 100):
-                    m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10),
-                                            floor=n == 10 or not self.args.quick)  # --quick: < 2 min
+                    m = await self._measure(
+                        sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10), floor=n == 10 or not self.args.quick
+                    )  # --quick: < 2 min
                     ref_b, ref_t = m["direct"][0]["records"][0]
                     t0, t1 = m["t0"], m["t1"] - 0.2
                     all_d: list[float] = []
@@ -316,17 +354,23 @@ class Bench:
                         all_d += d
                         miss += x
                     ref_n = sum(1 for t in ref_b.values() if t0 <= t <= m["t1"]) + sum(
-                        1 for t in ref_t.values() if t0 <= t <= m["t1"])
+                        1 for t in ref_t.values() if t0 <= t <= m["t1"]
+                    )
                     delivered = sum(c["books"] + c["trades"] for c in m["relay"]["conns"])
                     span = m["t1"] - m["t0"]
                     name = f"latency {target}/s x{n}"
                     self.cases[name] = {
-                        "kind": "latency", "target_fps": target, "clients": n,
+                        "kind": "latency",
+                        "target_fps": target,
+                        "clients": n,
                         "direct_fps": round(ref_n / span),
-                        "added": summary_us(all_d), "unmatched": miss,
+                        "added": summary_us(all_d),
+                        "unmatched": miss,
                         "forwarder_floor": self._floor(m),
-                        "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"],
-                        "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
+                        "relay_cpu_pct": m["cpu"]["relay"],
+                        "sim_cpu_pct": m["cpu"]["sim"],
+                        "clients_cpu_pct": m["cpu"]["clients"],
+                        "relay_rss_mb": round(m["rss"], 1),
                         "closed": sum(c["closed"] for c in m["relay"]["conns"]),
                         "delivered_total": delivered,
                         "delivered_fps_per_client": round(delivered / max(1e-9, span + self.warm) / n),
@@ -360,13 +404,22 @@ class Bench:
             return summary_us(out)
 
         case = {
-            "kind": "redundancy", "line_latency_s": lat, "line_jitter_s": jit, "clients": 10,
-            "line1": path([m["direct"][1]["records"][0]]), "line2": path([m["direct"][2]["records"][0]]),
+            "kind": "redundancy",
+            "line_latency_s": lat,
+            "line_jitter_s": jit,
+            "clients": 10,
+            "line1": path([m["direct"][1]["records"][0]]),
+            "line2": path([m["direct"][2]["records"][0]]),
             "relay": path(m["relay"]["records"]),
-            "first_of_lines": _first_of(ref_b, ref_t, m["direct"][1]["records"][0], m["direct"][2]["records"][0], t0, t1),
-            "relay_minus_first_of_lines": _first_of(ref_b, ref_t, m["direct"][1]["records"][0],
-                                                     m["direct"][2]["records"][0], t0, t1, m["relay"]["records"]),
-            "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"], "clients_cpu_pct": m["cpu"]["clients"],
+            "first_of_lines": _first_of(
+                ref_b, ref_t, m["direct"][1]["records"][0], m["direct"][2]["records"][0], t0, t1
+            ),
+            "relay_minus_first_of_lines": _first_of(
+                ref_b, ref_t, m["direct"][1]["records"][0], m["direct"][2]["records"][0], t0, t1, m["relay"]["records"]
+            ),
+            "relay_cpu_pct": m["cpu"]["relay"],
+            "sim_cpu_pct": m["cpu"]["sim"],
+            "clients_cpu_pct": m["cpu"]["clients"],
             "relay_rss_mb": round(m["rss"], 1),
         }
         name = f"redundancy 2 lines {lat * 1e3:g} ms + U(0, {jit * 1e3:g} ms)"
@@ -381,8 +434,12 @@ class Bench:
         for n_lines in (2, 3):
             lines = [(0.0, 0.0)] * (2 + n_lines)  # 0: reference, 1: bare client, 2..: relay
             relay_lines = list(range(2, 2 + n_lines))
-            sim, relay = await self._stack(lines, relay_lines, _sim_rate(rate),
-                                           liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
+            sim, relay = await self._stack(
+                lines,
+                relay_lines,
+                _sim_rate(rate),
+                liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0},
+            )
             try:
                 ref = await start_clients(sim.ports[0], 1, subs(SYMBOLS, 10), [0])
                 raw1 = await start_clients(sim.ports[1], 1, subs(SYMBOLS, 10), [0])  # when bytes are there
@@ -426,8 +483,11 @@ class Bench:
                 # client on a line that was released, and ends with the last backlog frame seen.
                 # Wall-clock rates swing with whatever else runs on the 2 cores; frames per CPU
                 # second of the process (relay / bare client) during the drain do not.
-                rec, start, pid = ((bare_times, raw1res["records"][0], bare.pid) if who == "bare"
-                                   else (gres["records"][0], raw2res["records"][0], relay.pid))
+                rec, start, pid = (
+                    (bare_times, raw1res["records"][0], bare.pid)
+                    if who == "bare"
+                    else (gres["records"][0], raw2res["records"][0], relay.pid)
+                )
                 d = _backlog_rate(ref_b, ref_t, rec, t0, t1, start=start)
                 if d["first"] is not None:
                     frames = _frames_in(rec, d["first"], d["last"])
@@ -435,31 +495,51 @@ class Bench:
                     d["frames_per_cpu_s"] = round(frames / cpu_s) if cpu_s > 0.01 else None
                 drains[who].append(d)
 
-            def best(who: str, key: str) -> int | None:
+            def best(who: str, key: str, drains: dict[str, list[dict[str, Any]]] = drains) -> int | None:
                 return max((d.get(key) for d in drains[who] if d.get(key)), default=None)
 
             relay_fps, bare_fps = best("relay", "rate"), best("bare", "rate")
             relay_cap, bare_cap = best("relay", "frames_per_cpu_s"), best("bare", "frames_per_cpu_s")
             self.cases[f"throughput {n_lines} lines"] = {
-                "kind": "throughput", "lines": n_lines, "clients": 1, "reps": self.args.reps,
+                "kind": "throughput",
+                "lines": n_lines,
+                "clients": 1,
+                "reps": self.args.reps,
                 "backlog_frames": [d["backlog"] for d in drains["relay"]],
-                "relay_fps": relay_fps, "bare_websockets_fps": bare_fps,
+                "relay_fps": relay_fps,
+                "bare_websockets_fps": bare_fps,
                 "ratio": round(relay_fps / bare_fps, 3) if relay_fps and bare_fps else None,
-                "relay_frames_per_cpu_s": relay_cap, "bare_frames_per_cpu_s": bare_cap,
+                "relay_frames_per_cpu_s": relay_cap,
+                "bare_frames_per_cpu_s": bare_cap,
                 "cpu_ratio": round(relay_cap / bare_cap, 3) if relay_cap and bare_cap else None,
-                "drains": drains, "relay_cpu_pct": cpu, "relay_rss_mb": round(rss, 1),
+                "drains": drains,
+                "relay_cpu_pct": cpu,
+                "relay_rss_mb": round(rss, 1),
             }
-            self.log(f"throughput {n_lines} lines: relay {relay_fps}/s ({relay_cap}/CPU s), bare {bare_fps}/s "
-                     f"({bare_cap}/CPU s)")
+            self.log(
+                f"throughput {n_lines} lines: relay {relay_fps}/s ({relay_cap}/CPU s), bare {bare_fps}/s "
+                f"({bare_cap}/CPU s)"
+            )
 
     async def fanout(self) -> None:
         """1, 10, 100, 1 000 clients at a realistic 200 frames/s; then the peak rate to 100 clients."""
-        sim, relay = await self._stack([(0.0, 0.0), (0.0, 0.0)], [0, 1], _sim_rate(200),
-                                       liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
+        sim, relay = await self._stack(
+            [(0.0, 0.0), (0.0, 0.0)],
+            [0, 1],
+            _sim_rate(200),
+            liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0},
+        )
         try:
             for n in (1, 10, 100, 1000):
-                m = await self._measure(sim, relay, [0], n, subs(SYMBOLS, 10), min(n, 10),
-                                        floor=n == 1000 or n == 100 and not self.args.quick)
+                m = await self._measure(
+                    sim,
+                    relay,
+                    [0],
+                    n,
+                    subs(SYMBOLS, 10),
+                    min(n, 10),
+                    floor=n == 1000 or n == 100 and not self.args.quick,
+                )
                 ref_b, ref_t = m["direct"][0]["records"][0]
                 t0, t1 = m["t0"], m["t1"] - 0.2
                 d: list[float] = []
@@ -468,12 +548,17 @@ class Bench:
                 ref_n = _count_in(ref_b, ref_t, m["t0"], m["t1"])
                 span = m["t1"] - m["t0"]
                 self.cases[f"fanout {n} clients"] = case = {
-                    "kind": "fanout", "clients": n, "direct_fps": round(ref_n / span),
-                    "delivered_fps": round(ref_n * n / span), "added": summary_us(d),
+                    "kind": "fanout",
+                    "clients": n,
+                    "direct_fps": round(ref_n / span),
+                    "delivered_fps": round(ref_n * n / span),
+                    "added": summary_us(d),
                     "forwarder_floor": self._floor(m),
                     "closed": sum(c["closed"] for c in m["relay"]["conns"]),
-                    "relay_cpu_pct": m["cpu"]["relay"], "sim_cpu_pct": m["cpu"]["sim"],
-                    "clients_cpu_pct": m["cpu"]["clients"], "relay_rss_mb": round(m["rss"], 1),
+                    "relay_cpu_pct": m["cpu"]["relay"],
+                    "sim_cpu_pct": m["cpu"]["sim"],
+                    "clients_cpu_pct": m["cpu"]["clients"],
+                    "relay_rss_mb": round(m["rss"], 1),
                 }
                 self.log(f"fanout {n}: {case}")
         finally:
@@ -485,8 +570,12 @@ class Bench:
         """Peak fan-out: a backlog released at once by both relay lines, delivered to 100 clients
         (line 0 is an unstalled reference line telling which frames were in the backlog)."""
         n = 100
-        sim, relay = await self._stack([(0.0, 0.0)] * 3, [1, 2], _sim_rate(5000),
-                                       liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0})
+        sim, relay = await self._stack(
+            [(0.0, 0.0)] * 3,
+            [1, 2],
+            _sim_rate(5000),
+            liveness={"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0},
+        )
         try:
             ref = await start_clients(sim.ports[0], 1, subs(SYMBOLS, 10), [0])
             group = await start_client_group(relay.port, n, subs(SYMBOLS, 10), 4)
@@ -519,9 +608,14 @@ class Bench:
         if firsts and got >= 0.99 * expected:  # frames/s out to all n clients, from the recording ones
             peak = round(got / len(gres["records"]) * n / max(1e-9, max(lasts) - min(firsts)))
         self.cases["fanout peak 100 clients"] = case = {
-            "kind": "fanout_peak", "clients": n, "backlog_frames": len(keys), "delivered_fps": peak,
-            "recorded_complete": got == expected, "recorded_fraction": round(got / expected, 4) if expected else None,
-            "closed": sum(c["closed"] for c in gres["conns"]), "relay_cpu_pct": cpu,
+            "kind": "fanout_peak",
+            "clients": n,
+            "backlog_frames": len(keys),
+            "delivered_fps": peak,
+            "recorded_complete": got == expected,
+            "recorded_fraction": round(got / expected, 4) if expected else None,
+            "closed": sum(c["closed"] for c in gres["conns"]),
+            "relay_cpu_pct": cpu,
         }
         self.log(f"fanout peak: {case}")
 
@@ -550,13 +644,18 @@ class Bench:
             lost_trades += deltas(ref_t, trades, t0, t1)[1]
             lost_books += deltas(ref_b, books, t0, t1)[1]
         self.cases["failover"] = case = {
-            "kind": "failover", "clients": 10, "killed_at_s": round(m["extra"] - t0, 2),
-            "survivor_longest_gap_ms": round(surv_gap * 1e3, 2), "client_longest_gap_ms": round(client_gap * 1e3, 2),
+            "kind": "failover",
+            "clients": 10,
+            "killed_at_s": round(m["extra"] - t0, 2),
+            "survivor_longest_gap_ms": round(surv_gap * 1e3, 2),
+            "client_longest_gap_ms": round(client_gap * 1e3, 2),
             "ratio": round(client_gap / surv_gap, 2) if surv_gap else None,
             "trades_in_window": sum(1 for t in ref_t.values() if t0 <= t <= t1),
-            "lost_trades": lost_trades, "book_frames_missing": lost_books,
+            "lost_trades": lost_trades,
+            "book_frames_missing": lost_books,
             "closed": sum(c["closed"] for c in m["relay"]["conns"]),
-            "relay_cpu_pct": m["cpu"]["relay"], "relay_rss_mb": round(m["rss"], 1),
+            "relay_cpu_pct": m["cpu"]["relay"],
+            "relay_rss_mb": round(m["rss"], 1),
         }
         self.log(f"failover: {case}")
 
@@ -582,9 +681,14 @@ class Bench:
             await relay.stop()
             await sim.stop()
         self.cases["rss 50 symbols depth 1000 x100"] = case = {
-            "kind": "rss", "symbols": len(symbols), "depth": 1000, "clients": 100,
-            "relay_rss_mb_before_clients": round(rss0, 1), "relay_rss_mb": round(rss1, 1),
-            "relay_rss_mb_peak": round(max(samples, default=rss1), 1), "relay_cpu_pct": cpu,
+            "kind": "rss",
+            "symbols": len(symbols),
+            "depth": 1000,
+            "clients": 100,
+            "relay_rss_mb_before_clients": round(rss0, 1),
+            "relay_rss_mb": round(rss1, 1),
+            "relay_rss_mb_peak": round(max(samples, default=rss1), 1),
+            "relay_cpu_pct": cpu,
             "delivered_frames": sum(c["books"] + c["trades"] for c in gres["conns"]),
             "closed": sum(c["closed"] for c in gres["conns"]),
         }
@@ -609,8 +713,11 @@ def _lat(d: dict | None) -> str:
 
 def table(cases: dict) -> str:
     """The markdown table (one row per case) printed at the end of a run."""
-    rows = ["| case | frames/s | latency µs p50 / p99 / p99.9 / max | result | relay CPU % | sim CPU % "
-            "| clients CPU % | relay RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| case | frames/s | latency µs p50 / p99 / p99.9 / max | result | relay CPU % | sim CPU % "
+        "| clients CPU % | relay RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, c in cases.items():
         k = c["kind"]
         fps, lat, res = "", "", ""
@@ -618,18 +725,24 @@ def table(cases: dict) -> str:
             fps, lat = f"{c['direct_fps']} per client", "added " + _lat(c["added"])
             if c.get("forwarder_floor"):
                 lat += "<br>do-nothing forwarder " + _lat(c["forwarder_floor"])
-            res = (f"{c['unmatched']} unmatched, {c['closed']} closed, ~{c.get('delivered_fps_per_client')} "
-                   f"frames/s received per relay client")
+            res = (
+                f"{c['unmatched']} unmatched, {c['closed']} closed, ~{c.get('delivered_fps_per_client')} "
+                f"frames/s received per relay client"
+            )
         elif k == "redundancy":
-            lat = (f"line1 {_lat(c['line1'])}<br>line2 {_lat(c['line2'])}<br>first-of-lines {_lat(c['first_of_lines'])}"
-                   f"<br>relay {_lat(c['relay'])}")
+            lat = (
+                f"line1 {_lat(c['line1'])}<br>line2 {_lat(c['line2'])}<br>first-of-lines {_lat(c['first_of_lines'])}"
+                f"<br>relay {_lat(c['relay'])}"
+            )
             res = f"relay - first arrival: {_lat(c['relay_minus_first_of_lines'])}"
             fps = "~1000 per client, 10 clients"
         elif k == "throughput":
             fps = f"relay {c['relay_fps']} / bare websockets {c['bare_websockets_fps']}"
-            res = (f"ratio {c['ratio']}; per CPU second: relay {c['relay_frames_per_cpu_s']} / bare "
-                   f"{c['bare_frames_per_cpu_s']} = {c['cpu_ratio']} (best of {c['reps']} drains of "
-                   f"~{max(c['backlog_frames'])} frames)")
+            res = (
+                f"ratio {c['ratio']}; per CPU second: relay {c['relay_frames_per_cpu_s']} / bare "
+                f"{c['bare_frames_per_cpu_s']} = {c['cpu_ratio']} (best of {c['reps']} drains of "
+                f"~{max(c['backlog_frames'])} frames)"
+            )
         elif k == "fanout":
             fps, lat = f"{c['direct_fps']} per client, {c['delivered_fps']} out", "added " + _lat(c["added"])
             if c.get("forwarder_floor"):
@@ -637,18 +750,26 @@ def table(cases: dict) -> str:
             res = f"{c['closed']} closed"
         elif k == "fanout_peak":
             fps = f"{c['delivered_fps']} out"
-            res = (f"backlog {c['backlog_frames']} frames x {c['clients']} clients, "
-                   f"{100 * (c['recorded_fraction'] or 0):.1f}% of them seen by the recording clients"
-                   + ("" if c["recorded_complete"] else " (the rest replaced by snapshot resets: no rate)"))
+            res = (
+                f"backlog {c['backlog_frames']} frames x {c['clients']} clients, "
+                f"{100 * (c['recorded_fraction'] or 0):.1f}% of them seen by the recording clients"
+                + ("" if c["recorded_complete"] else " (the rest replaced by snapshot resets: no rate)")
+            )
         elif k == "failover":
-            res = (f"longest gap: clients {c['client_longest_gap_ms']} ms vs survivor {c['survivor_longest_gap_ms']} ms "
-                   f"(x{c['ratio']}); lost trades {c['lost_trades']}/{c['trades_in_window']}; "
-                   f"book frames missing {c['book_frames_missing']}")
+            res = (
+                f"longest gap: clients {c['client_longest_gap_ms']} ms vs survivor {c['survivor_longest_gap_ms']} ms "
+                f"(x{c['ratio']}); lost trades {c['lost_trades']}/{c['trades_in_window']}; "
+                f"book frames missing {c['book_frames_missing']}"
+            )
         elif k == "rss":
-            res = (f"RSS {c['relay_rss_mb']} MB (peak {c['relay_rss_mb_peak']}, before clients "
-                   f"{c['relay_rss_mb_before_clients']})")
-        rows.append(f"| {name} | {fps} | {lat} | {res} | {c.get('relay_cpu_pct', '')} | {c.get('sim_cpu_pct', '')} "
-                    f"| {c.get('clients_cpu_pct', '')} | {c.get('relay_rss_mb', '')} |")
+            res = (
+                f"RSS {c['relay_rss_mb']} MB (peak {c['relay_rss_mb_peak']}, before clients "
+                f"{c['relay_rss_mb_before_clients']})"
+            )
+        rows.append(
+            f"| {name} | {fps} | {lat} | {res} | {c.get('relay_cpu_pct', '')} | {c.get('sim_cpu_pct', '')} "
+            f"| {c.get('clients_cpu_pct', '')} | {c.get('relay_rss_mb', '')} |"
+        )
     return "\n".join(rows)
 
 
@@ -667,9 +788,15 @@ def environment() -> dict:
             model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         pass
-    return {"python": platform.python_version(), "websockets": websockets.__version__, "uvloop": uv,
-            "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "loadavg_at_start": os.getloadavg()}
+    return {
+        "python": platform.python_version(),
+        "websockets": websockets.__version__,
+        "uvloop": uv,
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
 
 
 def main() -> int:
@@ -690,22 +817,31 @@ def main() -> int:
     started = time.time()
     bench = Bench(args)
     cases = uvloop.run(bench.run(only))
-    out = {"name": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-           "seconds": round(time.time() - started, 1), "window_s": args.window, "environment": environment(),
-           "cases": cases}
+    out = {
+        "name": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "window_s": args.window,
+        "environment": environment(),
+        "cases": cases,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
     env = out["environment"]
     print(f"\n## kraken-relay end-to-end ({name}, {out['when']}, {out['seconds']} s, window {args.window} s)\n")
-    print(f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}, websockets {env['websockets']}, "
-          f"uvloop {env['uvloop']}, load at start {', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}\n")
+    print(
+        f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}, websockets {env['websockets']}, "
+        f"uvloop {env['uvloop']}, load at start {', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}\n"
+    )
     text = table(cases)
     print(text)
     (RESULTS / f"{name}.md").write_text(
         f"## kraken-relay end-to-end ({name}, {out['when']}, {out['seconds']} s, window {args.window} s)\n\n"
         f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}, websockets {env['websockets']}, "
         f"uvloop {env['uvloop']}, load at start {', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}\n\n"
-        + text + "\n")
+        + text
+        + "\n"
+    )
     return 0
 
 

@@ -119,12 +119,12 @@ class Conn(asyncio.Protocol):
                 self.last = now
                 self.books += b
                 self.trades += t
-            self.carry = buf[-(len(CHK) - 1):]
+            self.carry = buf[-(len(CHK) - 1) :]
             return
         # Recording: keep (time, bytes) only; keys are extracted after the run (`scan`), so a
         # recording connection costs about what a counting one does and does not delay the
         # other connections of this process.
-        self.carry = buf[-(len(CHK) - 1):]
+        self.carry = buf[-(len(CHK) - 1) :]
         if self.kept < MAX_KEPT:
             self.chunks.append((now, data))
             self.kept += len(data)
@@ -217,8 +217,15 @@ async def run(job: dict) -> None:
     out = {
         "t_end": t_end,
         "conns": [
-            {"books": c.books, "trades": c.trades, "bytes": c.bytes, "first": c.first, "last": c.last,
-             "closed": c.closed, "truncated": c.truncated}
+            {
+                "books": c.books,
+                "trades": c.trades,
+                "bytes": c.bytes,
+                "first": c.first,
+                "last": c.last,
+                "closed": c.closed,
+                "truncated": c.truncated,
+            }
             for c in conns
         ],
         "records": {i: (conns[i].book_t, conns[i].trade_t) for i in sorted(rec) if i < len(conns)},

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import orjson  # noqa: E402
+import orjson
 
-from bench.e2e_client import _masked  # noqa: E402
+from bench.e2e_client import _masked
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11CA5"
 
@@ -42,11 +42,16 @@ class Down(asyncio.Protocol):
         self.head += data
         if b"\r\n\r\n" not in self.head:
             return
-        key = next(ln.split(b":", 1)[1].strip() for ln in self.head.split(b"\r\n")
-                   if ln.lower().startswith(b"sec-websocket-key:"))
+        key = next(
+            ln.split(b":", 1)[1].strip()
+            for ln in self.head.split(b"\r\n")
+            if ln.lower().startswith(b"sec-websocket-key:")
+        )
         accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"  # type: ignore[union-attr]
-                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"  # type: ignore[union-attr]
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
         self.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -63,8 +68,10 @@ class Up(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(f"GET /v2 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"  # type: ignore[attr-defined]
-                        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        transport.write(
+            f"GET /v2 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"  # type: ignore[attr-defined]
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
 
     def data_received(self, data: bytes) -> None:
         if not self.upgraded:
@@ -73,7 +80,7 @@ class Up(asyncio.Protocol):
             if i < 0:
                 return
             self.upgraded = True
-            data = self.head[i + 4:]
+            data = self.head[i + 4 :]
             for s in self.sub:
                 self.transport.write(_masked(orjson.dumps(s)))  # type: ignore[attr-defined]
             if not data:

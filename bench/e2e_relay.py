@@ -15,18 +15,17 @@ import asyncio
 import gc
 import os
 import signal
-import time
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import orjson  # noqa: E402
+import orjson
 
-from relay.app import Relay, run_loop  # noqa: E402
-from relay.config import load_config  # noqa: E402
-from relay.ops.logging import configure_logging  # noqa: E402
-
+from relay.app import Relay, run_loop
+from relay.config import load_config
+from relay.ops.logging import configure_logging
 
 GC = {"passes": [0, 0, 0], "max_ms": [0.0, 0.0, 0.0], "total_ms": 0.0}
 _gc_t0 = [0.0]
@@ -52,8 +51,9 @@ async def serve(path: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(orjson.dumps({"port": relay.server.port, "http_port": relay.http.port,
-                        "pid": os.getpid()}).decode(), flush=True)
+    print(
+        orjson.dumps({"port": relay.server.port, "http_port": relay.http.port, "pid": os.getpid()}).decode(), flush=True
+    )
     gc.callbacks.append(_gc_cb)
     await stop.wait()
     print(orjson.dumps({"gc": GC}).decode(), file=sys.stderr, flush=True)

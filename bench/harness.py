@@ -77,11 +77,18 @@ def _die_with_parent() -> None:
         pass
 
 
-async def _spawn(*args: str, stdin: bool = False, env_extra: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+async def _spawn(
+    *args: str, stdin: bool = False, env_extra: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
     return await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(ROOT),
+        sys.executable,
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=str(ROOT),
         preexec_fn=_die_with_parent,
     )
 
@@ -92,7 +99,7 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
             proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
@@ -149,22 +156,54 @@ async def control_request(port: int, path: str, body: dict | None) -> dict:
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     data = orjson.dumps(body) if body is not None else b""
     method = "POST" if body is not None else "GET"
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n"
-                 f"Connection: close\r\n\r\n".encode() + data)
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n"
+        f"Connection: close\r\n\r\n".encode()
+        + data
+    )
     raw = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     head, _, payload = raw.partition(b"\r\n\r\n")
     return orjson.loads(payload) if payload else {}
 
 
-async def start_sim(lines: list[tuple[float, float]], symbols: list[str], rate: float, *, seed: int = 1,
-                    trade_rate: float | None = None, burst_every: float = 0.0, levels: int = 1000,
-                    extra: list[str] | None = None) -> Sim:
+async def start_sim(
+    lines: list[tuple[float, float]],
+    symbols: list[str],
+    rate: float,
+    *,
+    seed: int = 1,
+    trade_rate: float | None = None,
+    burst_every: float = 0.0,
+    levels: int = 1000,
+    extra: list[str] | None = None,
+) -> Sim:
     """`kraken-relay sim` with one line per (latency, jitter), ports chosen by the OS."""
-    args = ["-m", "relay", "sim", "--ports", ",".join("0" * len(lines)),
-            "--latency", ",".join(str(a) for a, _ in lines), "--jitter", ",".join(str(b) for _, b in lines),
-            "--symbols", ",".join(symbols), "--rate", str(rate), "--seed", str(seed), "--control-port", "0",
-            "--burst-every", str(burst_every), "--levels", str(levels), "--subscribe-rate", "100"]
+    args = [
+        "-m",
+        "relay",
+        "sim",
+        "--ports",
+        ",".join("0" * len(lines)),
+        "--latency",
+        ",".join(str(a) for a, _ in lines),
+        "--jitter",
+        ",".join(str(b) for _, b in lines),
+        "--symbols",
+        ",".join(symbols),
+        "--rate",
+        str(rate),
+        "--seed",
+        str(seed),
+        "--control-port",
+        "0",
+        "--burst-every",
+        str(burst_every),
+        "--levels",
+        str(levels),
+        "--subscribe-rate",
+        "100",
+    ]
     if trade_rate is not None:
         args += ["--trade-rate", str(trade_rate)]
     proc = await _spawn(*args, *(extra or []))
@@ -223,8 +262,9 @@ class RelayProc:
             os.unlink(self.config_path)
 
 
-def relay_config(urls: list[str], symbols: list[str], depth: int, *, trades: bool = True, ticker: bool = False,
-                 **sections: Any) -> dict:
+def relay_config(
+    urls: list[str], symbols: list[str], depth: int, *, trades: bool = True, ticker: bool = False, **sections: Any
+) -> dict:
     cfg: dict[str, Any] = {
         "upstreams": [{"name": f"line{i}", "url": u} for i, u in enumerate(urls)],
         "channels": {"book": {"depth": depth, "symbols": symbols}, "instrument": True},
@@ -274,7 +314,7 @@ async def wait_relay_ready(relay: RelayProc, timeout: float = 20.0) -> None:
             writer.close()
             if raw.startswith(b"HTTP/1.1 200") or raw.startswith(b"HTTP/1.0 200"):
                 return
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         await asyncio.sleep(0.2)
     raise RuntimeError("relay not ready in time: " + " | ".join(relay.log[-5:]))
@@ -310,10 +350,13 @@ async def start_forwarder(upstream_port: int, sub: list[dict]) -> Forwarder:
 def subs(symbols: list[str], depth: int | None, trades: bool = True) -> list[dict]:
     out = []
     if depth:
-        out.append({"method": "subscribe", "params": {"channel": "book", "symbol": symbols, "depth": depth}, "req_id": 1})
+        out.append(
+            {"method": "subscribe", "params": {"channel": "book", "symbol": symbols, "depth": depth}, "req_id": 1}
+        )
     if trades:
-        out.append({"method": "subscribe", "params": {"channel": "trade", "symbol": symbols, "snapshot": False},
-                    "req_id": 2})
+        out.append(
+            {"method": "subscribe", "params": {"channel": "trade", "symbol": symbols, "snapshot": False}, "req_id": 2}
+        )
     return out
 
 
@@ -328,8 +371,9 @@ class ClientProc:
         return self.proc.pid
 
 
-async def start_clients(port: int, n: int, sub: list[dict], record: list[int] | tuple[int, ...] = (),
-                        path: str = "/v2") -> ClientProc:
+async def start_clients(
+    port: int, n: int, sub: list[dict], record: list[int] | tuple[int, ...] = (), path: str = "/v2"
+) -> ClientProc:
     fd, out = tempfile.mkstemp(prefix="relay-bench-client-", suffix=".marshal")
     os.close(fd)
     job = {"host": "127.0.0.1", "port": port, "path": path, "n": n, "subs": sub, "record": list(record), "out": out}
@@ -364,7 +408,9 @@ async def stop_clients(cp: ClientProc) -> dict:
             os.unlink(cp.out)
 
 
-async def start_client_group(port: int, n: int, sub: list[dict], n_record: int, per_proc: int = 250) -> list[ClientProc]:
+async def start_client_group(
+    port: int, n: int, sub: list[dict], n_record: int, per_proc: int = 250
+) -> list[ClientProc]:
     """n connections over ceil(n / per_proc) processes; `n_record` recording connections spread evenly."""
     procs = max(1, -(-n // per_proc))
     sizes = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
@@ -400,8 +446,13 @@ def summary_us(deltas: list[float]) -> dict:
     """p50/p99/p99.9/max of a list of seconds, in µs."""
     d = sorted(deltas)
     f = lambda v: None if v is None else round(v * 1e6)  # noqa: E731
-    return {"n": len(d), "p50_us": f(pct(d, 0.5)), "p99_us": f(pct(d, 0.99)), "p999_us": f(pct(d, 0.999)),
-            "max_us": f(d[-1] if d else None)}
+    return {
+        "n": len(d),
+        "p50_us": f(pct(d, 0.5)),
+        "p99_us": f(pct(d, 0.99)),
+        "p999_us": f(pct(d, 0.999)),
+        "max_us": f(d[-1] if d else None),
+    }
 
 
 def deltas(ref: dict[bytes, float], other: dict[bytes, float], t0: float, t1: float) -> tuple[list[float], int]:

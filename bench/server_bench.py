@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import uvloop  # noqa: E402
+import uvloop
 
 END = b'"end":1'
 
@@ -64,7 +64,7 @@ async def _client(port: int, stamps: list[float] | None, ready: asyncio.Event, c
                     break
                 j = data.find(b"}", i)
                 try:
-                    stamps.append(now - float(data[i + 7: j]))
+                    stamps.append(now - float(data[i + 7 : j]))
                 except ValueError:
                     pass
                 pos = j
@@ -94,26 +94,46 @@ class StubMerge:
     def want_book_depth(self, symbol, depth): ...
     def release_book_depth(self, symbol, depth): ...
     def book_snapshot(self, symbol, depth):
-        return (b'{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":[],"asks":[],'
-                b'"checksum":0,"timestamp":"2026-01-01T00:00:00.000000Z"}]}')
-    def trade_snapshot(self, symbol, count=50): return None
-    def ticker_snapshot(self, symbol): return None
-    def ohlc_snapshot(self, symbol, interval): return None
-    def instrument_snapshot(self): return None
-    def system_status(self): return "online"
-    def symbol_state(self, symbol): return {"symbol": symbol, "book": "ok", "upstreams": {}}
+        return (
+            b'{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":[],"asks":[],'
+            b'"checksum":0,"timestamp":"2026-01-01T00:00:00.000000Z"}]}'
+        )
+
+    def trade_snapshot(self, symbol, count=50):
+        return None
+
+    def ticker_snapshot(self, symbol):
+        return None
+
+    def ohlc_snapshot(self, symbol, interval):
+        return None
+
+    def instrument_snapshot(self):
+        return None
+
+    def system_status(self):
+        return "online"
+
+    def symbol_state(self, symbol):
+        return {"symbol": symbol, "book": "ok", "upstreams": {}}
 
 
 def frame(i: int, stamp: float | None = None) -> bytes:
     extra = b',"sent":' + repr(stamp).encode() if stamp is not None else b""
-    return (b'{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":29430.2,"qty":0.'
-            + str(10000000 + i).encode() + b'}],"asks":[],"checksum":' + str(i).encode()
-            + b',"timestamp":"2026-01-01T00:00:00.000000Z"' + extra + b"}]}")
+    return (
+        b'{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":29430.2,"qty":0.'
+        + str(10000000 + i).encode()
+        + b'}],"asks":[],"checksum":'
+        + str(i).encode()
+        + b',"timestamp":"2026-01-01T00:00:00.000000Z"'
+        + extra
+        + b"}]}"
+    )
 
 
 async def _parent(args: argparse.Namespace) -> dict:
-    from relay.core.outputs import Publication
     from relay.config import ChannelsConfig, ServerConfig
+    from relay.core.outputs import Publication
     from relay.server.listener import LocalServer
 
     cfg = ServerConfig(max_clients=max(1000, args.clients + 10), max_requests_per_second=1000)
@@ -125,7 +145,12 @@ async def _parent(args: argparse.Namespace) -> dict:
 
     async def run_child(latency: bool):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--child", str(server.port), str(args.clients), "1" if latency else "0",
+            sys.executable,
+            __file__,
+            "--child",
+            str(server.port),
+            str(args.clients),
+            "1" if latency else "0",
             stdout=subprocess.PIPE,
         )
         assert proc.stdout is not None
@@ -144,7 +169,7 @@ async def _parent(args: argparse.Namespace) -> dict:
     for _ in range(args.frames // args.batch):
         server.publish([Publication("book", "BTC/USD", 10, f, False) for f in frames])
         await asyncio.sleep(0)
-    server.publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b',' + END + b"}]}", False)])
+    server.publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b"," + END + b"}]}", False)])
     assert proc.stdout is not None
     while (await proc.stdout.readline()).strip() != b"done":
         pass
@@ -152,9 +177,14 @@ async def _parent(args: argparse.Namespace) -> dict:
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     await proc.wait()
     total = args.clients * (args.frames // args.batch) * args.batch
-    out.update(frames_out=total, seconds=round(elapsed, 3), frames_out_per_s=round(total / elapsed),
-               server_cpu_s=round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 3),
-               slow_closes=server.slow_closes, book_resets=server.book_resets)
+    out.update(
+        frames_out=total,
+        seconds=round(elapsed, 3),
+        frames_out_per_s=round(total / elapsed),
+        server_cpu_s=round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 3),
+        slow_closes=server.slow_closes,
+        book_resets=server.book_resets,
+    )
     # latency
     proc = await run_child(True)
     start = loop.time()
@@ -166,7 +196,7 @@ async def _parent(args: argparse.Namespace) -> dict:
             server.publish([Publication("book", "BTC/USD", 10, frame(1, now), False) for _ in range(due)])
             sent += due
         await asyncio.sleep(0.0005)
-    server.publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b',' + END + b"}]}", False)])
+    server.publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b"," + END + b"}]}", False)])
     lat = None
     while True:
         line = (await proc.stdout.readline()).strip()

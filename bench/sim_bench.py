@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import orjson  # noqa: E402
-import uvloop  # noqa: E402
+import orjson
+import uvloop
 
 SYMBOLS = "BTC/USD,ETH/USD,SOL/USD"
 
@@ -38,7 +38,11 @@ async def _client_main(urls: list[str], symbols: list[str], depth: int, duration
     async def one(i: int, url: str) -> None:
         nonlocal ready
         async with websockets.connect(url, compression=None, max_size=1 << 24, max_queue=None) as ws:
-            await ws.send(orjson.dumps({"method": "subscribe", "params": {"channel": "book", "symbol": symbols, "depth": depth}}).decode())
+            await ws.send(
+                orjson.dumps(
+                    {"method": "subscribe", "params": {"channel": "book", "symbol": symbols, "depth": depth}}
+                ).decode()
+            )
             ready += 1
             end = time.monotonic() + duration
             n = 0
@@ -48,7 +52,7 @@ async def _client_main(urls: list[str], symbols: list[str], depth: int, duration
                     break
                 try:
                     await asyncio.wait_for(ws.recv(decode=False), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 n += 1
                 counts[i] = n
@@ -62,16 +66,29 @@ async def _bench(args: argparse.Namespace) -> dict:
 
     symbols = args.symbols.split(",")
     cfg = SimConfig(
-        symbols=symbols, rate=args.rate, seed=1, trade_rate=args.rate / 20,
+        symbols=symbols,
+        rate=args.rate,
+        seed=1,
+        trade_rate=args.rate / 20,
         lines=[LineConfig(latency=0.001, jitter=0.001) for _ in range(args.lines)],
-        burst_every=args.burst_every, burst_factor=args.burst_factor,
+        burst_every=args.burst_every,
+        burst_factor=args.burst_factor,
     )
     sim = Simulator(cfg)
     await sim.start()
     urls = [sim.urls[i % args.lines] for i in range(args.clients)]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--client", ",".join(urls), "--symbols", args.symbols,
-        "--depth", str(args.depth), "--duration", str(args.duration), stdout=subprocess.PIPE,
+        sys.executable,
+        __file__,
+        "--client",
+        ",".join(urls),
+        "--symbols",
+        args.symbols,
+        "--depth",
+        str(args.depth),
+        "--duration",
+        str(args.duration),
+        stdout=subprocess.PIPE,
     )
     # wait until every client is subscribed, then measure a clean window
     deadline = time.monotonic() + 15
@@ -102,7 +119,7 @@ async def _bench(args: argparse.Namespace) -> dict:
     received = json.loads(out.decode().strip().splitlines()[-1])["received"]
     elapsed = t1 - t0
     # book updates due in the window: the schedule (bursts included) plus one per trade
-    start = sim.market._start or t0  # noqa: SLF001 - bench reads the engine's clock origin
+    start = sim.market._start or t0
     scheduled = sim.market.scheduled(t1 - start) - sim.market.scheduled(t0 - start) + cfg.trade_rate * elapsed
     return {
         "bench": "sim",

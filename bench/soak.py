@@ -39,8 +39,19 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import CpuMeter, relay_config, rss_mb, start_relay, start_sim, wait_relay_ready  # noqa: E402
 
 SYMBOLS = ["BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "DOGE/USD", "ADA/USD"]
-KINDS = ["drop", "close_1001", "close_1013", "stall", "silent_symbol", "corrupt_checksum", "maintenance",
-         "cancel_only", "refuse", "slow", "budget"]
+KINDS = [
+    "drop",
+    "close_1001",
+    "close_1013",
+    "stall",
+    "silent_symbol",
+    "corrupt_checksum",
+    "maintenance",
+    "cancel_only",
+    "refuse",
+    "slow",
+    "budget",
+]
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -79,9 +90,19 @@ async def _connected(relay: Any) -> int:
     return -1
 
 
-async def run(duration: float, *, rate: float = 300.0, fault_every: float = 4.0, recovery: float = 6.0,
-              concurrent: int = 2, allow_all: bool = False, seed: int = 1, sdk: bool = True, ccxt: bool = True,
-              log=print) -> dict:
+async def run(
+    duration: float,
+    *,
+    rate: float = 300.0,
+    fault_every: float = 4.0,
+    recovery: float = 6.0,
+    concurrent: int = 2,
+    allow_all: bool = False,
+    seed: int = 1,
+    sdk: bool = True,
+    ccxt: bool = True,
+    log=print,
+) -> dict:
     from relay.demo import VerifyingClient
 
     rng = random.Random(seed)
@@ -89,15 +110,26 @@ async def run(duration: float, *, rate: float = 300.0, fault_every: float = 4.0,
     n_lines = len(lines)
     max_bad = n_lines if allow_all else min(concurrent, n_lines - 1)
     sim = await start_sim(lines, SYMBOLS, rate, seed=seed, burst_every=5.0)
-    cfg = relay_config(sim.urls, SYMBOLS, 100, ticker=True,
-                       reconnect={"initial_delay": 0.2, "max_delay": 2.0, "stagger": 0.1},
-                       liveness={"frame_timeout": 3.0, "ping_interval": 1.0, "stale_after": 5.0})
+    cfg = relay_config(
+        sim.urls,
+        SYMBOLS,
+        100,
+        ticker=True,
+        reconnect={"initial_delay": 0.2, "max_delay": 2.0, "stagger": 0.1},
+        liveness={"frame_timeout": 3.0, "ping_interval": 1.0, "stale_after": 5.0},
+    )
     for i, up in enumerate(cfg["upstreams"]):
         up["source_address"] = f"127.0.0.{i + 1}"
     relay = None
     tasks: list[asyncio.Task] = []
-    summary: dict[str, Any] = {"duration_s": duration, "rate": rate, "symbols": SYMBOLS, "lines": n_lines,
-                               "max_unhealthy_lines": max_bad, "seed": seed}
+    summary: dict[str, Any] = {
+        "duration_s": duration,
+        "rate": rate,
+        "symbols": SYMBOLS,
+        "lines": n_lines,
+        "max_unhealthy_lines": max_bad,
+        "seed": seed,
+    }
     try:
         relay = await start_relay(cfg)
         await wait_relay_ready(relay, 30)
@@ -183,26 +215,45 @@ async def run(duration: float, *, rate: float = 300.0, fault_every: float = 4.0,
     after = [v for t, v in rss if t >= warm]
     base = after[0] if after else (rss[0][1] if rss else 0.0)
     growth = (after[-1] - base) / base if after and base else 0.0
-    summary.update({
-        "faults": len(faults), "fault_kinds": sorted({f["kind"] for f in faults}),
-        "verifying_client": {"book_frames": vc.book_frames, "bad_checksums": vc.bad, "trades": vc.trades,
-                             "gaps": vc.gaps, "duplicates": vc.dups, "disconnects": vc.disconnects},
-        "kraken_sdk": None if sdk_res is None else {"frames": sdk_res.frames, "invalid": sdk_res.invalid,
-                                                      "errors": client_errors(sdk_res)},
-        "ccxt": None if ccxt_res is None else {"frames": ccxt_res.frames, "invalid": ccxt_res.invalid,
-                                                "errors": client_errors(ccxt_res)},
-        "relay_clients_connected_min": connected_min, "clients": n_clients,
-        "relay": {"cpu_pct": cpu, "rss_mb_after_warmup": round(base, 1), "rss_mb_end": round(after[-1], 1) if after else None,
-                  "rss_mb_max": round(max(v for _, v in rss), 1) if rss else None, "rss_growth_pct": round(100 * growth, 1),
-                  "upstream_checksum_mismatches": metric("kraken_relay_upstream_checksum_mismatches_total"),
-                  "resyncs": metric("kraken_relay_upstream_resyncs_total"),
-                  "slow_closes": metric("kraken_relay_client_slow_closes_total"),
-                  "snapshot_resets": metric("kraken_relay_client_snapshot_resets_total")},
-        "fault_log": faults,
-    })
+    summary.update(
+        {
+            "faults": len(faults),
+            "fault_kinds": sorted({f["kind"] for f in faults}),
+            "verifying_client": {
+                "book_frames": vc.book_frames,
+                "bad_checksums": vc.bad,
+                "trades": vc.trades,
+                "gaps": vc.gaps,
+                "duplicates": vc.dups,
+                "disconnects": vc.disconnects,
+            },
+            "kraken_sdk": None
+            if sdk_res is None
+            else {"frames": sdk_res.frames, "invalid": sdk_res.invalid, "errors": client_errors(sdk_res)},
+            "ccxt": None
+            if ccxt_res is None
+            else {"frames": ccxt_res.frames, "invalid": ccxt_res.invalid, "errors": client_errors(ccxt_res)},
+            "relay_clients_connected_min": connected_min,
+            "clients": n_clients,
+            "relay": {
+                "cpu_pct": cpu,
+                "rss_mb_after_warmup": round(base, 1),
+                "rss_mb_end": round(after[-1], 1) if after else None,
+                "rss_mb_max": round(max(v for _, v in rss), 1) if rss else None,
+                "rss_growth_pct": round(100 * growth, 1),
+                "upstream_checksum_mismatches": metric("kraken_relay_upstream_checksum_mismatches_total"),
+                "resyncs": metric("kraken_relay_upstream_resyncs_total"),
+                "slow_closes": metric("kraken_relay_client_slow_closes_total"),
+                "snapshot_resets": metric("kraken_relay_client_snapshot_resets_total"),
+            },
+            "fault_log": faults,
+        }
+    )
     problems = []
     if vc.disconnects or connected_min < n_clients:
-        problems.append(f"client disconnects (verifying client {vc.disconnects}, relay gauge min {connected_min}/{n_clients})")
+        problems.append(
+            f"client disconnects (verifying client {vc.disconnects}, relay gauge min {connected_min}/{n_clients})"
+        )
     if vc.bad or (sdk_res and sdk_res.invalid) or (ccxt_res and ccxt_res.invalid):
         problems.append("checksum mismatches at clients")
     if vc.dups or (vc.gaps and not allow_all):
@@ -224,7 +275,9 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=600.0)
     p.add_argument("--rate", type=float, default=300.0, help="simulated book updates per second (whole market)")
     p.add_argument("--fault-every", type=float, default=4.0, help="mean seconds between faults")
-    p.add_argument("--recovery", type=float, default=6.0, help="seconds a faulted line counts unhealthy after its fault")
+    p.add_argument(
+        "--recovery", type=float, default=6.0, help="seconds a faulted line counts unhealthy after its fault"
+    )
     p.add_argument("--concurrent", type=int, default=2, help="lines that may be unhealthy at once (< lines)")
     p.add_argument("--allow-all", action="store_true", help="allow faults on every line at once (gaps then allowed)")
     p.add_argument("--seed", type=int, default=1)
@@ -233,9 +286,19 @@ def main() -> int:
     args = p.parse_args()
     import uvloop
 
-    summary = uvloop.run(run(args.duration, rate=args.rate, fault_every=args.fault_every, recovery=args.recovery,
-                             concurrent=args.concurrent, allow_all=args.allow_all, seed=args.seed,
-                             sdk=not args.no_sdk, ccxt=not args.no_ccxt))
+    summary = uvloop.run(
+        run(
+            args.duration,
+            rate=args.rate,
+            fault_every=args.fault_every,
+            recovery=args.recovery,
+            concurrent=args.concurrent,
+            allow_all=args.allow_all,
+            seed=args.seed,
+            sdk=not args.no_sdk,
+            ccxt=not args.no_ccxt,
+        )
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"soak-{int(args.duration)}s.json").write_text(json.dumps(summary, indent=2))
     brief = {k: v for k, v in summary.items() if k != "fault_log"}

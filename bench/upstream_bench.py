@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import orjson  # noqa: E402
-import uvloop  # noqa: E402
+import orjson
+import uvloop
 
 FRAME = (
     b'{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":45283.5,'
@@ -34,15 +34,25 @@ async def _serve(n: int) -> None:
     from websockets.asyncio.server import serve
 
     async def handler(ws):  # type: ignore[no-untyped-def]
-        await ws.send('{"channel":"status","type":"update","data":[{"system":"online","api_version":"v2",'
-                      '"connection_id":1,"version":"2.0.0"}]}')
+        await ws.send(
+            '{"channel":"status","type":"update","data":[{"system":"online","api_version":"v2",'
+            '"connection_id":1,"version":"2.0.0"}]}'
+        )
         async for msg in ws:
             req = orjson.loads(msg)
             if req.get("method") != "subscribe":
                 continue
             for sym in req["params"].get("symbol", []):
-                await ws.send(orjson.dumps({"method": "subscribe", "req_id": req.get("req_id"), "success": True,
-                                            "result": {"channel": req["params"]["channel"], "symbol": sym}}).decode())
+                await ws.send(
+                    orjson.dumps(
+                        {
+                            "method": "subscribe",
+                            "req_id": req.get("req_id"),
+                            "success": True,
+                            "result": {"channel": req["params"]["channel"], "symbol": sym},
+                        }
+                    ).decode()
+                )
             if req["params"]["channel"] == "book":
                 text = FRAME.decode()
                 for _ in range(n):
@@ -93,7 +103,9 @@ async def _bare(url: str, n: int) -> tuple[float, float]:
 
     async with connect(url, compression=None, max_size=1 << 24) as ws:
         await ws.recv()
-        await ws.send(orjson.dumps({"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"]}}).decode())
+        await ws.send(
+            orjson.dumps({"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"]}}).decode()
+        )
         await ws.recv()
         t0, c0 = time.perf_counter(), _cpu()
         got = 0
@@ -111,8 +123,10 @@ async def _pool(url: str, n: int) -> tuple[float, float]:
     from relay.protocols.spot_v2.spec import SPOT_V2
     from relay.upstream.pool import UpstreamPool
 
-    cfg = parse_config({"upstreams": [{"name": "a", "url": url}], "channels": {"book": {"symbols": ["BTC/USD"]},
-                        "instrument": False}}, env={})
+    cfg = parse_config(
+        {"upstreams": [{"name": "a", "url": url}], "channels": {"book": {"symbols": ["BTC/USD"]}, "instrument": False}},
+        env={},
+    )
     pool = UpstreamPool(cfg, NullMerge(), lambda pubs: None, protocol=SPOT_V2)
     await pool.start()
     conn = pool.connections[0]
@@ -137,8 +151,9 @@ def main() -> None:
         return
     out: dict[str, float] = {"frames": args.frames}
     for name, fn in (("bare", _bare), ("pool", _pool)):
-        child = subprocess.Popen([sys.executable, __file__, "--serve", "--frames", str(args.frames)],
-                                 stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--serve", "--frames", str(args.frames)], stdout=subprocess.PIPE, text=True
+        )
         try:
             port = int(child.stdout.readline())  # type: ignore[union-attr]
             rate, cpu = uvloop.run(fn(f"ws://127.0.0.1:{port}/v2", args.frames))

@@ -17,17 +17,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relay.core.outputs import MergeSettings  # noqa: E402
-from relay.protocols.spot_v1.merge import V1Merge  # noqa: E402
-from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint  # noqa: E402
-from relay.core.wsframe import text_frame  # noqa: E402
-from tests.v1.helpers import cryptofeed_frames  # noqa: E402
+from relay.core.outputs import MergeSettings
+from relay.core.wsframe import text_frame
+from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint
+from relay.protocols.spot_v1.merge import V1Merge
+from tests.v1.helpers import cryptofeed_frames
 
 _ID = re.compile(rb"^\[(\d+),")
 
 
 def copies(frames: list[bytes], lines: int) -> list[list[bytes]]:
-    return [[_ID.sub(lambda m: b"[%d," % (int(m.group(1)) * 7 + up), f) for f in frames] for up in range(lines)]
+    return [[_ID.sub(lambda m, up=up: b"[%d," % (int(m.group(1)) * 7 + up), f) for f in frames] for up in range(lines)]
 
 
 def per_frame(frames: list[bytes], lines: int, runs: int = 5) -> tuple[float, V1Merge]:
@@ -72,7 +72,9 @@ def main() -> None:
     for pair in merge.books:
         n += len(ep.source.book_snapshot(pair, 1000) or b"")
     dt = time.perf_counter() - t
-    print(f"late-joiner depth-1000 snapshots: {dt / len(merge.books) * 1e3:.2f} ms per pair ({n // len(merge.books)} bytes)")
+    print(
+        f"late-joiner depth-1000 snapshots: {dt / len(merge.books) * 1e3:.2f} ms per pair ({n // len(merge.books)} bytes)"
+    )
 
 
 if __name__ == "__main__":

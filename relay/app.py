@@ -121,16 +121,19 @@ class Relay:
         self.budgets = BudgetRegistry(config.budget)
         stagger = Stagger(config.reconnect.stagger)
         self.stacks: list[Stack] = [
-            Stack(spec, config, self.server, self.metrics, self.budgets, stagger) for spec in protocols.configured(config)
+            Stack(spec, config, self.server, self.metrics, self.budgets, stagger)
+            for spec in protocols.configured(config)
         ]
         host, port = split_host_port(config.http.listen)
-        self.http = HttpServer(host, port if http_port is None else http_port, self.metrics.registry, self.ready, self.loop_monitor)
+        self.http = HttpServer(
+            host, port if http_port is None else http_port, self.metrics.registry, self.ready, self.loop_monitor
+        )
         self.notifier = Notifier()
         # READY=1 once data flows, or after a grace period anyway: during a Kraken outage at boot
         # the relay is healthy and serving status frames, and must not be restarted in a loop.
         self.ready_gate = ReadyGate(self.notifier, grace=60.0)
         self._watchdog: Any = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = time.time()
 
     def stack(self, name: str) -> Stack:
@@ -170,7 +173,7 @@ class Relay:
         try:
             pools = [s.pool.stop() for s in self.stacks]
             await asyncio.wait_for(asyncio.gather(*pools), SHUTDOWN_GRACE / 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("upstreams did not close in time")
         await self.http.stop()
         if self._watchdog is not None:
@@ -341,7 +344,9 @@ async def serve(config_path: str | Path, config: RelayConfig) -> int:
         except ConfigError as exc:
             log.error("reload failed, keeping the running config", error=str(exc))
             return
-        asyncio.ensure_future(relay.reload(new))
+        reloading = asyncio.ensure_future(relay.reload(new))
+        relay._tasks.append(reloading)  # keep a reference until it is done
+        reloading.add_done_callback(relay._tasks.remove)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

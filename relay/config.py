@@ -463,7 +463,7 @@ def format_validation_error(exc: ValidationError) -> str:
     msg = str(err.get("msg", "invalid"))
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = msg[len(prefix) :]
     etype = str(err.get("type", ""))
     ctx = err.get("ctx") or {}
     raw_loc = tuple(err.get("loc", ()))
@@ -476,13 +476,14 @@ def format_validation_error(exc: ValidationError) -> str:
     elif etype == "too_short":
         n = ctx.get("min_length", 1)
         msg = f"needs at least {n} item{'s' if n != 1 else ''}" + (
-            " (a list of {name, url} mappings)" if raw_loc == ("upstreams",) else "")
+            " (a list of {name, url} mappings)" if raw_loc == ("upstreams",) else ""
+        )
     elif etype in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[etype]
         bound = next(iter(ctx.values()), "?")
         msg = f"must be {op} {bound}"
     elif msg.startswith("Input should be "):
-        msg = "must be " + msg[len("Input should be "):]
+        msg = "must be " + msg[len("Input should be ") :]
     loc = _loc(raw_loc)
     if loc == "config" and ": " in msg:  # model-level errors carry their own path
         return msg

@@ -13,16 +13,15 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
 
 import websockets
 
 from relay.app import Relay, run_loop
+from relay.config import load_config, parse_config
 from relay.core.book import Book
 from relay.core.events import BookEvent, TradeEvent
-from relay.protocols.spot_v2.wire import V2Parser, encode_subscribe
-from relay.config import load_config, parse_config
 from relay.ops.logging import configure_logging
+from relay.protocols.spot_v2.wire import V2Parser, encode_subscribe
 from relay.sim import LineConfig, SimConfig, Simulator
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
@@ -114,8 +113,11 @@ async def demo(args: argparse.Namespace) -> int:
     depth = cfg.channels.book.depth if cfg.channels.book else 10
     client = VerifyingClient(relay.server.url, symbols, min(depth, 25))
     client_task = asyncio.create_task(client.run())
-    print(f"demo: simulator lines {', '.join(sim.urls)}; relay at {relay.server.url}; metrics at "
-          f"http://{relay.http.host}:{relay.http.port}/metrics. Ctrl-C stops.", flush=True)
+    print(
+        f"demo: simulator lines {', '.join(sim.urls)}; relay at {relay.server.url}; metrics at "
+        f"http://{relay.http.host}:{relay.http.port}/metrics. Ctrl-C stops.",
+        flush=True,
+    )
     loop = asyncio.get_running_loop()
     start = loop.time()
     next_fault, i, note = start + args.fault_every, 0, "all lines healthy"

@@ -98,14 +98,14 @@ async def run_kraken_sdk_orderbook(
     logging.getLogger("kraken").setLevel(logging.CRITICAL)
     t0 = time.monotonic()
     client = Client(depth=depth)
-    market = client._SpotOrderBookClient__market  # noqa: SLF001 - offline patch, see module doc
+    market = client._SpotOrderBookClient__market
     market.get_asset_pairs = lambda pair=None, **kw: {p: pairs[p] for p in ([pair] if isinstance(pair, str) else pair)}
     try:
         await asyncio.wait_for(client.start(), timeout)
         await client.add_book(pairs=list(symbols))
         try:
             await asyncio.wait_for(done.wait(), max(0.1, timeout - (time.monotonic() - t0)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result.errors.append(f"timeout after {result.updates} updates")
         if client.exception_occur:
             result.errors.append("client reported an exception")
@@ -205,8 +205,10 @@ async def run_ccxt_watch_order_book(
             while result.per_symbol[sym] < n:
                 await ex.watch_order_book(sym, depth)
 
-        await asyncio.wait_for(asyncio.gather(*(watch(s) for s in symbols)), max(0.1, timeout - (time.monotonic() - t0)))
-    except asyncio.TimeoutError:
+        await asyncio.wait_for(
+            asyncio.gather(*(watch(s) for s in symbols)), max(0.1, timeout - (time.monotonic() - t0))
+        )
+    except TimeoutError:
         result.errors.append(f"timeout after {result.frames} frames")
     except Exception as exc:
         result.errors.append(f"{type(exc).__name__}: {exc}")

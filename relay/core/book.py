@@ -15,8 +15,6 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
-
-
 from zlib import crc32 as _crc32
 
 from relay.core.checksum import TOP_LEVELS, crc32_of_tokens
@@ -100,7 +98,11 @@ class BookSide:
             if undo is not None:
                 undo.append((neg, key, old))
             if qtext.strip(b"0."):
-                levels[key] = (ptext, qtext, ptext.replace(b".", b"").lstrip(b"0") + qtext.replace(b".", b"").lstrip(b"0"))
+                levels[key] = (
+                    ptext,
+                    qtext,
+                    ptext.replace(b".", b"").lstrip(b"0") + qtext.replace(b".", b"").lstrip(b"0"),
+                )
                 if old is None:
                     insort(keys, key)
             elif old is not None:
@@ -201,9 +203,7 @@ class Book:
         self.apply(bids, asks, timestamp, None)
         return self.checksum
 
-    def apply(
-        self, bids: Iterable[Level], asks: Iterable[Level], timestamp: str, undo: list | None
-    ) -> int:
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level], timestamp: str, undo: list | None) -> int:
         """Apply one update in array order, truncate, recompute the checksum and return it."""
         b, a = self.bids, self.asks
         if bids:  # an untouched side needs neither apply nor truncation
@@ -226,7 +226,11 @@ class Book:
         self.checksum = checksum
 
     def apply_text_levels(
-        self, bids: Iterable[tuple[bytes, bytes]], asks: Iterable[tuple[bytes, bytes]], timestamp: str, undo: list | None
+        self,
+        bids: Iterable[tuple[bytes, bytes]],
+        asks: Iterable[tuple[bytes, bytes]],
+        timestamp: str,
+        undo: list | None,
     ) -> int:
         """Apply levels given as (price_text, qty_text), e.g. a diff from `diff_to`."""
         return self.apply(

@@ -27,7 +27,6 @@ from relay.core.events import BookEvent
 from relay.core.outputs import ArbiterHost
 from relay.core.views import DepthView
 
-
 # Per-(upstream, symbol) modes.
 NONE, FOLLOW, OWN, INVALID = 0, 1, 2, 3
 MODE_NAMES = {NONE: "down", FOLLOW: "valid", OWN: "valid", INVALID: "resyncing"}
@@ -267,7 +266,9 @@ class BookArbiter:
         hit = self._snapshots.get(depth)
         if hit is not None and hit[0] == state:
             return hit[1]
-        frame = self.merge.codec.book(self.symbol, True, pub.bids.best(depth), pub.asks.best(depth), pub.checksum, pub.timestamp)
+        frame = self.merge.codec.book(
+            self.symbol, True, pub.bids.best(depth), pub.asks.best(depth), pub.checksum, pub.timestamp
+        )
         self._snapshots[depth] = (state, frame)
         return frame
 

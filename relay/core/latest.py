@@ -15,7 +15,6 @@ from relay.core.events import InstrumentEvent, OhlcEvent, TickerEvent
 from relay.core.outputs import ArbiterHost
 
 
-
 class NewestWins:
     """One full-record stream (a symbol's ticker, or one ohlc interval): publish only newer records.
 
@@ -123,4 +122,6 @@ class InstrumentArbiter:
             return None
         if self.snapshot_raw is not None:
             return self.snapshot_raw
-        return self.merge.codec.instrument(True, {"assets": list(self.assets.values()), "pairs": list(self.pairs.values())})
+        return self.merge.codec.instrument(
+            True, {"assets": list(self.assets.values()), "pairs": list(self.pairs.values())}
+        )

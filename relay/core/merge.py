@@ -30,19 +30,19 @@ from relay.core.latest import InstrumentArbiter, OhlcArbiter, TickerArbiter
 from relay.core.outputs import (
     BLOCKING_STATUS,
     STATUS_RANK,
+    Codec,
     Line,
     MergeBase,
     MergeCounters,
     MergeSettings,
+    Parser,
     Publication,
     UpstreamStats,
 )
 from relay.core.trade_arbiter import TradeArbiter
-from relay.core.outputs import Codec, Parser
 
 
 class Merge(MergeBase):
-
     """Book, trade, ticker, ohlc and instrument arbiters behind one protocol's parser and codec."""
 
     def __init__(self, settings: MergeSettings, parser: Parser, codec: Codec) -> None:
@@ -245,6 +245,7 @@ class Merge(MergeBase):
                 self._relay_states[sym] = st
                 frame = self.codec.elements("relay", False, [_json(st)])
                 self.outbox.append(Publication("relay", sym, 0, frame, False))
+
 
 def _json(obj: Any) -> bytes:
     return orjson.dumps(obj)

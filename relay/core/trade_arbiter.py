@@ -16,7 +16,6 @@ from collections import deque
 from relay.core.events import Trade, TradeEvent
 from relay.core.outputs import ArbiterHost
 
-
 MAX_PENDING = 10_000  # bound on trades held behind a gap
 
 
@@ -125,7 +124,9 @@ class TradeArbiter:
             self.last_id = last
             self.recent.extend(out)
             merge = self.merge
-            merge.outbox.append(merge.Publication("trade", self.symbol, 0, merge.codec.elements("trade", False, out), False))
+            merge.outbox.append(
+                merge.Publication("trade", self.symbol, 0, merge.codec.elements("trade", False, out), False)
+            )
             if up is not None:
                 merge.upstream_stats[up].wins += 1
             self.published += len(out)
@@ -137,7 +138,7 @@ class TradeArbiter:
 
     def _update_lines(self, up: int, now: float) -> None:
         last = self.last_id
-        for i, tl in enumerate(self.lines):
+        for tl in self.lines:
             if not tl.active:
                 continue
             if tl.last_seen >= last:  # type: ignore[operator]

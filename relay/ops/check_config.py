@@ -19,8 +19,12 @@ from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="YAML config file to validate")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when the config is valid")
-    parser.add_argument("--print", dest="print_effective", action="store_true",
-                        help="print the effective config (defaults and environment overrides applied) as YAML")
+    parser.add_argument(
+        "--print",
+        dest="print_effective",
+        action="store_true",
+        help="print the effective config (defaults and environment overrides applied) as YAML",
+    )
 
 
 def summary(cfg: RelayConfig) -> str:
@@ -47,16 +51,26 @@ def summary(cfg: RelayConfig) -> str:
         line = f"{len(cfg.upstreams)} upstreams ({ups}); no Spot v2 feeds; http {cfg.http.listen}"
     v1 = getattr(cfg, "v1", None)
     if v1 is not None:
-        names = [n if n != "book" else f"book/{v1.channels.book.depth}" for n in ("book", "trade", "ticker", "spread", "ohlc")
-                 if getattr(v1.channels, n) is not None and getattr(v1.channels, n).symbols]
-        line += (f"; Spot v1: {len(v1.channels.all_symbols())} pairs, channels {' '.join(names)}, "
-                 f"serving {scheme}://{cfg.server.listen}{v1.path}")
+        names = [
+            n if n != "book" else f"book/{v1.channels.book.depth}"
+            for n in ("book", "trade", "ticker", "spread", "ohlc")
+            if getattr(v1.channels, n) is not None and getattr(v1.channels, n).symbols
+        ]
+        line += (
+            f"; Spot v1: {len(v1.channels.all_symbols())} pairs, channels {' '.join(names)}, "
+            f"serving {scheme}://{cfg.server.listen}{v1.path}"
+        )
     fut = getattr(cfg, "futures", None)
     if fut is not None:
-        feeds = [n for n in ("book", "trade", "ticker", "ticker_lite")
-                 if getattr(fut.channels, n) is not None and getattr(fut.channels, n).products]
-        line += (f"; Futures: {len(fut.channels.all_products())} products, feeds {' '.join(feeds)}, "
-                 f"serving {scheme}://{cfg.server.listen}{fut.path}")
+        feeds = [
+            n
+            for n in ("book", "trade", "ticker", "ticker_lite")
+            if getattr(fut.channels, n) is not None and getattr(fut.channels, n).products
+        ]
+        line += (
+            f"; Futures: {len(fut.channels.all_products())} products, feeds {' '.join(feeds)}, "
+            f"serving {scheme}://{cfg.server.listen}{fut.path}"
+        )
     return line
 
 

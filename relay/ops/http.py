@@ -136,8 +136,9 @@ class HttpServer:
                 headers[name.strip().lower()] = value.strip()
         self.requests += 1
         if method not in ("GET", "HEAD"):
-            await self._send(writer, HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n",
-                             extra=(("Allow", "GET, HEAD"),))
+            await self._send(
+                writer, HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", extra=(("Allow", "GET, HEAD"),)
+            )
             return
         path = target.split("?", 1)[0]
         if path == "/metrics":
@@ -212,8 +213,13 @@ class HttpServer:
         head_only: bool = False,
         extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        head = [f"HTTP/1.1 {status.value} {status.phrase}", f"Content-Type: {ctype}",
-                f"Content-Length: {len(body)}", "Cache-Control: no-store", "Connection: close"]
+        head = [
+            f"HTTP/1.1 {status.value} {status.phrase}",
+            f"Content-Type: {ctype}",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+            "Connection: close",
+        ]
         head += [f"{k}: {v}" for k, v in extra]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         if not head_only:
@@ -231,9 +237,7 @@ class _Collected:
         return iter(self._families)
 
 
-def readiness(
-    symbols: list[str], symbol_state: Callable[[str], Mapping[str, Any]]
-) -> tuple[bool, dict[str, Any]]:
+def readiness(symbols: list[str], symbol_state: Callable[[str], Mapping[str, Any]]) -> tuple[bool, dict[str, Any]]:
     """Ready when every configured symbol has fresh valid data from at least one upstream.
 
     `symbol_state` is `merge.symbol_state`; a symbol counts as ready when any of its upstreams

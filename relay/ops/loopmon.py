@@ -22,9 +22,7 @@ class LoopLagMonitor:
     stall from missing it.
     """
 
-    def __init__(
-        self, interval: float = 0.25, window: int = 240, threshold: float = 1.0, recent: float = 1.0
-    ) -> None:
+    def __init__(self, interval: float = 0.25, window: int = 240, threshold: float = 1.0, recent: float = 1.0) -> None:
         if interval <= 0 or window < 1 or threshold <= 0 or recent < 0:
             raise ValueError("interval and threshold must be > 0, window >= 1, recent >= 0")
         self.interval = interval

@@ -210,42 +210,87 @@ class RelayCollector:
             self._clients(f, clients)
         status = snap.get("system_status")
         if isinstance(status, str):
-            _enum(f.gauge("system_status", "Best engine status among the lines (1 = current).", ("status",)),
-                  [], status, SYSTEM_STATUSES)
-        _add(f.gauge("ready", "1 when every configured symbol has fresh valid data (same as /readyz)."), [],
-             snap.get("ready"))
+            _enum(
+                f.gauge("system_status", "Best engine status among the lines (1 = current).", ("status",)),
+                [],
+                status,
+                SYSTEM_STATUSES,
+            )
+        _add(
+            f.gauge("ready", "1 when every configured symbol has fresh valid data (same as /readyz)."),
+            [],
+            snap.get("ready"),
+        )
 
     def _upstream(self, f: _Families, u: Mapping[str, Any]) -> None:
         name = str(u.get("name", "?"))
         L = ("upstream",)
-        _add(f.gauge("upstream_up", "1 while the upstream websocket is open (subscribing, live or in maintenance).", L), [name], u.get("up"))
+        _add(
+            f.gauge("upstream_up", "1 while the upstream websocket is open (subscribing, live or in maintenance).", L),
+            [name],
+            u.get("up"),
+        )
         if u.get("state"):
-            _enum(f.gauge("upstream_state", "Upstream session state (1 = current).", ("upstream", "state")),
-                  [name], u["state"], UPSTREAM_STATES)
+            _enum(
+                f.gauge("upstream_state", "Upstream session state (1 = current).", ("upstream", "state")),
+                [name],
+                u["state"],
+                UPSTREAM_STATES,
+            )
         if u.get("system"):  # "" until the line has reported a status
-            _enum(f.gauge("upstream_system_status", "Engine status reported on this line (1 = current).",
-                          ("upstream", "status")), [name], u["system"], SYSTEM_STATUSES)
+            _enum(
+                f.gauge(
+                    "upstream_system_status",
+                    "Engine status reported on this line (1 = current).",
+                    ("upstream", "status"),
+                ),
+                [name],
+                u["system"],
+                SYSTEM_STATUSES,
+            )
         _add(f.counter("upstream_connects", "Successful websocket handshakes.", L), [name], u.get("connects"))
-        _add(f.counter("upstream_connect_attempts", "Connection attempts, successful or not.", L), [name],
-             u.get("attempts"))
-        _add(f.gauge("upstream_connect_budget_remaining",
-                     "Connection attempts left in the per-address window before Kraken/Cloudflare throttles.", L),
-             [name], u.get("budget_remaining"))
+        _add(
+            f.counter("upstream_connect_attempts", "Connection attempts, successful or not.", L),
+            [name],
+            u.get("attempts"),
+        )
+        _add(
+            f.gauge(
+                "upstream_connect_budget_remaining",
+                "Connection attempts left in the per-address window before Kraken/Cloudflare throttles.",
+                L,
+            ),
+            [name],
+            u.get("budget_remaining"),
+        )
         disc = f.counter("upstream_disconnects", "Connections lost, by reason.", ("upstream", "reason"))
         for reason, n in (u.get("disconnects") or {}).items():
             _add(disc, [name, str(reason)], n)
         _add(f.counter("upstream_frames_received", "Websocket frames received.", L), [name], u.get("frames"))
         _add(f.counter("upstream_bytes_received", "Websocket payload bytes received.", L), [name], u.get("bytes"))
-        _add(f.gauge("upstream_last_frame_age_seconds", "Seconds since this line delivered any frame.", L),
-             [name], u.get("last_frame_age"))
-        _add(f.counter("upstream_first_arrivals", "Data frames this line delivered first (published).", L),
-             [name], u.get("wins"))
-        _add(f.counter("upstream_duplicates", "Data frames dropped because another line was first.", L),
-             [name], u.get("duplicates"))
-        _add(f.counter("upstream_checksum_mismatches", "Book checksum mismatches on this line.", L), [name],
-             u.get("checksum_mismatches"))
-        res = f.counter("upstream_resyncs", "Symbol resubscriptions requested on this line, by reason.",
-                        ("upstream", "reason"))
+        _add(
+            f.gauge("upstream_last_frame_age_seconds", "Seconds since this line delivered any frame.", L),
+            [name],
+            u.get("last_frame_age"),
+        )
+        _add(
+            f.counter("upstream_first_arrivals", "Data frames this line delivered first (published).", L),
+            [name],
+            u.get("wins"),
+        )
+        _add(
+            f.counter("upstream_duplicates", "Data frames dropped because another line was first.", L),
+            [name],
+            u.get("duplicates"),
+        )
+        _add(
+            f.counter("upstream_checksum_mismatches", "Book checksum mismatches on this line.", L),
+            [name],
+            u.get("checksum_mismatches"),
+        )
+        res = f.counter(
+            "upstream_resyncs", "Symbol resubscriptions requested on this line, by reason.", ("upstream", "reason")
+        )
         if "resyncs" in u:
             resyncs = {**dict.fromkeys(RESYNC_REASONS, 0), **(u.get("resyncs") or {})}
             for reason, n in resyncs.items():
@@ -256,38 +301,64 @@ class RelayCollector:
         L = ("symbol", "channel")
         _add(f.counter("published_frames", "Frames published to clients.", L), labels, s.get("published"))
         if s.get("state"):
-            _enum(f.gauge("symbol_state", "Published feed state per symbol (1 = current).", (*L, "state")),
-                  labels, s["state"], SYMBOL_STATES)
-        _add(f.gauge("symbol_last_update_age_seconds", "Seconds since the last published update.", L), labels,
-             s.get("age"))
+            _enum(
+                f.gauge("symbol_state", "Published feed state per symbol (1 = current).", (*L, "state")),
+                labels,
+                s["state"],
+                SYMBOL_STATES,
+            )
+        _add(
+            f.gauge("symbol_last_update_age_seconds", "Seconds since the last published update.", L),
+            labels,
+            s.get("age"),
+        )
         per_line = s.get("upstreams")
         if per_line:
-            valid = f.gauge("symbol_upstream_valid", "1 when this line holds fresh valid data for the symbol.",
-                            (*L, "upstream"))
+            valid = f.gauge(
+                "symbol_upstream_valid", "1 when this line holds fresh valid data for the symbol.", (*L, "upstream")
+            )
             for up, state in per_line.items():
                 valid.add_metric([*labels, str(up)], 1.0 if state == "valid" else 0.0)
             n_valid = sum(1 for state in per_line.values() if state == "valid")
-            f.gauge("symbol_valid_upstreams", "Lines holding fresh valid data for the symbol (redundancy left).",
-                    L).add_metric(labels, float(n_valid))
-        _add(f.counter("trade_gaps", "Trade-id gaps seen (on every line, i.e. not filled by another line).", L),
-             labels, s.get("gaps"))
-        _add(f.counter("trades_missing", "Trade ids never received from any line.", L), labels,
-             s.get("missing_trades"))
-        _add(f.counter("trades_late", "Trades that arrived after their gap was reported (not published).", L),
-             labels, s.get("late_trades"))
+            f.gauge(
+                "symbol_valid_upstreams", "Lines holding fresh valid data for the symbol (redundancy left).", L
+            ).add_metric(labels, float(n_valid))
+        _add(
+            f.counter("trade_gaps", "Trade-id gaps seen (on every line, i.e. not filled by another line).", L),
+            labels,
+            s.get("gaps"),
+        )
+        _add(f.counter("trades_missing", "Trade ids never received from any line.", L), labels, s.get("missing_trades"))
+        _add(
+            f.counter("trades_late", "Trades that arrived after their gap was reported (not published).", L),
+            labels,
+            s.get("late_trades"),
+        )
 
     def _clients(self, f: _Families, c: Mapping[str, Any]) -> None:
         _add(f.gauge("clients_connected", "Downstream websocket clients connected."), [], c.get("connected"))
-        _add(f.gauge("client_subscriptions", "Downstream subscriptions (client x channel x symbol)."), [],
-             c.get("subscriptions"))
+        _add(
+            f.gauge("client_subscriptions", "Downstream subscriptions (client x channel x symbol)."),
+            [],
+            c.get("subscriptions"),
+        )
         _add(f.gauge("client_buffer_bytes", "Output bytes queued for all clients."), [], c.get("buffer_bytes"))
-        _add(f.gauge("client_buffer_max_bytes", "Output bytes queued for the most backlogged client."), [],
-             c.get("buffer_max_bytes"))
+        _add(
+            f.gauge("client_buffer_max_bytes", "Output bytes queued for the most backlogged client."),
+            [],
+            c.get("buffer_max_bytes"),
+        )
         _add(f.counter("client_frames_sent", "Frames sent to clients (sum over clients)."), [], c.get("frames_sent"))
-        _add(f.counter("client_snapshot_resets", "Times a lagging client was reset with a fresh snapshot."), [],
-             c.get("snapshot_resets"))
-        _add(f.counter("client_slow_closes", "Clients closed because their output buffer overflowed."), [],
-             c.get("slow_closes"))
+        _add(
+            f.counter("client_snapshot_resets", "Times a lagging client was reset with a fresh snapshot."),
+            [],
+            c.get("snapshot_resets"),
+        )
+        _add(
+            f.counter("client_slow_closes", "Clients closed because their output buffer overflowed."),
+            [],
+            c.get("slow_closes"),
+        )
         rej = f.counter("client_rejected_requests", "Client requests rejected, by reason.", ("reason",))
         for reason, n in (c.get("rejected") or {}).items():
             _add(rej, [str(reason)], n)

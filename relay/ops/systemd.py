@@ -191,8 +191,10 @@ class WatchdogPinger:
             self.notifier.watchdog()
             return True
         self.skipped += 1
-        log.warning("watchdog ping skipped: relay unhealthy (event loop lag %.3fs)",
-                    self.monitor.lag() if self.monitor else -1.0)
+        log.warning(
+            "watchdog ping skipped: relay unhealthy (event loop lag %.3fs)",
+            self.monitor.lag() if self.monitor else -1.0,
+        )
         return False
 
     async def run(self) -> None:
@@ -213,7 +215,9 @@ class WatchdogPinger:
 
 
 def start_watchdog(
-    notifier: Notifier, monitor: LoopLagMonitor | None = None, check: Callable[[], bool] | None = None,
+    notifier: Notifier,
+    monitor: LoopLagMonitor | None = None,
+    check: Callable[[], bool] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> WatchdogPinger | None:
     """Start pinging if systemd asked for a watchdog ($WATCHDOG_USEC); else None. Needs a running loop."""

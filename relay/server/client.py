@@ -34,11 +34,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.core.wsframe import text_frame
-from relay.protocols.interfaces import Endpoint
-
 from relay.config import ServerConfig
-from relay.core.wsframe import SharedFrames
+from relay.core.wsframe import SharedFrames, text_frame
+from relay.protocols.interfaces import Endpoint
 
 log = logging.getLogger("relay.server")
 _wslog = logging.getLogger("relay.server.websocket")

@@ -19,12 +19,18 @@ from pathlib import Path
 from relay.sim.faults import FAULT_KINDS, load_schedule, parse_fault
 from relay.sim.server import LineConfig, SimConfig, Simulator
 
-CAPTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/derived/python-kraken-sdk_orderbook-v2.wire.ndjson"
+CAPTURE = (
+    Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/derived/python-kraken-sdk_orderbook-v2.wire.ndjson"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--protocol", choices=("v2", "futures"), default="v2",
-                        help="futures: a Kraken Futures market on /ws/v1 (see relay.sim.futures)")
+    parser.add_argument(
+        "--protocol",
+        choices=("v2", "futures"),
+        default="v2",
+        help="futures: a Kraken Futures market on /ws/v1 (see relay.sim.futures)",
+    )
     parser.add_argument("--products", default="PF_XBTUSD,PF_ETHUSD", help="futures product ids (--protocol futures)")
     parser.add_argument("--symbols", default="BTC/USD,ETH/USD", help="comma-separated v2 symbols")
     parser.add_argument("--rate", type=float, default=500.0, help="book updates per second, whole market")
@@ -39,14 +45,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", type=int, default=1000, help="levels per book side")
     parser.add_argument("--burst-every", type=float, default=5.0, help="seconds between rate bursts (0: none)")
     parser.add_argument("--burst-factor", type=float, default=4.0)
-    parser.add_argument("--subscribe-rate", type=float, default=20.0,
-                        help="subscribe requests/s per connection before 'Exceeded msg rate'")
-    parser.add_argument("--replay", default=None,
-                        help="replay a v2 book capture (ndjson) instead of generating; 'capture' = the shared "
-                             "real BTC/USD capture (fixtures)")
+    parser.add_argument(
+        "--subscribe-rate",
+        type=float,
+        default=20.0,
+        help="subscribe requests/s per connection before 'Exceeded msg rate'",
+    )
+    parser.add_argument(
+        "--replay",
+        default=None,
+        help="replay a v2 book capture (ndjson) instead of generating; 'capture' = the shared "
+        "real BTC/USD capture (fixtures)",
+    )
     parser.add_argument("--no-loop", action="store_true", help="replay once, do not loop")
-    parser.add_argument("--fault", action="append", default=[], metavar="T:LINE:KIND[:DUR][:k=v,..]",
-                        help="scripted fault, repeatable; kinds: " + ", ".join(FAULT_KINDS))
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="T:LINE:KIND[:DUR][:k=v,..]",
+        help="scripted fault, repeatable; kinds: " + ", ".join(FAULT_KINDS),
+    )
     parser.add_argument("--faults", default=None, metavar="FILE", help="YAML/JSON fault schedule")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
 
@@ -77,11 +95,19 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         faults += load_schedule(args.faults)
     return SimConfig(
         symbols=[s.strip() for s in args.symbols.split(",") if s.strip()],
-        rate=args.rate, trade_rate=args.trade_rate, seed=args.seed, host=args.host,
+        rate=args.rate,
+        trade_rate=args.trade_rate,
+        seed=args.seed,
+        host=args.host,
         lines=[LineConfig(latency=lat[i], jitter=jit[i], port=ports[i]) for i in range(n)],
-        control_port=args.control_port, replay=replay, replay_loop=not args.no_loop,
-        levels=args.levels, burst_every=args.burst_every, burst_factor=args.burst_factor,
-        subscribe_rate=args.subscribe_rate, faults=faults,
+        control_port=args.control_port,
+        replay=replay,
+        replay_loop=not args.no_loop,
+        levels=args.levels,
+        burst_every=args.burst_every,
+        burst_factor=args.burst_factor,
+        subscribe_rate=args.subscribe_rate,
+        faults=faults,
         log=lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True),
     )
 
@@ -99,8 +125,11 @@ async def _run(config: SimConfig, duration: float | None) -> None:
     what = f"replay {config.replay}" if config.replay else f"{', '.join(config.symbols)} at {config.rate:g} updates/s"
     print(f"kraken-relay sim: {what}", flush=True)
     for line, lc in zip(sim.lines, config.lines):
-        print(f"  line {line.idx}: {line.url}  (latency {lc.latency}s, jitter {lc.jitter}s)  REST "
-              f"http://{config.host}:{line.port}/0/public/AssetPairs  Spot v1: {line.v1_url}", flush=True)
+        print(
+            f"  line {line.idx}: {line.url}  (latency {lc.latency}s, jitter {lc.jitter}s)  REST "
+            f"http://{config.host}:{line.port}/0/public/AssetPairs  Spot v1: {line.v1_url}",
+            flush=True,
+        )
     if sim.control_port is not None:
         print(f"  control: http://{config.host}:{sim.control_port}/state  (POST /fault, POST /clear)", flush=True)
     try:

@@ -54,6 +54,7 @@ from relay.protocols.futures.wire import (
     encode_trade_snapshot,
 )
 from relay.sim.server import LineConfig, _json_response
+from relay.sim.tasks import background as _background
 from relay.sim.tasks import supervise
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/cryptofeed/sample_data"
@@ -198,7 +199,13 @@ class FuturesMarket:
             lv = self._level(p, ticks, self._qty())
         seq = book.seq + 1
         frame = b'{"feed":"book","product_id":"%s","side":"%s","seq":%d,"price":%s,"qty":%s,"timestamp":%d}' % (
-            p.encode(), b"buy" if buy else b"sell", seq, lv.price_text, lv.qty_text, now_ms)
+            p.encode(),
+            b"buy" if buy else b"sell",
+            seq,
+            lv.price_text,
+            lv.qty_text,
+            now_ms,
+        )
         book.apply(FBookDelta(p, seq, BUY if buy else 1, lv, now_ms, frame))
         return self._ev(p, "book", frame)
 
@@ -208,9 +215,19 @@ class FuturesMarket:
         side = book.asks if buy else book.bids
         price = (min(side) if buy else max(side)) if side else self.mid[p] * self.tick_size[p]
         self.trade_seq[p] += 1
-        frame = orjson.dumps({"feed": "trade", "product_id": p, "uid": str(uuid.UUID(int=self.rnd.getrandbits(128))),
-                              "side": "buy" if buy else "sell", "type": "fill", "seq": self.trade_seq[p],
-                              "time": now_ms, "qty": self._qty(), "price": price})
+        frame = orjson.dumps(
+            {
+                "feed": "trade",
+                "product_id": p,
+                "uid": str(uuid.UUID(int=self.rnd.getrandbits(128))),
+                "side": "buy" if buy else "sell",
+                "type": "fill",
+                "seq": self.trade_seq[p],
+                "time": now_ms,
+                "qty": self._qty(),
+                "price": price,
+            }
+        )
         self.trades[p].append(frame)
         return self._ev(p, "trade", frame)
 
@@ -218,14 +235,46 @@ class FuturesMarket:
         book = self.books[p]
         bid = max(book.bids) if book.bids else 0.0
         ask = min(book.asks) if book.asks else 0.0
-        lite = orjson.dumps({"feed": "ticker_lite", "product_id": p, "bid": bid, "ask": ask, "change": 0.0,
-                             "premium": 0.0, "volume": 1000.0, "tag": "perpetual", "pair": p[3:6] + ":USD",
-                             "dtm": 0, "maturityTime": 0})
-        full = orjson.dumps({"time": now_ms, "feed": "ticker", "product_id": p, "bid": bid, "ask": ask,
-                             "bid_size": 1.0, "ask_size": 1.0, "volume": 1000.0, "dtm": 0, "leverage": "50x",
-                             "index": (bid + ask) / 2, "premium": 0.0, "last": bid, "change": 0.0,
-                             "suspended": False, "tag": "perpetual", "pair": p[3:6] + ":USD", "openInterest": 1.0,
-                             "markPrice": (bid + ask) / 2, "maturityTime": 0, "post_only": False})
+        lite = orjson.dumps(
+            {
+                "feed": "ticker_lite",
+                "product_id": p,
+                "bid": bid,
+                "ask": ask,
+                "change": 0.0,
+                "premium": 0.0,
+                "volume": 1000.0,
+                "tag": "perpetual",
+                "pair": p[3:6] + ":USD",
+                "dtm": 0,
+                "maturityTime": 0,
+            }
+        )
+        full = orjson.dumps(
+            {
+                "time": now_ms,
+                "feed": "ticker",
+                "product_id": p,
+                "bid": bid,
+                "ask": ask,
+                "bid_size": 1.0,
+                "ask_size": 1.0,
+                "volume": 1000.0,
+                "dtm": 0,
+                "leverage": "50x",
+                "index": (bid + ask) / 2,
+                "premium": 0.0,
+                "last": bid,
+                "change": 0.0,
+                "suspended": False,
+                "tag": "perpetual",
+                "pair": p[3:6] + ":USD",
+                "openInterest": 1.0,
+                "markPrice": (bid + ask) / 2,
+                "maturityTime": 0,
+                "post_only": False,
+            }
+        )
         self.tickers[(p, "ticker_lite")] = lite
         self.tickers[(p, "ticker")] = full
         return [self._ev(p, "ticker_lite", lite), self._ev(p, "ticker", full)]
@@ -455,7 +504,7 @@ class FuturesSimulator:
         def process_request(conn: ServerConnection, request: Request) -> Response | None:
             path = request.path.partition("?")[0]
             if path.startswith("/derivatives/api/v3/"):
-                return self._rest(conn, path[len("/derivatives/api/v3/"):])
+                return self._rest(conn, path[len("/derivatives/api/v3/") :])
             line.handshakes += 1
             if "refuse" in line.faults:
                 line.rejected += 1
@@ -473,14 +522,27 @@ class FuturesSimulator:
                     return conn.respond(HTTPStatus.TOO_MANY_REQUESTS, "error code: 1015\n")
             return None
 
-        return await serve(handler, self.config.host, port, process_request=process_request, compression=None,
-                           ping_interval=None, max_size=1 << 20, max_queue=64, close_timeout=2)
+        return await serve(
+            handler,
+            self.config.host,
+            port,
+            process_request=process_request,
+            compression=None,
+            ping_interval=None,
+            max_size=1 << 20,
+            max_queue=64,
+            close_timeout=2,
+        )
 
     def _rest(self, conn: ServerConnection, name: str) -> Response:
         if name == "instruments":
             body = self._instruments
         elif name == "tickers":
-            body = {"result": "success", "tickers": [], "serverTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+            body = {
+                "result": "success",
+                "tickers": [],
+                "serverTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            }
         else:
             return _json_response({"result": "error", "error": "Unavailable"}, 404)
         return _json_response(body)
@@ -568,7 +630,7 @@ class FuturesSimulator:
             elif kind in ("close_1001", "close_1013"):
                 code = int(kind[-4:])
                 for c in list(ln.conns):
-                    asyncio.ensure_future(c.ws.close(code, CLOSE_REASONS[code]))
+                    _background(c.ws.close(code, CLOSE_REASONS[code]))
             elif kind == "skip":
                 ln.skip[params["symbol"]] = ln.skip.get(params["symbol"], 0) + int(params.get("count", 1))
             else:
@@ -598,11 +660,18 @@ def _instruments(products: list[str]) -> dict[str, Any]:
     for p in products:
         if p not in have:
             linear = p.startswith("PF_")
-            body["instruments"].append({
-                "symbol": p, "type": "flexible_futures" if linear else "futures_inverse",
-                "underlying": "rr_" + p[3:].lower(), "tickSize": 0.5, "contractSize": 1, "tradeable": True,
-                "contractValueTradePrecision": 4 if linear else 0, "marginLevels": [],
-            })
+            body["instruments"].append(
+                {
+                    "symbol": p,
+                    "type": "flexible_futures" if linear else "futures_inverse",
+                    "underlying": "rr_" + p[3:].lower(),
+                    "tickSize": 0.5,
+                    "contractSize": 1,
+                    "tradeable": True,
+                    "contractValueTradePrecision": 4 if linear else 0,
+                    "marginLevels": [],
+                }
+            )
     return body
 
 
@@ -624,9 +693,13 @@ def build_config(args: Any) -> FuturesSimConfig:
         replay = str(CAPTURE)
     return FuturesSimConfig(
         products=[p.strip().upper() for p in args.products.split(",") if p.strip()],
-        rate=args.rate, trade_rate=args.trade_rate, seed=args.seed, host=args.host,
+        rate=args.rate,
+        trade_rate=args.trade_rate,
+        seed=args.seed,
+        host=args.host,
         lines=[LineConfig(latency=lat[i], jitter=jit[i], port=ports[i]) for i in range(n)],
-        replay=replay, replay_loop=not args.no_loop,
+        replay=replay,
+        replay_loop=not args.no_loop,
         levels=min(args.levels, 500),
         log=lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True),
     )
@@ -641,17 +714,24 @@ async def _run(cfg: FuturesSimConfig, faults: list[Any], duration: float | None)
     what = f"replay {cfg.replay}" if cfg.replay else f"{', '.join(sim.market.products)} at {cfg.rate:g} deltas/s"
     print(f"kraken-relay sim (futures): {what}", flush=True)
     for line in sim.lines:
-        print(f"  line {line.idx}: {line.url}  REST {sim.rest_url.rsplit(':', 1)[0]}:{line.port}"
-              f"/derivatives/api/v3/instruments", flush=True)
+        print(
+            f"  line {line.idx}: {line.url}  REST {sim.rest_url.rsplit(':', 1)[0]}:{line.port}"
+            f"/derivatives/api/v3/instruments",
+            flush=True,
+        )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     for f in faults:  # scripted faults: at seconds after start
+
         def fire(f: Any = f) -> None:
-            print(f"{time.strftime('%H:%M:%S')} fault line {f.line}: {f.kind} {f.duration or ''} {f.params}", flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} fault line {f.line}: {f.kind} {f.duration or ''} {f.params}", flush=True
+            )
             sim.inject(f.line, f.kind, f.duration, **f.params)
+
         loop.call_later(f.at, fire)
     try:
         if duration is None:

@@ -38,16 +38,47 @@ BUILTIN: dict[str, tuple[int, int, float, float]] = {
 
 # Rough USD prices so simulated books sit near reality (any other asset: derived from precision).
 USD_PRICE = {
-    "BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0, "XRP": 0.55, "DOGE": 0.12, "ADA": 0.45,
-    "LTC": 80.0, "DOT": 6.5, "LINK": 15.0, "USD": 1.0, "EUR": 1.08, "GBP": 1.27, "USDT": 1.0,
-    "USDC": 1.0, "AVAX": 30.0, "MATIC": 0.7, "XMR": 150.0, "ATOM": 8.0, "JPY": 0.0067, "CAD": 0.73,
+    "BTC": 60000.0,
+    "ETH": 3000.0,
+    "SOL": 150.0,
+    "XRP": 0.55,
+    "DOGE": 0.12,
+    "ADA": 0.45,
+    "LTC": 80.0,
+    "DOT": 6.5,
+    "LINK": 15.0,
+    "USD": 1.0,
+    "EUR": 1.08,
+    "GBP": 1.27,
+    "USDT": 1.0,
+    "USDC": 1.0,
+    "AVAX": 30.0,
+    "MATIC": 0.7,
+    "XMR": 150.0,
+    "ATOM": 8.0,
+    "JPY": 0.0067,
+    "CAD": 0.73,
 }
 
 # Kraken's legacy asset ids (REST) and v1 names for the few assets that have them.
 LEGACY_ASSET = {
-    "BTC": "XXBT", "ETH": "XETH", "LTC": "XLTC", "XRP": "XXRP", "DOGE": "XXDG", "XMR": "XXMR",
-    "ETC": "XETC", "XLM": "XXLM", "ZEC": "XZEC", "MLN": "XMLN", "REP": "XREP",
-    "USD": "ZUSD", "EUR": "ZEUR", "GBP": "ZGBP", "JPY": "ZJPY", "CAD": "ZCAD", "AUD": "ZAUD",
+    "BTC": "XXBT",
+    "ETH": "XETH",
+    "LTC": "XLTC",
+    "XRP": "XXRP",
+    "DOGE": "XXDG",
+    "XMR": "XXMR",
+    "ETC": "XETC",
+    "XLM": "XXLM",
+    "ZEC": "XZEC",
+    "MLN": "XMLN",
+    "REP": "XREP",
+    "USD": "ZUSD",
+    "EUR": "ZEUR",
+    "GBP": "ZGBP",
+    "JPY": "ZJPY",
+    "CAD": "ZCAD",
+    "AUD": "ZAUD",
 }
 V1_NAME = {"BTC": "XBT", "DOGE": "XDG"}
 
@@ -82,14 +113,14 @@ class Instrument:
             "quote": self.quote,
             "status": "online",
             "qty_precision": self.qty_precision,
-            "qty_increment": 10.0 ** -self.qty_precision,
+            "qty_increment": 10.0**-self.qty_precision,
             "price_precision": self.price_precision,
             "cost_precision": 5,
             "marginable": False,
             "has_index": True,
             "cost_min": self.cost_min,
-            "tick_size": 10.0 ** -self.price_precision,
-            "price_increment": 10.0 ** -self.price_precision,
+            "tick_size": 10.0**-self.price_precision,
+            "price_increment": 10.0**-self.price_precision,
             "qty_min": self.qty_min,
         }
 
@@ -123,8 +154,14 @@ def load_instruments(path: Path | None = None) -> dict[str, Instrument]:
             try:
                 sym = p["symbol"]
                 out[sym] = Instrument(
-                    sym, p["base"], p["quote"], int(p["price_precision"]), int(p["qty_precision"]),
-                    float(p.get("qty_min") or 0), float(p.get("cost_min") or 0), dict(p),
+                    sym,
+                    p["base"],
+                    p["quote"],
+                    int(p["price_precision"]),
+                    int(p["qty_precision"]),
+                    float(p.get("qty_min") or 0),
+                    float(p.get("cost_min") or 0),
+                    dict(p),
                 )
             except (KeyError, TypeError, ValueError):
                 continue
@@ -175,7 +212,7 @@ def rest_asset_pairs(instruments: list[Instrument]) -> dict[str, Any]:
             "margin_stop": 40,
             "ordermin": format(inst.qty_min, "f"),
             "costmin": format(inst.cost_min, "f"),
-            "tick_size": format(10.0 ** -inst.price_precision, f".{inst.price_precision}f"),
+            "tick_size": format(10.0**-inst.price_precision, f".{inst.price_precision}f"),
             "status": "online",
         }
     return {"error": [], "result": result}
@@ -187,13 +224,16 @@ def rest_assets(instruments: list[Instrument]) -> dict[str, Any]:
     for inst in instruments:
         for asset, decimals in ((inst.base, inst.qty_precision), (inst.quote, 4)):
             aid = _asset_id(asset)
-            result.setdefault(aid, {
-                "aclass": "currency",
-                "altname": _v1(asset),
-                "decimals": max(decimals, 4),
-                "display_decimals": min(decimals, 5),
-                "status": "enabled",
-            })
+            result.setdefault(
+                aid,
+                {
+                    "aclass": "currency",
+                    "altname": _v1(asset),
+                    "decimals": max(decimals, 4),
+                    "display_decimals": min(decimals, 5),
+                    "status": "enabled",
+                },
+            )
     return {"error": [], "result": result}
 
 
@@ -202,9 +242,16 @@ def instrument_data(instruments: list[Instrument]) -> dict[str, Any]:
     assets: dict[str, dict[str, Any]] = {}
     for inst in instruments:
         for asset in (inst.base, inst.quote):
-            assets.setdefault(asset, {
-                "id": asset, "status": "enabled", "precision": 10 if asset not in ("USD", "EUR") else 4,
-                "precision_display": 5, "borrowable": False, "collateral_value": 0.0,
-                "margin_rate": 0.0,
-            })
+            assets.setdefault(
+                asset,
+                {
+                    "id": asset,
+                    "status": "enabled",
+                    "precision": 10 if asset not in ("USD", "EUR") else 4,
+                    "precision_display": 5,
+                    "borrowable": False,
+                    "collateral_value": 0.0,
+                    "margin_rate": 0.0,
+                },
+            )
     return {"assets": list(assets.values()), "pairs": [inst.pair_dict() for inst in instruments]}

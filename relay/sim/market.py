@@ -27,8 +27,8 @@ from typing import NamedTuple
 import orjson
 
 from relay.core.book import Book, Level
-from relay.protocols.spot_v2.wire import encode_book, encode_elements, now_rfc3339
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
+from relay.protocols.spot_v2.wire import encode_book, encode_elements, now_rfc3339
 from relay.sim.instruments import Instrument
 
 TICKER_TRADES = 1
@@ -247,7 +247,11 @@ class SymbolMarket:
     def snapshot(self, depth: int) -> bytes:
         book = self.book
         return encode_book(
-            self.symbol, True, book.bids.best(depth), book.asks.best(depth), book.checksum,
+            self.symbol,
+            True,
+            book.bids.best(depth),
+            book.asks.best(depth),
+            book.checksum,
             book.timestamp,
         )
 
@@ -268,11 +272,25 @@ class SymbolMarket:
         ch = {ticks: left}
         book_frames = self.apply({} if buy else ch, ch if buy else {}, ts)
         self.last_trade_id += 1
-        element = b"".join((
-            b'{"symbol":', self.sym_json, b',"side":"', b"buy" if buy else b"sell", b'","price":', ptext,
-            b',"qty":', fmt(units, self.qp), b',"ord_type":"', b"market" if rng.random() < 0.6 else b"limit",
-            b'","trade_id":', b"%d" % self.last_trade_id, b',"timestamp":"', ts.encode(), b'"}',
-        ))
+        element = b"".join(
+            (
+                b'{"symbol":',
+                self.sym_json,
+                b',"side":"',
+                b"buy" if buy else b"sell",
+                b'","price":',
+                ptext,
+                b',"qty":',
+                fmt(units, self.qp),
+                b',"ord_type":"',
+                b"market" if rng.random() < 0.6 else b"limit",
+                b'","trade_id":',
+                b"%d" % self.last_trade_id,
+                b',"timestamp":"',
+                ts.encode(),
+                b'"}',
+            )
+        )
         self.trades.append(element)
         trade_frame = encode_elements("trade", False, [element])
         self.last_price = ticks
@@ -302,13 +320,37 @@ class SymbolMarket:
         vwap = self.notional // self.volume if self.volume else self.last_price
         change = self.last_price - self.first_price
         pct = round(100.0 * change / self.first_price, 2) if self.first_price else 0.0
-        return b"".join((
-            b'{"symbol":', self.sym_json, b',"bid":', bid[0], b',"bid_qty":', bid[1], b',"ask":', ask[0],
-            b',"ask_qty":', ask[1], b',"last":', fmt(self.last_price, pp), b',"volume":', fmt(self.volume, qp),
-            b',"vwap":', fmt(vwap, pp), b',"low":', fmt(self.low, pp), b',"high":', fmt(self.high, pp),
-            b',"change":', (b"-" if change < 0 else b"") + fmt(abs(change), pp), b',"change_pct":',
-            orjson.dumps(pct), b',"timestamp":"', ts.encode(), b'"}',
-        ))
+        return b"".join(
+            (
+                b'{"symbol":',
+                self.sym_json,
+                b',"bid":',
+                bid[0],
+                b',"bid_qty":',
+                bid[1],
+                b',"ask":',
+                ask[0],
+                b',"ask_qty":',
+                ask[1],
+                b',"last":',
+                fmt(self.last_price, pp),
+                b',"volume":',
+                fmt(self.volume, qp),
+                b',"vwap":',
+                fmt(vwap, pp),
+                b',"low":',
+                fmt(self.low, pp),
+                b',"high":',
+                fmt(self.high, pp),
+                b',"change":',
+                (b"-" if change < 0 else b"") + fmt(abs(change), pp),
+                b',"change_pct":',
+                orjson.dumps(pct),
+                b',"timestamp":"',
+                ts.encode(),
+                b'"}',
+            )
+        )
 
     def _ticker_frame(self, snapshot: bool, ts: str) -> bytes:
         return encode_elements("ticker", snapshot, [self._ticker_element(ts)])
@@ -340,13 +382,33 @@ class SymbolMarket:
             c = self.candles[interval] = _Candle(begin, self.last_price)
         pp = self.pp
         vwap = c.notional // c.volume if c.volume else c.close
-        element = b"".join((
-            b'{"symbol":', self.sym_json, b',"open":', fmt(c.open, pp), b',"high":', fmt(c.high, pp),
-            b',"low":', fmt(c.low, pp), b',"close":', fmt(c.close, pp), b',"vwap":', fmt(vwap, pp),
-            b',"trades":', b"%d" % c.trades, b',"volume":', fmt(c.volume, self.qp), b',"interval_begin":"',
-            now_rfc3339(c.begin).encode(), b'","interval":', b"%d" % interval, b',"timestamp":"',
-            now_rfc3339(c.begin + span).encode(), b'"}',
-        ))
+        element = b"".join(
+            (
+                b'{"symbol":',
+                self.sym_json,
+                b',"open":',
+                fmt(c.open, pp),
+                b',"high":',
+                fmt(c.high, pp),
+                b',"low":',
+                fmt(c.low, pp),
+                b',"close":',
+                fmt(c.close, pp),
+                b',"vwap":',
+                fmt(vwap, pp),
+                b',"trades":',
+                b"%d" % c.trades,
+                b',"volume":',
+                fmt(c.volume, self.qp),
+                b',"interval_begin":"',
+                now_rfc3339(c.begin).encode(),
+                b'","interval":',
+                b"%d" % interval,
+                b',"timestamp":"',
+                now_rfc3339(c.begin + span).encode(),
+                b'"}',
+            )
+        )
         return encode_elements("ohlc", snapshot, [element], b',"timestamp":"' + now_rfc3339(now_wall).encode() + b'"')
 
 

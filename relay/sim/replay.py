@@ -14,8 +14,8 @@ from pathlib import Path
 
 from relay.core.book import Book
 from relay.core.events import BookEvent
-from relay.protocols.spot_v2.wire import V2Parser, encode_book
 from relay.core.spot import BOOK_DEPTHS
+from relay.protocols.spot_v2.wire import V2Parser, encode_book
 from relay.sim.instruments import Instrument
 from relay.sim.market import MarketEvent
 
@@ -30,8 +30,14 @@ class _ReplaySymbol:
 class ReplaySource:
     """Plays the frames of a capture at `rate` frames per second."""
 
-    def __init__(self, path: str | Path, instruments: dict[str, Instrument], rate: float,
-                 loop: bool = True, wait_for_subscriber: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        instruments: dict[str, Instrument],
+        rate: float,
+        loop: bool = True,
+        wait_for_subscriber: bool = True,
+    ) -> None:
         lines = [ln.strip() for ln in Path(path).read_bytes().splitlines() if ln.strip()]
         parser = V2Parser()
         self.events: list[BookEvent] = []

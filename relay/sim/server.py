@@ -36,10 +36,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from relay.protocols.spot_v2.wire import HEARTBEAT, encode_ack, encode_error, encode_instrument, encode_pong, encode_status, now_rfc3339
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
+from relay.protocols.spot_v2.wire import (
+    HEARTBEAT,
+    encode_ack,
+    encode_error,
+    encode_instrument,
+    encode_pong,
+    encode_status,
+    now_rfc3339,
+)
+from relay.sim import v1 as simv1
 from relay.sim.faults import FAULT_KINDS, FaultSpec
-from relay.sim.tasks import supervise
 from relay.sim.instruments import (
     Instrument,
     instrument_data,
@@ -49,7 +57,8 @@ from relay.sim.instruments import (
 )
 from relay.sim.market import TICKER_BBO, TICKER_TRADES, MarketEngine, MarketEvent, MarketSettings
 from relay.sim.replay import ReplaySource
-from relay.sim import v1 as simv1
+from relay.sim.tasks import background as _background
+from relay.sim.tasks import supervise
 
 SubKey = tuple[str, str, int]  # (channel, symbol, key): key = depth / interval / ticker trigger / 0
 CLOSE_REASONS = {1001: "CloudFlare WebSocket proxy restarting", 1013: "Market data unavailable"}
@@ -375,9 +384,13 @@ class Simulator:
             self.market = MarketEngine(
                 self.instruments,
                 MarketSettings(
-                    rate=config.rate, trade_rate=config.trade_rate, levels=config.levels,
-                    burst_every=config.burst_every, burst_len=config.burst_len,
-                    burst_factor=config.burst_factor, seed=config.seed,
+                    rate=config.rate,
+                    trade_rate=config.trade_rate,
+                    levels=config.levels,
+                    burst_every=config.burst_every,
+                    burst_len=config.burst_len,
+                    burst_factor=config.burst_factor,
+                    seed=config.seed,
                 ),
             )
         self.lines: list[Line] = []
@@ -441,7 +454,7 @@ class Simulator:
                 server.close()
                 try:
                     await asyncio.wait_for(server.wait_closed(), 5)
-                except (asyncio.TimeoutError, Exception):
+                except (TimeoutError, Exception):
                     pass
 
     async def __aenter__(self) -> Simulator:
@@ -483,8 +496,15 @@ class Simulator:
             return self._process_request(conn, request, line)
 
         return await serve(
-            handler, self.config.host, port, process_request=process_request, compression=None,
-            ping_interval=None, max_size=1 << 20, max_queue=64, close_timeout=2,
+            handler,
+            self.config.host,
+            port,
+            process_request=process_request,
+            compression=None,
+            ping_interval=None,
+            max_size=1 << 20,
+            max_queue=64,
+            close_timeout=2,
         )
 
     # -- tasks ------------------------------------------------------------------------------
@@ -535,7 +555,7 @@ class Simulator:
     def _process_request(self, conn: ServerConnection, request: Request, line: Line) -> Response | None:
         path, _, query = request.path.partition("?")
         if path.startswith("/0/public/"):
-            return self._rest(path[len("/0/public/"):], line, parse_qs(query))
+            return self._rest(path[len("/0/public/") :], line, parse_qs(query))
         now = time.monotonic()
         peer = str(conn.remote_address[0]) if conn.remote_address else ""
         log = self.connection_log[line.idx]
@@ -576,7 +596,9 @@ class Simulator:
             return _json_response(rest_assets(self.instruments))
         if name == "Time":
             now = time.time()
-            return _json_response({"error": [], "result": {"unixtime": int(now), "rfc1123": formatdate(now, usegmt=True)}})
+            return _json_response(
+                {"error": [], "result": {"unixtime": int(now), "rfc1123": formatdate(now, usegmt=True)}}
+            )
         if name == "SystemStatus":
             status = {"online": "online", "maintenance": "maintenance", "cancel_only": "cancel_only"}[line.system]
             return _json_response({"error": [], "result": {"status": status, "timestamp": now_rfc3339()[:19] + "Z"}})
@@ -629,7 +651,11 @@ class Simulator:
         elif method in ("subscribe", "unsubscribe"):
             self._subscribe(conn, msg, method, req_id, time_in)
         else:
-            conn.put(encode_error(method if isinstance(method, str) else None, "Method not found", req_id, time_in, now_rfc3339()))
+            conn.put(
+                encode_error(
+                    method if isinstance(method, str) else None, "Method not found", req_id, time_in, now_rfc3339()
+                )
+            )
 
     def _rate_ok(self, conn: SimConn) -> bool:
         cfg = self.config
@@ -666,8 +692,16 @@ class Simulator:
             conn.put(encode_ack(method, {"channel": "heartbeat"}, req_id, time_in, now_rfc3339()))
             return
         if channel == "instrument":
-            self._sub_one(conn, method, ("instrument", "*", 0), {"channel": "instrument", "snapshot": snapshot},
-                          snapshot, req_id, time_in, error)
+            self._sub_one(
+                conn,
+                method,
+                ("instrument", "*", 0),
+                {"channel": "instrument", "snapshot": snapshot},
+                snapshot,
+                req_id,
+                time_in,
+                error,
+            )
             return
         if channel not in ("book", "trade", "ticker", "ohlc"):
             error(f"Channel {channel} not supported")
@@ -707,8 +741,17 @@ class Simulator:
                 continue
             self._sub_one(conn, method, (channel, symbol, key), result, snapshot, req_id, time_in, error)
 
-    def _sub_one(self, conn: SimConn, method: str, key: SubKey, result: dict, snapshot: bool,
-                 req_id: int | None, time_in: str, error: Callable[..., None]) -> None:
+    def _sub_one(
+        self,
+        conn: SimConn,
+        method: str,
+        key: SubKey,
+        result: dict,
+        snapshot: bool,
+        req_id: int | None,
+        time_in: str,
+        error: Callable[..., None],
+    ) -> None:
         line = conn.line
         symbol = None if key[1] == "*" else key[1]
         if method == "subscribe":
@@ -762,7 +805,7 @@ class Simulator:
             elif kind in ("close_1001", "close_1013"):
                 code = int(kind[-4:])
                 for c in list(ln.conns):
-                    asyncio.ensure_future(_close(c.ws, code, CLOSE_REASONS[code]))
+                    _background(_close(c.ws, code, CLOSE_REASONS[code]))
             elif kind == "corrupt_checksum":
                 ln.corrupt.add(params["symbol"])
             else:
@@ -826,7 +869,11 @@ class Simulator:
 
     def _send_status(self, line: Line) -> None:
         for c in list(line.conns):
-            c.send(encode_status(line.system, self.config.version, c.cid) if c.v1 is None else simv1.hello(line.system, c.cid))
+            c.send(
+                encode_status(line.system, self.config.version, c.cid)
+                if c.v1 is None
+                else simv1.hello(line.system, c.cid)
+            )
 
     def _log_fault(self, idx: int, kind: str, what: str, duration: float | None, params: dict) -> None:
         self.fault_log.append((time.time(), idx, kind, what))

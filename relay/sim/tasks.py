@@ -14,8 +14,13 @@ from collections.abc import Awaitable, Callable
 RESTART_AFTER = 1.0  # s: a task that fails again at once must not spin
 
 
-def supervise(tasks: list[asyncio.Task], run: Callable[[], Awaitable[None]], name: str,
-              log: Callable[[str], None] | None, alive: Callable[[], bool]) -> None:
+def supervise(
+    tasks: list[asyncio.Task],
+    run: Callable[[], Awaitable[None]],
+    name: str,
+    log: Callable[[str], None] | None,
+    alive: Callable[[], bool],
+) -> None:
     """Start `run()` as task `name` in `tasks`; while `alive()`, restart it after a failure.
     Finished tasks leave `tasks` (callers stopping them should iterate a copy)."""
 
@@ -38,3 +43,13 @@ def supervise(tasks: list[asyncio.Task], run: Callable[[], Awaitable[None]], nam
         asyncio.get_running_loop().call_later(RESTART_AFTER, start)
 
     start()
+
+
+_BACKGROUND: set[asyncio.Future[object]] = set()
+
+
+def background(aw: Awaitable[object]) -> None:
+    """Run `aw` without waiting for it, referenced until done (the loop keeps only weak refs)."""
+    task = asyncio.ensure_future(aw)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)

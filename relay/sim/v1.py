@@ -25,8 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relay.protocols.spot_v1.wire import HEARTBEAT, encode_data, encode_error, encode_pong, encode_subscription_status, encode_system_status
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
+from relay.protocols.spot_v1.wire import (
+    HEARTBEAT,
+    encode_data,
+    encode_error,
+    encode_pong,
+    encode_subscription_status,
+    encode_system_status,
+)
 from relay.protocols.spot_v2.wire import V2Parser
 from relay.sim.instruments import rest_asset_pairs
 from relay.sim.market import TICKER_BBO, TICKER_TRADES
@@ -131,22 +138,78 @@ class V1Framer:
                 f = _fields(e)
                 side = b"b" if f[b"side"] == b"buy" else b"s"
                 kind = b"l" if f.get(b"ord_type") == b"limit" else b"m"
-                out.append(b'["' + f[b"price"] + b'","' + f[b"qty"] + b'","' + epoch(f[b"timestamp"].decode())
-                           + b'","' + side + b'","' + kind + b'",""]')
+                out.append(
+                    b'["'
+                    + f[b"price"]
+                    + b'","'
+                    + f[b"qty"]
+                    + b'","'
+                    + epoch(f[b"timestamp"].decode())
+                    + b'","'
+                    + side
+                    + b'","'
+                    + kind
+                    + b'",""]'
+                )
             return b"[" + b",".join(out) + b"]"
         f = _fields(elements[-1])
         if channel == "ticker":
+
             def q(k: bytes) -> bytes:
                 return b'"' + f[k] + b'"'
+
             ask_lot, bid_lot = b"%d" % float(f[b"ask_qty"]), b"%d" % float(f[b"bid_qty"])
-            return (b'{"a":[' + q(b"ask") + b"," + ask_lot + b"," + q(b"ask_qty") + b'],"b":[' + q(b"bid") + b","
-                    + bid_lot + b"," + q(b"bid_qty") + b'],"c":[' + q(b"last") + b',"0.00000000"],"v":['
-                    + q(b"volume") + b"," + q(b"volume") + b'],"p":[' + q(b"vwap") + b"," + q(b"vwap")
-                    + b'],"t":[0,0],"l":[' + q(b"low") + b"," + q(b"low") + b'],"h":[' + q(b"high") + b","
-                    + q(b"high") + b'],"o":[' + q(b"last") + b"," + q(b"last") + b"]}")
+            return (
+                b'{"a":['
+                + q(b"ask")
+                + b","
+                + ask_lot
+                + b","
+                + q(b"ask_qty")
+                + b'],"b":['
+                + q(b"bid")
+                + b","
+                + bid_lot
+                + b","
+                + q(b"bid_qty")
+                + b'],"c":['
+                + q(b"last")
+                + b',"0.00000000"],"v":['
+                + q(b"volume")
+                + b","
+                + q(b"volume")
+                + b'],"p":['
+                + q(b"vwap")
+                + b","
+                + q(b"vwap")
+                + b'],"t":[0,0],"l":['
+                + q(b"low")
+                + b","
+                + q(b"low")
+                + b'],"h":['
+                + q(b"high")
+                + b","
+                + q(b"high")
+                + b'],"o":['
+                + q(b"last")
+                + b","
+                + q(b"last")
+                + b"]}"
+            )
         if channel == "spread":
-            return (b'["' + f[b"bid"] + b'","' + f[b"ask"] + b'","' + epoch(f[b"timestamp"].decode()) + b'","'
-                    + f[b"bid_qty"] + b'","' + f[b"ask_qty"] + b'"]')
+            return (
+                b'["'
+                + f[b"bid"]
+                + b'","'
+                + f[b"ask"]
+                + b'","'
+                + epoch(f[b"timestamp"].decode())
+                + b'","'
+                + f[b"bid_qty"]
+                + b'","'
+                + f[b"ask_qty"]
+                + b'"]'
+            )
         if channel == "ohlc":
             begin = float(epoch(f[b"interval_begin"].decode()))
             end = b"%.6f" % (begin + 60 * int(f[b"interval"]))

@@ -102,4 +102,3 @@ class AttemptGate:
         wait = self.budget.try_acquire(now)
         self.budget_limited = wait > 0
         return wait
-

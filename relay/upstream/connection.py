@@ -24,8 +24,8 @@ import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from relay.core.events import AckEvent, StatusEvent, UnknownEvent
 from relay.config import RelayConfig, UpstreamConfig
+from relay.core.events import AckEvent, StatusEvent, UnknownEvent
 from relay.protocols.spec import ProtocolSpec
 from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of

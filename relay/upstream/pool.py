@@ -64,7 +64,6 @@ class UpstreamPool:
         self._desired = self.protocol.desired(section) if section is not None else []
         self._clock = time.monotonic
 
-
     async def start(self) -> None:
         """Register every upstream with the merge and start its task, plus the ticker."""
         if self._tasks:

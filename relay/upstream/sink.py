@@ -82,8 +82,12 @@ class SinkClientConnection(ClientConnection):
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 head = 10
-            if b1 & 0x80 or b0 & 0x70 or op > 2 and (op < 8 or op > 10 or length > 125 or not b0 & 0x80) or (
-                max_size is not None and length > max_size
+            if (
+                b1 & 0x80
+                or b0 & 0x70
+                or op > 2
+                and (op < 8 or op > 10 or length > 125 or not b0 & 0x80)
+                or (max_size is not None and length > max_size)
             ):
                 super().data_received(data[pos:])  # websockets fails the connection properly
                 return

@@ -22,7 +22,6 @@ from typing import Any
 from relay.core.events import AckEvent
 from relay.core.keys import SubKey
 
-
 # Entry states.
 PENDING = "pending"  # subscribe to be sent
 SENT = "sent"  # subscribe sent, waiting for its ack
@@ -236,9 +235,7 @@ class SubscriptionPlanner:
             keys = [
                 k
                 for k, e in self.entries.items()
-                if e.state == want_state
-                and (ev.channel is None or k.channel == ev.channel)
-                and k.symbol in names
+                if e.state == want_state and (ev.channel is None or k.channel == ev.channel) and k.symbol in names
             ]
             if not keys and method == "unsubscribe" and ev.success and ev.symbol and ev.req_id is None:
                 self._dropped_by_exchange(ev)
@@ -275,8 +272,13 @@ class SubscriptionPlanner:
         of waiting for the merge's staleness check."""
         param = ev.result.get("depth", ev.result.get("interval")) if ev.result else None
         for k, e in self.entries.items():
-            if (e.state == ACTIVE and e.wanted and k.symbol == ev.symbol
-                    and (ev.channel is None or k.channel == ev.channel) and (param is None or k.param == param)):
+            if (
+                e.state == ACTIVE
+                and e.wanted
+                and k.symbol == ev.symbol
+                and (ev.channel is None or k.channel == ev.channel)
+                and (param is None or k.param == param)
+            ):
                 e.state = PENDING
 
     def _sub_ack(self, e: Entry, ev: AckEvent, now: float, res: AckResult) -> None:

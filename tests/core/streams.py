@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from relay.core.book import Book, Level
 from relay.core.numbers import format_fixed
-from relay.protocols.spot_v2.wire import encode_book, encode_elements
 from relay.core.views import DepthView
+from relay.protocols.spot_v2.wire import encode_book, encode_elements
 
 SYMBOL = "BTC/USD"
 

@@ -54,8 +54,14 @@ def test_v3_unpadded_numbers_give_the_wrong_checksum() -> None:
 
 
 def test_v4_kraken_v1_guide_example() -> None:
-    asks = [(p.encode(), b"0.00000500") for p in "0.05005 0.05010 0.05015 0.05020 0.05025 0.05030 0.05035 0.05040 0.05045 0.05050".split()]
-    bids = [(p.encode(), b"0.00000500") for p in "0.05000 0.04995 0.04990 0.04980 0.04975 0.04970 0.04965 0.04960 0.04955 0.04950".split()]
+    asks = [
+        (p.encode(), b"0.00000500")
+        for p in "0.05005 0.05010 0.05015 0.05020 0.05025 0.05030 0.05035 0.05040 0.05045 0.05050".split()
+    ]
+    bids = [
+        (p.encode(), b"0.00000500")
+        for p in "0.05000 0.04995 0.04990 0.04980 0.04975 0.04970 0.04965 0.04960 0.04955 0.04950".split()
+    ]
     assert book_checksum(asks, bids) == 974947235
 
 
@@ -88,7 +94,9 @@ def test_real_v2_capture_replays_510_of_510() -> None:
     results = []
     for raw in frames:
         ev = parser.parse(raw)
-        crc = (book.load_snapshot if ev.snapshot else lambda b, a, t: book.apply(b, a, t, None))(ev.bids, ev.asks, ev.timestamp)
+        crc = (book.load_snapshot if ev.snapshot else lambda b, a, t: book.apply(b, a, t, None))(
+            ev.bids, ev.asks, ev.timestamp
+        )
         results.append(crc == ev.checksum)
     assert len(results) == 510
     assert all(results)

@@ -23,7 +23,7 @@ def test_two_identical_lines_publish_each_frame_once_with_bytes_unchanged() -> N
     client = VerifyingClient()
     published = []
     for i, raw in enumerate(frames):
-        for up in ((a, b) if i % 3 else (b, a)):
+        for up in (a, b) if i % 3 else (b, a):
             m.feed(up, raw, i * 0.01)
             pubs = m.take()
             client.receive(pubs)
@@ -238,7 +238,9 @@ def test_ticker_newest_wins() -> None:
     m, (a, b) = new_merge()
 
     def tick(ts: str, last: str) -> bytes:
-        return encode_elements("ticker", False, [b'{"symbol":"BTC/USD","last":%s,"timestamp":"%s"}' % (last.encode(), ts.encode())])
+        return encode_elements(
+            "ticker", False, [b'{"symbol":"BTC/USD","last":%s,"timestamp":"%s"}' % (last.encode(), ts.encode())]
+        )
 
     m.feed(a, tick("2026-01-01T00:00:01.000000Z", "1.0"), 0)
     m.feed(b, tick("2026-01-01T00:00:01.000000Z", "1.0"), 0)
@@ -301,7 +303,10 @@ def test_ohlc_newest_candle_wins_and_snapshots_are_reframed_as_updates() -> None
     m, (a, b) = new_merge()
 
     def candle(begin: str, trades: int, snapshot: bool = False) -> bytes:
-        el = b'{"symbol":"BTC/USD","open":1.0,"close":2.0,"trades":%d,"interval_begin":"%s","interval":1}' % (trades, begin.encode())
+        el = b'{"symbol":"BTC/USD","open":1.0,"close":2.0,"trades":%d,"interval_begin":"%s","interval":1}' % (
+            trades,
+            begin.encode(),
+        )
         return encode_elements("ohlc", snapshot, [el], b',"timestamp":"2026-01-01T00:01:00.000000Z"')
 
     m.feed(a, candle("2026-01-01T00:00:00.000000Z", 3, snapshot=True), 0)
@@ -318,8 +323,9 @@ def test_ohlc_newest_candle_wins_and_snapshots_are_reframed_as_updates() -> None
 
 
 def test_instrument_snapshot_is_served_byte_exact_until_it_changes() -> None:
-    from tests.conftest import INSTRUMENT_SNAPSHOT
     import pytest
+
+    from tests.conftest import INSTRUMENT_SNAPSHOT
 
     if not INSTRUMENT_SNAPSHOT.exists():
         pytest.skip("instrument fixture missing")
@@ -369,8 +375,12 @@ def _flip_frames() -> list[bytes]:
     asks = [(b"%d.0" % (101 + i), b"1.00000000") for i in range(10)]
     parser, book = V2Parser(), Book("BTC/USD", 10)
     out = []
-    for snapshot, b, a in ((True, bids, asks), (False, [(b"100.5", b"2.00000000")], []),
-                           (False, [(b"100.5", b"0.00000000")], []), (False, [(b"100.5", b"2.00000000")], [])):
+    for snapshot, b, a in (
+        (True, bids, asks),
+        (False, [(b"100.5", b"2.00000000")], []),
+        (False, [(b"100.5", b"0.00000000")], []),
+        (False, [(b"100.5", b"2.00000000")], []),
+    ):
         ev = parser.parse(encode_book("BTC/USD", snapshot, b, a, 0, ts))
         crc = (book.load_snapshot if snapshot else lambda x, y, t: book.apply(x, y, t, None))(ev.bids, ev.asks, ts)
         out.append(encode_book("BTC/USD", snapshot, b, a, crc, ts))

@@ -114,7 +114,9 @@ def test_published_trades_are_the_full_sequence_once_each(trade_seed: int, plans
     client = VerifyingClient()
     # Every line subscribes with snapshot=true, as the upstream session does: Kraken opens the
     # stream with the last trades, which gives the merge its baseline whichever line is first.
-    history = [b'{"symbol":"BTC/USD","side":"buy","price":1.0,"qty":1.00000000,"trade_id":%d}' % i for i in range(950, 1000)]
+    history = [
+        b'{"symbol":"BTC/USD","side":"buy","price":1.0,"qty":1.00000000,"trade_id":%d}' % i for i in range(950, 1000)
+    ]
     for up in ups:
         m.feed(up, encode_elements("trade", True, history), 0.0)
     assert m.take() == []  # history is for late joiners' snapshots, not republished

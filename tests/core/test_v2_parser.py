@@ -47,7 +47,9 @@ def test_status_heartbeat_pong() -> None:
 def test_ack_shapes_success_and_both_rejection_shapes() -> None:
     p = V2Parser()
     ok = p.parse(compact(NAUTILUS / "ws_subscribe_response.json"))
-    assert isinstance(ok, AckEvent) and ok.success and ok.channel == "ticker" and ok.symbol == "BTC/USD" and ok.req_id == 1
+    assert (
+        isinstance(ok, AckEvent) and ok.success and ok.channel == "ticker" and ok.symbol == "BTC/USD" and ok.req_id == 1
+    )
     top = p.parse(
         b'{"method":"subscribe","success":false,"error":"Currency pair not supported XBT/USD","symbol":"XBT/USD",'
         b'"time_in":"a","time_out":"b"}'
@@ -134,7 +136,11 @@ def test_reserialized_capture_replays_with_instrument_precision() -> None:
         book, ok = Book("BTC/USD", 10), 0
         for raw in frames:
             ev = parser.parse(raw)
-            crc = book.load_snapshot(ev.bids, ev.asks, ev.timestamp) if ev.snapshot else book.apply(ev.bids, ev.asks, ev.timestamp, None)
+            crc = (
+                book.load_snapshot(ev.bids, ev.asks, ev.timestamp)
+                if ev.snapshot
+                else book.apply(ev.bids, ev.asks, ev.timestamp, None)
+            )
             ok += crc == ev.checksum
         return ok
 

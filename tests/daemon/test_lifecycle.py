@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import websockets
 import yaml
 
@@ -75,8 +74,12 @@ def write_config(path: Path, urls: list[str], symbols: list[str], ws_port: int, 
 
 
 @contextlib.asynccontextmanager
-async def relay_with_sim(tmp_path: Path, symbols: list[str], sim_symbols: list[str] | None = None) -> AsyncIterator[tuple[Daemon, Simulator]]:
-    sim = Simulator(SimConfig(symbols=sim_symbols or symbols, rate=400.0, seed=3, lines=[LineConfig(), LineConfig(latency=0.001)]))
+async def relay_with_sim(
+    tmp_path: Path, symbols: list[str], sim_symbols: list[str] | None = None
+) -> AsyncIterator[tuple[Daemon, Simulator]]:
+    sim = Simulator(
+        SimConfig(symbols=sim_symbols or symbols, rate=400.0, seed=3, lines=[LineConfig(), LineConfig(latency=0.001)])
+    )
     await sim.start()
     ws_port, http_port = free_port(), free_port()
     cfg = tmp_path / "relay.yaml"
@@ -120,7 +123,11 @@ class Client:
                     ev = parser.parse(raw)
                     if isinstance(ev, BookEvent):
                         b = books.setdefault(ev.symbol, Book(ev.symbol, 10))
-                        crc = b.load_snapshot(ev.bids, ev.asks, ev.timestamp) if ev.snapshot else b.apply(ev.bids, ev.asks, ev.timestamp, None)
+                        crc = (
+                            b.load_snapshot(ev.bids, ev.asks, ev.timestamp)
+                            if ev.snapshot
+                            else b.apply(ev.bids, ev.asks, ev.timestamp, None)
+                        )
                         self.frames += 1
                         self.bad += crc != ev.checksum
                     elif b'"method":"subscribe"' in raw:
@@ -170,7 +177,9 @@ async def test_sighup_adds_a_symbol_without_disconnecting_anyone(tmp_path: Path)
         cfg["channels"]["book"]["symbols"] = ["BTC/USD", "ETH/USD"]
         daemon.config_path.write_text(yaml.safe_dump(cfg))
         daemon.proc.send_signal(signal.SIGHUP)
-        await wait_for(lambda: daemon.http("/readyz")[1]["symbols"].get("ETH/USD", {}).get("ready"), 15, "ETH/USD ready")
+        await wait_for(
+            lambda: daemon.http("/readyz")[1]["symbols"].get("ETH/USD", {}).get("ready"), 15, "ETH/USD ready"
+        )
         new = Client(daemon.ws_url, ["ETH/USD"]).start()
         await wait_for(lambda: new.frames > 5, 10, "ETH/USD frames after the reload")
         frames_then = old.frames

@@ -24,8 +24,11 @@ def futures_config(urls: list[str], products: list[str], **extra: Any) -> Any:
     data: dict[str, Any] = {
         "upstreams": [{"name": f"fut{i}", "url": u, "protocol": "futures"} for i, u in enumerate(urls)],
         "futures": {
-            "channels": {"book": {"products": products}, "trade": {"products": products},
-                         "ticker_lite": {"products": products}},
+            "channels": {
+                "book": {"products": products},
+                "trade": {"products": products},
+                "ticker_lite": {"products": products},
+            },
             "heartbeat_timeout": 1.5,
             "ping_interval": 5.0,
         },
@@ -65,7 +68,7 @@ class FuturesClient:
                     self.events.append(orjson.loads(data))
                 else:
                     self.view.feed(data)
-        except Exception as exc:  # noqa: BLE001 - recorded for the test
+        except Exception as exc:
             self.closed = repr(exc)
             return
         self.closed = f"closed {self.ws.close_code}"
@@ -104,7 +107,11 @@ async def futures_rig(products: list[str] | None = None, lines: int = 2, **sim_k
     await sim.start()
     products = sim.market.products
     relay = Relay(futures_config(sim.urls, products), server_port=0, http_port=0)
-    relay.stack("futures").pool.planner_options = {"resync_min_interval": 0.2, "resync_max_interval": 1.0, "ack_timeout": 2.0}
+    relay.stack("futures").pool.planner_options = {
+        "resync_min_interval": 0.2,
+        "resync_max_interval": 1.0,
+        "ack_timeout": 2.0,
+    }
     relay.stack("futures").pool.stable_after = 0.5
     await relay.start()
     try:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 
 from relay import protocols
+from relay.config import ConfigError, parse_config
 from relay.core.events import AckEvent
 from relay.ops.check_config import summary
-from relay.config import ConfigError, parse_config
 from relay.upstream.subscriptions import ACTIVE, SubKey, SubscriptionPlanner
 
 FUT = {"channels": {"book": {"products": ["pf_xbtusd"]}, "trade": {"products": ["PF_XBTUSD", "PI_ETHUSD"]}}}
 
 
 def _cfg(**data):
-    base = {"upstreams": [{"name": "f", "url": "wss://futures.kraken.com/ws/v1", "protocol": "futures"}], "futures": FUT}
+    base = {
+        "upstreams": [{"name": "f", "url": "wss://futures.kraken.com/ws/v1", "protocol": "futures"}],
+        "futures": FUT,
+    }
     base.update(data)
     return parse_config(base, env={})
 
@@ -36,8 +39,10 @@ def test_futures_only_config_needs_no_channels_and_upper_cases_products():
     ("data", "error"),
     [
         ({"futures": None}, "futures: is required (upstreams[0] has protocol futures)"),
-        ({"futures": {"channels": {"book": {"products": ["BTC/USD"]}}}},
-         "futures.channels.book.products: 'BTC/USD' is not a Kraken Futures product id like PF_XBTUSD"),
+        (
+            {"futures": {"channels": {"book": {"products": ["BTC/USD"]}}}},
+            "futures.channels.book.products: 'BTC/USD' is not a Kraken Futures product id like PF_XBTUSD",
+        ),
         ({"futures": {"channels": {}}}, "futures.channels: no products configured in any feed"),
         ({"futures": {**FUT, "path": "/v2"}}, "futures.path: '/v2' is already used by server.path"),
         ({"futures": {**FUT, "ping_interval": 90}}, "futures.ping_interval: must be <= 60"),
@@ -53,8 +58,14 @@ def test_errors_are_one_line_and_name_the_key(data, error):
 
 def test_futures_section_without_futures_upstream_is_an_error():
     with pytest.raises(ConfigError, match=r"^futures: configured but no upstream has protocol futures"):
-        parse_config({"upstreams": [{"name": "s", "url": "wss://ws.kraken.com/v2"}],
-                      "channels": {"book": {"symbols": ["BTC/USD"]}}, "futures": FUT}, env={})
+        parse_config(
+            {
+                "upstreams": [{"name": "s", "url": "wss://ws.kraken.com/v2"}],
+                "channels": {"book": {"symbols": ["BTC/USD"]}},
+                "futures": FUT,
+            },
+            env={},
+        )
     with pytest.raises(ConfigError, match=r"^channels: is required"):
         parse_config({"upstreams": [{"name": "s", "url": "wss://ws.kraken.com/v2"}]}, env={})
 
@@ -65,12 +76,16 @@ def test_planner_matches_futures_acks_without_req_id_and_frees_its_bookkeeping()
     p = SubscriptionPlanner(keys, encode_request=spec.encode_request, params_for=spec.request_params)
     p.reset()
     frames = sorted(p.poll(0.0))
-    assert frames == [b'{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD","PF_ETHUSD"]}',
-                      b'{"event":"subscribe","feed":"heartbeat"}']
+    assert frames == [
+        b'{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD","PF_ETHUSD"]}',
+        b'{"event":"subscribe","feed":"heartbeat"}',
+    ]
     parser = spec.parser()
-    for raw in (b'{"event":"subscribed","feed":"heartbeat"}',
-                b'{"event":"subscribed","feed":"book","product_ids":["PF_XBTUSD"]}',
-                b'{"event":"subscribed_failed","feed":"book","product_ids":["PF_ETHUSD"],"message":"no"}'):
+    for raw in (
+        b'{"event":"subscribed","feed":"heartbeat"}',
+        b'{"event":"subscribed","feed":"book","product_ids":["PF_XBTUSD"]}',
+        b'{"event":"subscribed_failed","feed":"book","product_ids":["PF_ETHUSD"],"message":"no"}',
+    ):
         ev = parser.parse(raw)
         assert isinstance(ev, AckEvent) and ev.req_id is None
         p.on_ack(ev, 0.1)

@@ -25,8 +25,16 @@ pytestmark = [pytest.mark.slow]
 
 
 async def test_daemon_serves_v2_and_futures_side_by_side(tmp_path):
-    fsim = FuturesSimulator(FuturesSimConfig(products=["PF_XBTUSD"], rate=100.0, trade_rate=5.0, seed=9,
-                                             heartbeat_interval=0.2, lines=[LineConfig(), LineConfig()]))
+    fsim = FuturesSimulator(
+        FuturesSimConfig(
+            products=["PF_XBTUSD"],
+            rate=100.0,
+            trade_rate=5.0,
+            seed=9,
+            heartbeat_interval=0.2,
+            lines=[LineConfig(), LineConfig()],
+        )
+    )
     sim = Simulator(SimConfig(symbols=["BTC/USD"], rate=100.0, seed=3, lines=[LineConfig()]))
     await fsim.start()
     await sim.start()
@@ -35,8 +43,10 @@ async def test_daemon_serves_v2_and_futures_side_by_side(tmp_path):
         "upstreams": [{"name": "spot0", "url": sim.urls[0]}]
         + [{"name": f"fut{i}", "url": u, "protocol": "futures"} for i, u in enumerate(fsim.urls)],
         "channels": {"book": {"symbols": ["BTC/USD"], "depth": 10}},
-        "futures": {"channels": {"book": {"products": ["PF_XBTUSD"]}, "trade": {"products": ["PF_XBTUSD"]}},
-                    "heartbeat_timeout": 2.0},
+        "futures": {
+            "channels": {"book": {"products": ["PF_XBTUSD"]}, "trade": {"products": ["PF_XBTUSD"]}},
+            "heartbeat_timeout": 2.0,
+        },
         "server": {"listen": f"127.0.0.1:{ws_port}"},
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "reconnect": {"initial_delay": 0.1, "max_delay": 1.0, "stagger": 0.05},
@@ -45,9 +55,13 @@ async def test_daemon_serves_v2_and_futures_side_by_side(tmp_path):
     }
     path = tmp_path / "relay.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "relay", "run", "--config", str(path)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "run", "--config", str(path)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     daemon = Daemon(proc, path, f"ws://127.0.0.1:{ws_port}/v2", f"http://127.0.0.1:{http_port}")
     try:
         await daemon.wait_ready()
@@ -74,7 +88,7 @@ async def test_daemon_serves_v2_and_futures_side_by_side(tmp_path):
             try:
                 for _ in range(500):
                     await asyncio.wait_for(ws.recv(), 5)
-            except Exception:  # noqa: BLE001 - the close is what we wait for
+            except Exception:
                 code = ws.close_code
             assert code == 1001
         assert await asyncio.to_thread(proc.wait, 10) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 import pytest
 
 from relay.sim.futures import CAPTURE
@@ -132,8 +131,13 @@ async def test_readyz_metrics_and_relay_feed_cover_futures():
         text = relay.metrics.registry and _scrape(relay)
         assert 'symbol="PF_XBTUSD"' in text and 'upstream="fut1"' in text
         # exchange-to-receive lag is sampled from futures' numeric millisecond timestamps too
-        assert await until(lambda: 'kraken_relay_upstream_lag_seconds_count{upstream="fut0"} 0.0' not in _scrape(relay)
-                           and 'kraken_relay_upstream_lag_seconds_count{upstream="fut0"}' in _scrape(relay), 5.0)
+        assert await until(
+            lambda: (
+                'kraken_relay_upstream_lag_seconds_count{upstream="fut0"} 0.0' not in _scrape(relay)
+                and 'kraken_relay_upstream_lag_seconds_count{upstream="fut0"}' in _scrape(relay)
+            ),
+            5.0,
+        )
         stats = relay.stats()
         assert {s["symbol"] for s in stats["symbols"]} >= set(rig.products)
         client = await FuturesClient(rig.url).start()

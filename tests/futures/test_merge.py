@@ -7,8 +7,8 @@ import random
 import orjson
 
 from relay.core.events import AckEvent, HeartbeatEvent, StatusEvent
-from relay.protocols.futures.wire import FuturesParser, encode_request
 from relay.protocols.futures.merge import FuturesMerge
+from relay.protocols.futures.wire import FuturesParser, encode_request
 from tests.futures.capture import ClientView, data_frames, frames, rebuild
 
 
@@ -86,14 +86,31 @@ def test_published_bytes_are_the_upstream_bytes():
 
 
 def _delta(product: str, seq: int, price: float, qty: float, side: str = "buy") -> bytes:
-    return orjson.dumps({"feed": "book", "product_id": product, "side": side, "seq": seq,
-                         "price": price, "qty": qty, "timestamp": 1000 + seq})
+    return orjson.dumps(
+        {
+            "feed": "book",
+            "product_id": product,
+            "side": side,
+            "seq": seq,
+            "price": price,
+            "qty": qty,
+            "timestamp": 1000 + seq,
+        }
+    )
 
 
 def _snap(product: str, seq: int, bids, asks) -> bytes:
-    return orjson.dumps({"feed": "book_snapshot", "product_id": product, "timestamp": 1, "seq": seq,
-                         "tickSize": None, "bids": [{"price": p, "qty": q} for p, q in bids],
-                         "asks": [{"price": p, "qty": q} for p, q in asks]})
+    return orjson.dumps(
+        {
+            "feed": "book_snapshot",
+            "product_id": product,
+            "timestamp": 1,
+            "seq": seq,
+            "tickSize": None,
+            "bids": [{"price": p, "qty": q} for p, q in bids],
+            "asks": [{"price": p, "qty": q} for p, q in asks],
+        }
+    )
 
 
 def test_gap_on_every_line_resyncs_that_product_alone():
@@ -188,10 +205,21 @@ def test_trades_deduplicated_by_uid_and_missed_ones_recovered_from_snapshot():
     merge, a, b = _pair()
 
     def trade(uid: str, seq: int) -> dict:
-        return {"feed": "trade", "product_id": "PF_XBTUSD", "uid": uid, "side": "buy", "type": "fill",
-                "seq": seq, "time": 1000 + seq, "qty": 1.0, "price": 100.5}
+        return {
+            "feed": "trade",
+            "product_id": "PF_XBTUSD",
+            "uid": uid,
+            "side": "buy",
+            "type": "fill",
+            "seq": seq,
+            "time": 1000 + seq,
+            "qty": 1.0,
+            "price": 100.5,
+        }
 
-    snap = orjson.dumps({"feed": "trade_snapshot", "product_id": "PF_XBTUSD", "trades": [trade("u2", 2), trade("u1", 1)]})
+    snap = orjson.dumps(
+        {"feed": "trade_snapshot", "product_id": "PF_XBTUSD", "trades": [trade("u2", 2), trade("u1", 1)]}
+    )
     merge.feed(a, snap, 0.0)
     merge.feed(b, snap, 0.0)
     out = merge.take()
@@ -200,8 +228,13 @@ def test_trades_deduplicated_by_uid_and_missed_ones_recovered_from_snapshot():
         merge.feed(up, orjson.dumps(trade("u3", 3)), 0.1)
     assert len([p for p in merge.take() if p.channel == "trade"]) == 1
     # both lines missed u4; a reconnects and its trade_snapshot brings u4 and u5
-    snap2 = orjson.dumps({"feed": "trade_snapshot", "product_id": "PF_XBTUSD",
-                          "trades": [trade("u5", 5), trade("u4", 4), trade("u3", 3), trade("u2", 2)]})
+    snap2 = orjson.dumps(
+        {
+            "feed": "trade_snapshot",
+            "product_id": "PF_XBTUSD",
+            "trades": [trade("u5", 5), trade("u4", 4), trade("u3", 3), trade("u2", 2)],
+        }
+    )
     merge.feed(a, snap2, 0.2)
     got = [orjson.loads(p.frame)["uid"] for p in merge.take() if p.channel == "trade"]
     assert got == ["u4", "u5"]
@@ -215,16 +248,22 @@ def test_parser_control_frames():
     ack = p.parse(b'{"event":"subscribed ","feed":"book","product_ids":["pf_xbtusd"]}')
     assert isinstance(ack, AckEvent) and ack.success and ack.channel == "book" and ack.symbol == "PF_XBTUSD"
     assert ack.req_id is None and ack.method == "subscribe"
-    bad = p.parse(b'{"event":"subscribed_failed","feed":"book","product_ids":["PF_NOPE"],"message":"Invalid product id"}')
+    bad = p.parse(
+        b'{"event":"subscribed_failed","feed":"book","product_ids":["PF_NOPE"],"message":"Invalid product id"}'
+    )
     assert isinstance(bad, AckEvent) and not bad.success and bad.error == "Invalid product id"
     assert isinstance(p.parse(b'{"feed":"heartbeat","time":1}'), HeartbeatEvent)
     assert type(p.parse(b'{"event":"alert","message":"x"}')).__name__ == "UnknownEvent"
     assert type(p.parse(b"nope")).__name__ == "UnknownEvent"
-    assert encode_request("book", ["PF_XBTUSD"], 7) == b'{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD"]}'
+    assert (
+        encode_request("book", ["PF_XBTUSD"], 7) == b'{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD"]}'
+    )
     assert encode_request("heartbeat", None, 8) == b'{"event":"subscribe","feed":"heartbeat"}'
     # lexemes are kept for synthesized snapshots
-    snap = p.parse(b'{"feed":"book_snapshot","product_id":"PF_X","timestamp":1,"seq":5,"tickSize":null,'
-                   b'"bids":[{"price":1.10,"qty":5e-1}],"asks":[]}')
+    snap = p.parse(
+        b'{"feed":"book_snapshot","product_id":"PF_X","timestamp":1,"seq":5,"tickSize":null,'
+        b'"bids":[{"price":1.10,"qty":5e-1}],"asks":[]}'
+    )
     assert snap.bids[0].price_text == b"1.10" and snap.bids[0].qty_text == b"5e-1"
 
 

@@ -12,8 +12,8 @@ import random
 import orjson
 import pytest
 
-from relay.protocols.futures.merge import FuturesMerge
 from relay.core.outputs import MergeSettings
+from relay.protocols.futures.merge import FuturesMerge
 from tests.futures.capture import ClientView
 
 P = "PF_XBTUSD"
@@ -34,17 +34,36 @@ def _market(rnd: random.Random, n: int) -> tuple[list[bytes], list[dict[float, f
             side.pop(price, None)
         else:
             side[price] = qty
-        deltas.append(orjson.dumps({"feed": "book", "product_id": P, "side": "buy" if buy else "sell",
-                                    "seq": 101 + k, "price": price, "qty": qty, "timestamp": k}))
+        deltas.append(
+            orjson.dumps(
+                {
+                    "feed": "book",
+                    "product_id": P,
+                    "side": "buy" if buy else "sell",
+                    "seq": 101 + k,
+                    "price": price,
+                    "qty": qty,
+                    "timestamp": k,
+                }
+            )
+        )
         states_b.append(dict(bids))
         states_a.append(dict(asks))
     return deltas, states_b, states_a
 
 
 def _snapshot(i: int, states_b, states_a) -> bytes:
-    return orjson.dumps({"feed": "book_snapshot", "product_id": P, "timestamp": 0, "seq": 100 + i, "tickSize": None,
-                         "bids": [{"price": p, "qty": q} for p, q in sorted(states_b[i].items(), reverse=True)],
-                         "asks": [{"price": p, "qty": q} for p, q in sorted(states_a[i].items())]})
+    return orjson.dumps(
+        {
+            "feed": "book_snapshot",
+            "product_id": P,
+            "timestamp": 0,
+            "seq": 100 + i,
+            "tickSize": None,
+            "bids": [{"price": p, "qty": q} for p, q in sorted(states_b[i].items(), reverse=True)],
+            "asks": [{"price": p, "qty": q} for p, q in sorted(states_a[i].items())],
+        }
+    )
 
 
 def _run(seed: int, lines: int, loss: float, all_lost: bool) -> tuple[ClientView, FuturesMerge, list, list, int]:

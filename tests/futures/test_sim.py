@@ -17,8 +17,14 @@ from tests.futures.capture import ClientView
 
 
 async def test_protocol_snapshot_then_contiguous_deltas_and_errors():
-    cfg = FuturesSimConfig(products=["PF_XBTUSD", "PI_ETHUSD"], rate=400.0, trade_rate=40.0, seed=3,
-                           heartbeat_interval=0.1, lines=[LineConfig(), LineConfig(latency=0.002)])
+    cfg = FuturesSimConfig(
+        products=["PF_XBTUSD", "PI_ETHUSD"],
+        rate=400.0,
+        trade_rate=40.0,
+        seed=3,
+        heartbeat_interval=0.1,
+        lines=[LineConfig(), LineConfig(latency=0.002)],
+    )
     async with FuturesSimulator(cfg) as sim:
         views = []
         for url in sim.urls:
@@ -49,14 +55,16 @@ async def test_protocol_snapshot_then_contiguous_deltas_and_errors():
         # both lines number the same events alike (per-product seq of the market)
         assert views[0].books["PF_XBTUSD"]["seq"] > 0
         body = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(sim.rest_url + "/derivatives/api/v3/instruments", timeout=5).read())
+            lambda: urllib.request.urlopen(sim.rest_url + "/derivatives/api/v3/instruments", timeout=5).read()
+        )
         ids = {i["symbol"] for i in orjson.loads(body)["instruments"]}
         assert {"PF_XBTUSD", "PI_ETHUSD", "PI_XBTUSD"} <= ids
 
 
 async def test_skip_fault_makes_a_gap_on_that_line_only():
-    cfg = FuturesSimConfig(products=["PF_XBTUSD"], rate=300.0, trade_rate=0.0, seed=4,
-                           lines=[LineConfig(), LineConfig()])
+    cfg = FuturesSimConfig(
+        products=["PF_XBTUSD"], rate=300.0, trade_rate=0.0, seed=4, lines=[LineConfig(), LineConfig()]
+    )
     async with FuturesSimulator(cfg) as sim:
         async with connect(sim.urls[0]) as a, connect(sim.urls[1]) as b:
             for ws in (a, b):
@@ -77,14 +85,37 @@ async def test_skip_fault_makes_a_gap_on_that_line_only():
 
 @pytest.mark.slow
 def test_cli_protocol_futures_runs():
-    proc = subprocess.run([sys.executable, "-m", "relay", "sim", "--protocol", "futures", "--lines", "2",
-                           "--products", "PF_XBTUSD", "--rate", "20", "--duration", "0.5",
-                           "--fault", "0.2:1:skip:symbol=PF_XBTUSD,count=1"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "sim",
+            "--protocol",
+            "futures",
+            "--lines",
+            "2",
+            "--products",
+            "PF_XBTUSD",
+            "--rate",
+            "20",
+            "--duration",
+            "0.5",
+            "--fault",
+            "0.2:1:skip:symbol=PF_XBTUSD,count=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "/ws/v1" in proc.stdout and "fault line 1: skip" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "relay", "sim", "--protocol", "futures", "--fault", "1:0:maintenance:2"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "relay", "sim", "--protocol", "futures", "--fault", "1:0:maintenance:2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "not simulated for futures" in bad.stderr
 
 

@@ -8,10 +8,10 @@ import socket
 
 from websockets.asyncio.client import connect
 
-from relay.protocols.futures.merge import FuturesMerge
-from relay.core.outputs import MergeSettings
 from relay.config import ServerConfig
+from relay.core.outputs import MergeSettings
 from relay.protocols.futures.endpoint import FuturesEndpoint
+from relay.protocols.futures.merge import FuturesMerge
 from relay.server.listener import LocalServer
 from tests.futures.capture import ClientView, data_frames, frames, rebuild
 
@@ -45,7 +45,7 @@ async def test_slow_futures_reader_gets_a_snapshot_reset_then_contiguous_seq():
                 conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         fast, slow = ClientView(), ClientView()
         for ws, view in ((fast_ws, fast), (slow_ws, slow)):
-            await ws.send('{"event":"subscribe","feed":"book","product_ids":["%s"]}' % PRODUCT)
+            await ws.send('{"event":"subscribe","feed":"book","product_ids":["' + PRODUCT + '"]}')
             while not view.snapshots:
                 raw = await asyncio.wait_for(ws.recv(), 5)
                 raw = raw if isinstance(raw, bytes) else raw.encode()
@@ -58,7 +58,7 @@ async def test_slow_futures_reader_gets_a_snapshot_reset_then_contiguous_seq():
             while loop.time() - last < quiet:
                 try:
                     raw = await asyncio.wait_for(ws.recv(), 0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 last = loop.time()
                 raw = raw if isinstance(raw, bytes) else raw.encode()

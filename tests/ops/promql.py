@@ -118,8 +118,9 @@ def free_port() -> int:
 class Prometheus:
     """A throw-away Prometheus on 127.0.0.1 scraping `targets` every `scrape_interval` seconds."""
 
-    def __init__(self, targets: list[str], job: str = "kraken-relay", scrape_interval: float = 1.0,
-                 binary: str | None = None) -> None:
+    def __init__(
+        self, targets: list[str], job: str = "kraken-relay", scrape_interval: float = 1.0, binary: str | None = None
+    ) -> None:
         self.binary = binary or shutil.which("prometheus") or ""
         self.targets = targets
         self.job = job
@@ -138,18 +139,29 @@ class Prometheus:
         self._dir = tempfile.TemporaryDirectory(prefix="kraken-relay-prom-")
         d = Path(self._dir.name)
         iv = f"{int(self.scrape_interval * 1000)}ms"
-        cfg = {"global": {"scrape_interval": iv, "evaluation_interval": iv, "scrape_timeout": iv},
-               "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}]}
+        cfg = {
+            "global": {"scrape_interval": iv, "evaluation_interval": iv, "scrape_timeout": iv},
+            "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
+        }
         (d / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         last_err = ""
         for _ in range(3):  # the free port may be taken between probe and bind: retry
             self.port = free_port()
             log = open(d / "prometheus.log", "wb")
             self._proc = subprocess.Popen(
-                [self.binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-                 "--storage.tsdb.retention.time=1h", "--query.lookback-delta=30s"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=d)
+                [
+                    self.binary,
+                    f"--config.file={d / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={d / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                    "--storage.tsdb.retention.time=1h",
+                    "--query.lookback-delta=30s",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=d,
+            )
             log.close()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self._proc.poll() is None:
@@ -227,8 +239,19 @@ def has_real_values(samples: list[dict[str, Any]]) -> bool:
     return False
 
 
-__all__ = ["Expr", "Prometheus", "alert_exprs", "dashboard_exprs", "dashboard_variable_exprs", "free_port",
-           "has_real_values", "metric_names", "prometheus_available", "substitute", "DEFAULT_VARS"]
+__all__ = [
+    "Expr",
+    "Prometheus",
+    "alert_exprs",
+    "dashboard_exprs",
+    "dashboard_variable_exprs",
+    "free_port",
+    "has_real_values",
+    "metric_names",
+    "prometheus_available",
+    "substitute",
+    "DEFAULT_VARS",
+]
 
 if __name__ == "__main__":  # print every expression, for a quick look
     for e in dashboard_variable_exprs() + dashboard_exprs() + alert_exprs():

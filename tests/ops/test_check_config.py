@@ -32,8 +32,13 @@ def run_cli(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str], monke
 
 @pytest.fixture(autouse=True)
 def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("KRAKEN_RELAY_LISTEN", "KRAKEN_RELAY_HTTP_LISTEN", "KRAKEN_RELAY_LOG_LEVEL",
-                "KRAKEN_RELAY_LOG_FORMAT", "KRAKEN_RELAY_TOKEN"):
+    for var in (
+        "KRAKEN_RELAY_LISTEN",
+        "KRAKEN_RELAY_HTTP_LISTEN",
+        "KRAKEN_RELAY_LOG_LEVEL",
+        "KRAKEN_RELAY_LOG_FORMAT",
+        "KRAKEN_RELAY_TOKEN",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -66,8 +71,10 @@ def test_demo_config_uses_two_local_simulator_lines() -> None:
     [
         (GOOD + "bogus: 1\n", "bogus: unknown key"),
         (GOOD + "sever: {listen: '127.0.0.1:1'}\n", "sever: unknown key (did you mean 'server'?)"),
-        (GOOD.replace("url: \"wss://beta-ws.kraken.com/v2\"", "url: \"https://beta-ws.kraken.com/v2\""),
-         "upstreams[1].url: must be a ws:// or wss:// URL"),
+        (
+            GOOD.replace('url: "wss://beta-ws.kraken.com/v2"', 'url: "https://beta-ws.kraken.com/v2"'),
+            "upstreams[1].url: must be a ws:// or wss:// URL",
+        ),
         ("channels:\n  book: {symbols: [BTC/USD]}\n", "upstreams: is required"),
         ("upstreams: []\nchannels:\n  book: {symbols: [BTC/USD]}\n", "upstreams: needs at least 1 item"),
         (GOOD.replace("depth: 25", "depth: 7"), "channels.book.depth: must be one of 10, 25, 100, 500, 1000"),
@@ -131,11 +138,17 @@ def test_console_entry_point_exit_codes(tmp_path: Path) -> None:
     """The real process: what systemd's ExecStartPre and the Docker build run."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD + "bogus: 1\n")
-    ok = subprocess.run([sys.executable, "-m", "relay", "check-config", str(ROOT / "config" / "demo.yaml")],
-                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    ok = subprocess.run(
+        [sys.executable, "-m", "relay", "check-config", str(ROOT / "config" / "demo.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert ok.returncode == 0, ok.stderr
-    res = subprocess.run([sys.executable, "-m", "relay", "check-config", str(bad)],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "relay", "check-config", str(bad)], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"invalid config {bad}: bogus: unknown key")

@@ -12,22 +12,40 @@ from hypothesis import strategies as st
 from relay.config import ConfigError, RelayConfig, parse_config
 
 VALID: dict[str, Any] = {
-    "upstreams": [{"name": "a", "url": "wss://ws.kraken.com/v2"},
-                  {"name": "b", "url": "wss://beta-ws.kraken.com/v2", "proxy": "socks5://127.0.0.1:1080"}],
-    "channels": {"book": {"symbols": ["BTC/USD", "ETH/USD"], "depth": 100}, "trade": {"symbols": ["BTC/USD"]},
-                 "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]}, "instrument": True},
-    "server": {"listen": "127.0.0.1:8765", "path": "/v2", "max_clients": 10,
-               "dynamic_subscriptions": {"enabled": True, "allow": ["SOL/USD"]}},
+    "upstreams": [
+        {"name": "a", "url": "wss://ws.kraken.com/v2"},
+        {"name": "b", "url": "wss://beta-ws.kraken.com/v2", "proxy": "socks5://127.0.0.1:1080"},
+    ],
+    "channels": {
+        "book": {"symbols": ["BTC/USD", "ETH/USD"], "depth": 100},
+        "trade": {"symbols": ["BTC/USD"]},
+        "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]},
+        "instrument": True,
+    },
+    "server": {
+        "listen": "127.0.0.1:8765",
+        "path": "/v2",
+        "max_clients": 10,
+        "dynamic_subscriptions": {"enabled": True, "allow": ["SOL/USD"]},
+    },
     "http": {"listen": "127.0.0.1:9100"},
     "reconnect": {"initial_delay": 0.5},
     "logging": {"level": "info", "format": "json"},
 }
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["BTC/USD", "ws://x", "127.0.0.1:0", "wss://", "1e9"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                      max_leaves=8)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["BTC/USD", "ws://x", "127.0.0.1:0", "wss://", "1e9"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
 
 
 def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -92,20 +92,29 @@ def test_daemon_speaks_sd_notify_and_handles_signals(tmp_path: Path) -> None:
     with SimThread() as sim:
         http_port = free_port()
         config = tmp_path / "relay.yaml"
-        config.write_text(yaml.safe_dump({
-            "upstreams": [{"name": f"sim-{i}", "url": u} for i, u in enumerate(sim.urls)],
-            "channels": {"book": {"symbols": SYMBOLS, "depth": 10}, "trade": {"symbols": SYMBOLS}},
-            "server": {"listen": f"127.0.0.1:{free_port()}"},
-            "http": {"listen": f"127.0.0.1:{http_port}"},
-            "reconnect": {"initial_delay": 0.1, "stagger": 0.0},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "upstreams": [{"name": f"sim-{i}", "url": u} for i, u in enumerate(sim.urls)],
+                    "channels": {"book": {"symbols": SYMBOLS, "depth": 10}, "trade": {"symbols": SYMBOLS}},
+                    "server": {"listen": f"127.0.0.1:{free_port()}"},
+                    "http": {"listen": f"127.0.0.1:{http_port}"},
+                    "reconnect": {"initial_delay": 0.1, "stagger": 0.0},
+                }
+            )
+        )
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(tmp_path / "notify.sock"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KRAKEN_RELAY_", "NOTIFY_", "WATCHDOG_"))}
         env.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="400000", PYTHONPATH=str(ROOT))
         stderr = open(tmp_path / "stderr.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "relay", "run", "--config", str(config)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=tmp_path,
+        )
         try:
             recv_until(notify, "READY=1", 30)
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=5) as r:

@@ -83,9 +83,17 @@ def test_unit_has_the_required_settings() -> None:
     assert svc["ExecStart"] == VENV_BIN + " run --config /etc/kraken-relay/relay.yaml"
     assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert svc["LimitNOFILE"] == "65536"
-    for key, value in {"DynamicUser": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
-                       "PrivateDevices": "yes", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",
-                       "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "MemoryDenyWriteExecute": "yes"}.items():
+    for key, value in {
+        "DynamicUser": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "NoNewPrivileges": "yes",
+        "CapabilityBoundingSet": "",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "MemoryDenyWriteExecute": "yes",
+    }.items():
         assert svc.get(key) == value, key
     filters = [v for s, k, v in unit_directives() if k == "SystemCallFilter"]
     assert "@system-service" in filters
@@ -95,7 +103,7 @@ def test_unit_has_the_required_settings() -> None:
 def unit_with_real_binary(tmp_path: Path) -> Path:
     """The unit with the venv path pointed at a working shim, since verify checks that it exists."""
     shim = tmp_path / "kraken-relay"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m relay \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m relay "$@"\n')
     shim.chmod(0o755)
     unit = tmp_path / "kraken-relay.service"
     unit.write_text(UNIT.read_text().replace(VENV_BIN, str(shim)))
@@ -110,8 +118,14 @@ def test_systemd_analyze_verify(unit_with_real_binary: Path) -> None:
 
 def test_systemd_security_exposure_is_low(unit_with_real_binary: Path) -> None:
     exe = tool("systemd-analyze")
-    res = run(exe, "security", "--offline=true", "--threshold=20", str(unit_with_real_binary),
-              cwd=unit_with_real_binary.parent)
+    res = run(
+        exe,
+        "security",
+        "--offline=true",
+        "--threshold=20",
+        str(unit_with_real_binary),
+        cwd=unit_with_real_binary.parent,
+    )
     if "--offline" in res.stderr or "unrecognized option" in res.stderr:
         pytest.skip("systemd-analyze security --offline needs systemd >= 250")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr  # overall exposure <= 2.0 ("OK")

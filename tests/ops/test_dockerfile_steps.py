@@ -88,8 +88,9 @@ def test_dockerignore_lets_every_copied_source_through() -> None:
             if key == "COPY" and not arg.startswith("--from"):
                 for src in shlex.split(arg)[:-1]:
                     src = src.rstrip("*")
-                    assert any(src == a or src.startswith(a + "/") for a in allowed), \
+                    assert any(src == a or src.startswith(a + "/") for a in allowed), (
                         f"{src} is COPY'd but excluded by .dockerignore"
+                    )
 
 
 def _replay_builder(root: Path) -> tuple[Path, dict[str, str]]:
@@ -121,8 +122,14 @@ def _replay_builder(root: Path) -> tuple[Path, dict[str, str]]:
                         shutil.copy2(src, target)
         elif key == "RUN":
             words = [str(root / w.lstrip("/")) if w.startswith("/") else w for w in shlex.split(arg)]
-            res = subprocess.run(words, cwd=at(workdir), env={**env, "PYTHON": sys.executable},
-                                 capture_output=True, text=True, timeout=240)
+            res = subprocess.run(
+                words,
+                cwd=at(workdir),
+                env={**env, "PYTHON": sys.executable},
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
             assert res.returncode == 0, f"RUN {arg} failed:\n{res.stdout}\n{res.stderr}"
     return root / "opt" / "kraken-relay", env_of(stages(DOCKERFILE.read_text())[1])
 
@@ -140,12 +147,23 @@ def test_builder_stage_installs_a_working_relay_into_a_clean_venv(image: tuple[P
     exe = venv / "bin" / "kraken-relay"
     assert exe.exists()
     # a clean venv: only our wheel and its declared dependencies, not this checkout
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import relay, sys; print(relay.__file__)"],
-                         capture_output=True, text=True, timeout=60, cwd="/")
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import relay, sys; print(relay.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     assert out.returncode == 0 and str(venv) in out.stdout, out.stderr
     # the runtime stage's build-time check, with the runtime stage's ENV (0.0.0.0 overrides)
-    res = subprocess.run([str(exe), "check-config", str(ROOT / "config" / "relay.yaml")],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, **runtime_env}, cwd="/")
+    res = subprocess.run(
+        [str(exe), "check-config", str(ROOT / "config" / "relay.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **runtime_env},
+        cwd="/",
+    )
     assert res.returncode == 0, res.stderr
     assert "serving ws://0.0.0.0:8765/v2; http 0.0.0.0:9100" in res.stdout
 
@@ -153,7 +171,7 @@ def test_builder_stage_installs_a_working_relay_into_a_clean_venv(image: tuple[P
 def _healthcheck_argv() -> list[str]:
     runtime = stages(DOCKERFILE.read_text())[1]
     arg = next(a for k, a in runtime if k == "HEALTHCHECK")
-    cmd = arg[arg.index("CMD") + 3:].strip()
+    cmd = arg[arg.index("CMD") + 3 :].strip()
     argv = json.loads(cmd)  # exec form
     assert argv[0] == "python"
     return [sys.executable, *argv[1:]]
@@ -172,8 +190,11 @@ async def test_healthcheck_one_liner_probes_healthz(healthy: bool) -> None:
     await srv.start()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *_healthcheck_argv(), env={**os.environ, "KRAKEN_RELAY_HTTP_LISTEN": f"0.0.0.0:{srv.port}"},
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            *_healthcheck_argv(),
+            env={**os.environ, "KRAKEN_RELAY_HTTP_LISTEN": f"0.0.0.0:{srv.port}"},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         rc = await asyncio.wait_for(proc.wait(), 30)
     finally:
         await srv.stop()

@@ -51,8 +51,12 @@ def test_json_lines_carry_event_level_time_and_context() -> None:
     assert first["event"] == "connected" and first["upstream"] == "primary" and first["attempt"] == 2
     assert first["level"] == "info" and first["logger"] == "relay.upstream"
     assert first["timestamp"].endswith("Z")
-    assert second == {**second, "event": "handshake failed: HTTP 429", "level": "warning",
-                      "logger": "websockets.client"}
+    assert second == {
+        **second,
+        "event": "handshake failed: HTTP 429",
+        "level": "warning",
+        "logger": "websockets.client",
+    }
 
 
 def test_exceptions_are_one_json_line_with_the_traceback() -> None:

@@ -57,8 +57,19 @@ def test_partial_and_odd_snapshots_do_not_break_the_scrape() -> None:
     snaps = [
         {},
         {"upstreams": [{"name": "a"}], "symbols": [{"symbol": "X/Y"}], "clients": {}},
-        {"upstreams": [{"name": "a", "up": "yes", "resyncs": {}, "frames": None, "state": "weird-new-state", "system": "",
-                        "last_frame_age": None}]},
+        {
+            "upstreams": [
+                {
+                    "name": "a",
+                    "up": "yes",
+                    "resyncs": {},
+                    "frames": None,
+                    "state": "weird-new-state",
+                    "system": "",
+                    "last_frame_age": None,
+                }
+            ]
+        },
     ]
     for snap in snaps:
         m = RelayMetrics(lambda snap=snap: snap, process_metrics=False)

@@ -44,8 +44,14 @@ def test_helpers_find_every_expression() -> None:
     assert len(dash) >= 30
     assert len(dashboard_variable_exprs()) == 3
     assert {e.source.split()[1] for e in alert_exprs()} >= {
-        "KrakenRelayDown", "KrakenRelayUpstreamDown", "KrakenRelayAllUpstreamsDown", "KrakenRelaySymbolStale",
-        "KrakenRelayChecksumMismatches", "KrakenRelayTradesMissing", "KrakenRelaySlowClients"}
+        "KrakenRelayDown",
+        "KrakenRelayUpstreamDown",
+        "KrakenRelayAllUpstreamsDown",
+        "KrakenRelaySymbolStale",
+        "KrakenRelayChecksumMismatches",
+        "KrakenRelayTradesMissing",
+        "KrakenRelaySlowClients",
+    }
     assert all("$" not in e.expr for e in dash)
     assert substitute('rate(x{symbol=~"$symbol"}[$__rate_interval])') == 'rate(x{symbol=~".+"}[1m])'
     assert substitute("${upstream:regex} [[instance]]", {"upstream": "a"}) == "a .+"
@@ -83,7 +89,7 @@ def test_every_dashboard_and_alert_expression_returns_data(prometheus, fake_rela
     prom = prometheus([degraded.address, outage.address, dead], scrape_interval=0.5)
     # enough scrapes of both live targets for rate()/increase() over several samples
     prom.wait_for_samples('count_over_time(up{job="kraken-relay"}[5m] @ end()) >= 5 and up == 1', 2, timeout=30)
-    prom.wait_for_samples('up == 0', 1, timeout=10)
+    prom.wait_for_samples("up == 0", 1, timeout=10)
     failures = []
     for e in dashboard_variable_exprs() + dashboard_exprs() + alert_exprs():
         try:

@@ -49,15 +49,22 @@ class LiveRelay:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.sim = Simulator(SimConfig(symbols=SYMBOLS, rate=200.0, seed=3,
-                                       lines=[LineConfig(latency=0.001), LineConfig(latency=0.002)]))
+        self.sim = Simulator(
+            SimConfig(symbols=SYMBOLS, rate=200.0, seed=3, lines=[LineConfig(latency=0.001), LineConfig(latency=0.002)])
+        )
         await self.sim.start()
-        cfg = parse_config({
-            "upstreams": [{"name": f"sim-{i}", "url": url} for i, url in enumerate(self.sim.urls)],
-            "channels": {"book": {"symbols": SYMBOLS, "depth": 10}, "trade": {"symbols": SYMBOLS},
-                         "ticker": {"symbols": SYMBOLS}},
-            "reconnect": {"initial_delay": 0.1, "max_delay": 1.0, "stagger": 0.0},
-        }, env={})
+        cfg = parse_config(
+            {
+                "upstreams": [{"name": f"sim-{i}", "url": url} for i, url in enumerate(self.sim.urls)],
+                "channels": {
+                    "book": {"symbols": SYMBOLS, "depth": 10},
+                    "trade": {"symbols": SYMBOLS},
+                    "ticker": {"symbols": SYMBOLS},
+                },
+                "reconnect": {"initial_delay": 0.1, "max_delay": 1.0, "stagger": 0.0},
+            },
+            env={},
+        )
         self.relay = Relay(cfg, server_port=0, http_port=0)
         if self.relay.stack("v2").pool.lag_sampler is None:
             # relay/app.py does not pass RelayMetrics.lag_sampler to the pool yet; wire it here
@@ -92,12 +99,14 @@ SELECTOR = re.compile(r"\b(?:kraken_relay_[a-z0-9_]+|up)(?:\{[^}]*\})?")
 
 def selectors(expr: str) -> list[str]:
     """The metric selectors of an expression (`name{matchers}`), function names excluded."""
-    return [m.group(0) for m in SELECTOR.finditer(expr) if not expr[m.end():].lstrip().startswith("(")]
+    return [m.group(0) for m in SELECTOR.finditer(expr) if not expr[m.end() :].lstrip().startswith("(")]
 
 
 def test_selector_extraction() -> None:
     assert selectors('max by (job) (kraken_relay_upstream_up{a="b"}) == 0 and up') == [
-        'kraken_relay_upstream_up{a="b"}', "up"]
+        'kraken_relay_upstream_up{a="b"}',
+        "up",
+    ]
 
 
 @pytest.mark.slow
@@ -107,12 +116,12 @@ def test_dashboard_and_alert_expressions_on_the_live_relay(prometheus) -> None:
         prom = prometheus([live.http_address], scrape_interval=0.5)
         # a line drop, so the disconnect series exist (and the merge shows the other line carrying on)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not prom.query('kraken_relay_upstream_up == 1'):
+        while time.monotonic() < deadline and not prom.query("kraken_relay_upstream_up == 1"):
             time.sleep(0.2)
         live.call(live.sim.inject, 0, "drop")
         prom.wait_for_samples("sum(kraken_relay_upstream_disconnects_total) > 0", 1, timeout=20)
         prom.wait_for_samples('count_over_time(up{job="kraken-relay"}[5m] @ end()) >= 6 and up == 1', 1, timeout=20)
-        prom.wait_for_samples('min(kraken_relay_symbol_valid_upstreams) >= 1', 1, timeout=20)
+        prom.wait_for_samples("min(kraken_relay_symbol_valid_upstreams) >= 1", 1, timeout=20)
         failures = []
         for e in dashboard_variable_exprs() + dashboard_exprs():
             res = prom.query(e.expr)

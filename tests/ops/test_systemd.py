@@ -89,8 +89,9 @@ async def test_pinger_pings_only_while_the_loop_is_healthy(notify_socket) -> Non
     mon.start()
     check_ok = [True]
     try:
-        pinger = start_watchdog(Notifier(env={"NOTIFY_SOCKET": path}), mon, lambda: check_ok[0],
-                                env={"WATCHDOG_USEC": "60000"})  # 30 ms pings
+        pinger = start_watchdog(
+            Notifier(env={"NOTIFY_SOCKET": path}), mon, lambda: check_ok[0], env={"WATCHDOG_USEC": "60000"}
+        )  # 30 ms pings
         assert isinstance(pinger, WatchdogPinger) and pinger.interval == pytest.approx(0.03)
         await asyncio.sleep(0.2)
         assert pinger.pings >= 3

@@ -12,12 +12,12 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from relay.config import ChannelsConfig, ServerConfig
 from relay.core.book import Book
 from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v2.endpoint import V2Endpoint
 from relay.protocols.spot_v2.merge import V2Merge
 from relay.protocols.spot_v2.wire import V2Parser
-from relay.config import ChannelsConfig, ServerConfig
 from relay.server.listener import LocalServer
 
 
@@ -46,8 +46,12 @@ class Relay:
 
 
 def channels(**kw) -> ChannelsConfig:
-    data = {"book": {"symbols": ["BTC/USD"], "depth": 100}, "trade": {"symbols": ["BTC/USD"]},
-            "ticker": {"symbols": ["BTC/USD"]}, "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]}}
+    data = {
+        "book": {"symbols": ["BTC/USD"], "depth": 100},
+        "trade": {"symbols": ["BTC/USD"]},
+        "ticker": {"symbols": ["BTC/USD"]},
+        "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]},
+    }
     data.update(kw)
     return ChannelsConfig.model_validate(data)
 
@@ -56,8 +60,15 @@ def build_relay(cfg: ServerConfig, merge: V2Merge, chans: ChannelsConfig, **kw) 
     """A v2 endpoint for `merge` on a LocalServer bound to 127.0.0.1:0 (not started). `kw`: the
     endpoint's `demand`/`demand_timeout`, the rest the server's."""
     ep_kw = {k: kw.pop(k) for k in ("demand", "demand_timeout") if k in kw}
-    endpoint = V2Endpoint(merge, chans, path=cfg.path, max_subscriptions_per_client=cfg.max_subscriptions_per_client,
-                          dynamic=cfg.dynamic_subscriptions, heartbeat_interval=cfg.heartbeat_interval, **ep_kw)
+    endpoint = V2Endpoint(
+        merge,
+        chans,
+        path=cfg.path,
+        max_subscriptions_per_client=cfg.max_subscriptions_per_client,
+        dynamic=cfg.dynamic_subscriptions,
+        heartbeat_interval=cfg.heartbeat_interval,
+        **ep_kw,
+    )
     server = LocalServer(cfg, [endpoint], host="127.0.0.1", port=0, **kw)
     return Relay(server, endpoint, merge)
 
@@ -90,7 +101,7 @@ class Client:
         self.log: list[dict] = []
 
     @classmethod
-    async def open(cls, url: str, **kw) -> "Client":
+    async def open(cls, url: str, **kw) -> Client:
         ws = await connect(url, compression=None, max_size=None, open_timeout=10, **kw)
         return cls(ws)
 
@@ -156,5 +167,5 @@ async def clients() -> AsyncIterator:
     for c in opened:
         try:
             await asyncio.wait_for(c.ws.close(), 2)
-        except (asyncio.TimeoutError, websockets.WebSocketException, OSError):
+        except (TimeoutError, websockets.WebSocketException, OSError):
             pass

@@ -69,20 +69,41 @@ async def test_ping_pong_echoes_req_id(make_relay, clients):
     [
         ("not json", "Malformed request", None),
         ({"method": "frobnicate", "req_id": 1}, "Method not found", None),
-        ({"method": "subscribe", "params": {"channel": "level3", "symbol": ["BTC/USD"]}, "req_id": 2},
-         "Channel not found", None),
-        ({"method": "subscribe", "params": {"channel": "trade", "symbol": ["XBT/USD"]}, "req_id": 3},
-         "Currency pair not supported XBT/USD", "XBT/USD"),
-        ({"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 27}, "req_id": 4},
-         "Subscription depth not supported", None),
-        ({"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 500}, "req_id": 5},
-         "Subscription depth not supported", None),
-        ({"method": "subscribe", "params": {"channel": "ohlc", "symbol": ["BTC/USD"], "interval": 60}, "req_id": 6},
-         "Subscription ohlc interval not supported", None),
-        ({"method": "unsubscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"]}, "req_id": 8},
-         "Subscription Not Found", "BTC/USD"),
-        ({"method": "ping", "params": {}, "req_id": 9},
-         "Unsupported field: 'params' for the given msg type: ping", None),
+        (
+            {"method": "subscribe", "params": {"channel": "level3", "symbol": ["BTC/USD"]}, "req_id": 2},
+            "Channel not found",
+            None,
+        ),
+        (
+            {"method": "subscribe", "params": {"channel": "trade", "symbol": ["XBT/USD"]}, "req_id": 3},
+            "Currency pair not supported XBT/USD",
+            "XBT/USD",
+        ),
+        (
+            {"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 27}, "req_id": 4},
+            "Subscription depth not supported",
+            None,
+        ),
+        (
+            {"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 500}, "req_id": 5},
+            "Subscription depth not supported",
+            None,
+        ),
+        (
+            {"method": "subscribe", "params": {"channel": "ohlc", "symbol": ["BTC/USD"], "interval": 60}, "req_id": 6},
+            "Subscription ohlc interval not supported",
+            None,
+        ),
+        (
+            {"method": "unsubscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"]}, "req_id": 8},
+            "Subscription Not Found",
+            "BTC/USD",
+        ),
+        (
+            {"method": "ping", "params": {}, "req_id": 9},
+            "Unsupported field: 'params' for the given msg type: ping",
+            None,
+        ),
     ],
 )
 async def test_error_replies_keep_the_connection(make_relay, clients, msg, error, symbol):
@@ -154,8 +175,9 @@ async def test_unsubscribe_acks_per_symbol_and_stops_updates(make_relay, clients
     await c.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 25}})
     assert (await c.recv())["result"]["depth"] == 25
     await c.until(lambda m: m.get("type") == "snapshot")
-    await c.send({"method": "unsubscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 25},
-                  "req_id": 3})
+    await c.send(
+        {"method": "unsubscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 25}, "req_id": 3}
+    )
     ack = await c.until(lambda m: m.get("method") == "unsubscribe")
     assert ack["success"] and ack["req_id"] == 3 and ack["result"]["symbol"] == "BTC/USD"
     for raw in frames[1:50]:

@@ -13,23 +13,36 @@ TS = "2023-07-30T15:30:00.000000Z"
 
 
 def trade_frame(tid: int, symbol: str = "BTC/USD") -> bytes:
-    return (b'{"channel":"trade","type":"update","data":[{"symbol":"' + symbol.encode()
-            + b'","side":"buy","price":29430.3,"qty":0.00100000,"ord_type":"market","trade_id":'
-            + str(tid).encode() + b',"timestamp":"' + TS.encode() + b'"}]}')
+    return (
+        b'{"channel":"trade","type":"update","data":[{"symbol":"'
+        + symbol.encode()
+        + b'","side":"buy","price":29430.3,"qty":0.00100000,"ord_type":"market","trade_id":'
+        + str(tid).encode()
+        + b',"timestamp":"'
+        + TS.encode()
+        + b'"}]}'
+    )
 
 
 def ticker_frame(symbol: str = "BTC/USD", last: bytes = b"29430.3", ts: str = TS) -> bytes:
-    return (b'{"channel":"ticker","type":"update","data":[{"symbol":"' + symbol.encode()
-            + b'","bid":29430.2,"bid_qty":0.18967538,"ask":29430.3,"ask_qty":3.16450013,"last":' + last
-            + b',"volume":1234.56789000,"vwap":29400.1,"low":29300.0,"high":29500.0,"change":10.1,'
-            b'"change_pct":0.03,"timestamp":"' + ts.encode() + b'"}]}')
+    return (
+        b'{"channel":"ticker","type":"update","data":[{"symbol":"'
+        + symbol.encode()
+        + b'","bid":29430.2,"bid_qty":0.18967538,"ask":29430.3,"ask_qty":3.16450013,"last":'
+        + last
+        + b',"volume":1234.56789000,"vwap":29400.1,"low":29300.0,"high":29500.0,"change":10.1,'
+        b'"change_pct":0.03,"timestamp":"' + ts.encode() + b'"}]}'
+    )
 
 
 def ohlc_frame(interval: int = 1, trades: int = 5) -> bytes:
-    return (b'{"channel":"ohlc","type":"update","timestamp":"' + TS.encode() + b'","data":[{"symbol":"BTC/USD",'
-            b'"open":29430.0,"high":29431.0,"low":29429.0,"close":29430.3,"trades":' + str(trades).encode()
-            + b',"volume":0.50000000,"vwap":29430.1,"interval_begin":"2023-07-30T15:30:00.000000000Z",'
-            b'"interval":' + str(interval).encode() + b',"timestamp":"2023-07-30T15:31:00.000000Z"}]}')
+    return (
+        b'{"channel":"ohlc","type":"update","timestamp":"' + TS.encode() + b'","data":[{"symbol":"BTC/USD",'
+        b'"open":29430.0,"high":29431.0,"low":29429.0,"close":29430.3,"trades":'
+        + str(trades).encode()
+        + b',"volume":0.50000000,"vwap":29430.1,"interval_begin":"2023-07-30T15:30:00.000000000Z",'
+        b'"interval":' + str(interval).encode() + b',"timestamp":"2023-07-30T15:31:00.000000Z"}]}'
+    )
 
 
 async def test_trade_snapshot_only_when_asked_and_trades_once(make_relay, clients):
@@ -52,8 +65,7 @@ async def test_trade_snapshot_only_when_asked_and_trades_once(make_relay, client
         relay.feed(trade_frame(tid), up=1)  # the second line repeats it: published once
     for c in (plain, snap):
         await c.barrier()
-        ids = [t["trade_id"] for m in c.log if m.get("channel") == "trade" and m["type"] == "update"
-               for t in m["data"]]
+        ids = [t["trade_id"] for m in c.log if m.get("channel") == "trade" and m["type"] == "update" for t in m["data"]]
         assert ids == [110, 111, 112]
 
 
@@ -61,9 +73,25 @@ async def test_ticker_ohlc_instrument_snapshots(make_relay, clients):
     relay = await make_relay()
     relay.feed(ticker_frame())
     relay.feed(ohlc_frame(1))
-    inst = orjson.dumps({"channel": "instrument", "type": "snapshot", "data": {
-        "assets": [], "pairs": [{"symbol": "BTC/USD", "base": "BTC", "quote": "USD", "status": "online",
-                                 "price_precision": 1, "qty_precision": 8}]}})
+    inst = orjson.dumps(
+        {
+            "channel": "instrument",
+            "type": "snapshot",
+            "data": {
+                "assets": [],
+                "pairs": [
+                    {
+                        "symbol": "BTC/USD",
+                        "base": "BTC",
+                        "quote": "USD",
+                        "status": "online",
+                        "price_precision": 1,
+                        "qty_precision": 8,
+                    }
+                ],
+            },
+        }
+    )
     relay.feed(inst)
     c = await clients(relay.url)
     await c.recv()
@@ -83,8 +111,9 @@ async def test_ticker_ohlc_instrument_snapshots(make_relay, clients):
     relay.feed(ticker_frame(last=b"29431.0", ts="2023-07-30T15:30:01.000000Z"))
     upd = await c.until(lambda m: m.get("channel") == "ticker")
     assert upd["type"] == "update" and upd["data"][0]["last"] == 29431.0
-    await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD"],
-                                                    "event_trigger": "bbo"}})
+    await c.send(
+        {"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD"], "event_trigger": "bbo"}}
+    )
     err = await c.until(lambda m: m.get("method") == "subscribe")
     assert err["success"] is False and "event_trigger" in err["error"]
 
@@ -142,7 +171,7 @@ async def test_book_subscribers_get_fresh_snapshot_after_all_lines_return(make_r
     relay.flush()
     relay.merge.upstream_up(0, now)
     relay.merge.line_status(0, "online", now)
-    relay.feed(base.replace(b'"type":"update"', b'"type":"snapshot"').replace(b"Z\"}]}", b"1Z\"}]}"))
+    relay.feed(base.replace(b'"type":"update"', b'"type":"snapshot"').replace(b'Z"}]}', b'1Z"}]}'))
     for raw in frames[50:80]:
         relay.feed(raw)
     await c.barrier()
@@ -159,8 +188,7 @@ async def test_direct_publications_fan_out_unchanged(make_relay, clients):
     cs = [await clients(relay.url) for _ in range(3)]
     for c in cs:
         await c.recv()
-        await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD"],
-                                                        "snapshot": False}})
+        await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD"], "snapshot": False}})
         await c.recv()
     frame = ticker_frame(last=b"29999.9")
     relay.publish([Publication("ticker", "BTC/USD", 0, frame, False)])

@@ -18,8 +18,14 @@ class FakePool:
         self.calls.append(("release", channel, symbol))
 
 
-DYN = {"dynamic_subscriptions": {"enabled": True, "allow": ["ETH/USD", "SOL/USD", "ADA/USD"], "max_symbols": 2,
-                                 "release_after": 0.2}}
+DYN = {
+    "dynamic_subscriptions": {
+        "enabled": True,
+        "allow": ["ETH/USD", "SOL/USD", "ADA/USD"],
+        "max_symbols": 2,
+        "release_after": 0.2,
+    }
+}
 
 
 async def test_demand_ack_after_data_then_release_after_last_client(make_relay, clients):
@@ -60,8 +66,13 @@ async def test_demand_refusals_limits_and_timeouts(make_relay, clients):
     await c.send({"method": "subscribe", "params": {"channel": "trade", "symbol": ["DOGE/USD"]}})
     err = await c.recv()
     assert err["error"] == "Currency pair not supported DOGE/USD" and err["symbol"] == "DOGE/USD"
-    await c.send({"method": "subscribe", "params": {"channel": "trade", "symbol": ["ETH/USD", "SOL/USD", "ADA/USD"]},
-                  "req_id": 9})
+    await c.send(
+        {
+            "method": "subscribe",
+            "params": {"channel": "trade", "symbol": ["ETH/USD", "SOL/USD", "ADA/USD"]},
+            "req_id": 9,
+        }
+    )
     err = await c.recv()
     assert err["error"] == "Relay symbol limit reached" and err["symbol"] == "ADA/USD"
     relay.endpoint.demand_failed("trade", "SOL/USD", "Currency pair not supported SOL/USD", 0.0)
@@ -111,8 +122,9 @@ async def test_dynamic_book_without_a_configured_book_channel(make_relay, client
     relay = await make_relay(DYN, chans=channels(book=None), demand=pool)
     c = await clients(relay.url)
     await c.recv()
-    await c.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"], "depth": 25},
-                  "req_id": 3})
+    await c.send(
+        {"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"], "depth": 25}, "req_id": 3}
+    )
     for _ in range(100):
         if pool.calls:
             break

@@ -42,14 +42,25 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(**sim_kw: Any) -> AsyncIterator[Rig]:
-    sim = Simulator(SimConfig(symbols=SYMBOLS, rate=sim_kw.pop("rate", 300.0), trade_rate=20.0, seed=11, levels=100,
-                              heartbeat_interval=0.2,
-                              lines=[LineConfig(latency=0.0005, jitter=0.0005), LineConfig(latency=0.001, jitter=0.0005)],
-                              **sim_kw))
+    sim = Simulator(
+        SimConfig(
+            symbols=SYMBOLS,
+            rate=sim_kw.pop("rate", 300.0),
+            trade_rate=20.0,
+            seed=11,
+            levels=100,
+            heartbeat_interval=0.2,
+            lines=[LineConfig(latency=0.0005, jitter=0.0005), LineConfig(latency=0.001, jitter=0.0005)],
+            **sim_kw,
+        )
+    )
     await sim.start()
     ups = [{"name": f"line{i}", "url": url} for i, url in enumerate(sim.urls)]
-    cfg = small_config(ups, SYMBOLS, channels={"book": {"symbols": SYMBOLS, "depth": 100},
-                                               "ticker": {"symbols": SYMBOLS}, "instrument": True})
+    cfg = small_config(
+        ups,
+        SYMBOLS,
+        channels={"book": {"symbols": SYMBOLS, "depth": 100}, "ticker": {"symbols": SYMBOLS}, "instrument": True},
+    )
     merge = make_merge(cfg)
     relay = build_relay(cfg.server, merge, cfg.channels)
     server = relay.server
@@ -80,7 +91,7 @@ class Verifier(Client):
         while not stop.is_set():
             try:
                 msg = await self.recv(timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if msg.get("channel") == "trade":
                 for t in msg["data"]:
@@ -107,8 +118,11 @@ async def test_depth_views_and_trades_survive_faults_on_one_line():
         vs = [await verifier(r.url, d, trades=(d == 10)) for d in (10, 25, 100)]
         tasks = [asyncio.create_task(v.run(stop)) for v in vs]
         await asyncio.sleep(1.0)
-        for kind, duration, params in (("drop", None, {}), ("stall", 1.0, {}),
-                                       ("corrupt_checksum", None, {"symbol": "BTC/USD"})):
+        for kind, duration, params in (
+            ("drop", None, {}),
+            ("stall", 1.0, {}),
+            ("corrupt_checksum", None, {"symbol": "BTC/USD"}),
+        ):
             r.sim.inject(1, kind, duration, **params)
             await asyncio.sleep((duration or 0) + 0.8)
             assert await until(lambda: all(c.state == "live" for c in r.pool.connections), 6.0)
@@ -149,7 +163,7 @@ async def ccxt_watch(ws_url: str, rest_url: str, kind: str, symbol: str, seconds
                     tick = await asyncio.wait_for(ex.watch_ticker(symbol), max(0.05, end - time.monotonic()))
                     assert tick["symbol"] == symbol and tick["last"] is not None
                     seen["tickers"] += 1
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
     except Exception as exc:
         seen["errors"].append(f"{type(exc).__name__}: {exc}")
@@ -200,10 +214,14 @@ async def test_real_clients_against_the_relay_while_one_line_fails():
     from tests.clients import run_ccxt_watch_order_book, run_kraken_sdk_orderbook
 
     async with rig() as r:
+
         async def faults() -> None:
             await asyncio.sleep(1.0)
-            for kind, duration, params in (("drop", None, {}), ("stall", 1.0, {}),
-                                           ("corrupt_checksum", None, {"symbol": "ETH/USD"})):
+            for kind, duration, params in (
+                ("drop", None, {}),
+                ("stall", 1.0, {}),
+                ("corrupt_checksum", None, {"symbol": "ETH/USD"}),
+            ):
                 r.sim.inject(1, kind, duration, **params)
                 await asyncio.sleep((duration or 0) + 0.8)
 

@@ -30,9 +30,14 @@ async def raw_subscriber(port: int) -> socket.socket:
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(sock, (f"GET /v2 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                                   f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET /v2 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
     sub = {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"], "snapshot": False}}
     await loop.sock_sendall(sock, client_frame(orjson.dumps(sub)))
     got = b""
@@ -87,9 +92,9 @@ def test_first_frames_leave_early_on_uvloop_too() -> None:
     """uvloop defers `transport.write` to the end of the pass: the write-through matters there."""
     import uvloop
 
+    from relay.config import ServerConfig
     from relay.core.outputs import MergeSettings
     from relay.protocols.spot_v2.merge import V2Merge
-    from relay.config import ServerConfig
     from tests.server.conftest import build_relay, channels
 
     async def main() -> None:

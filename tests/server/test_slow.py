@@ -7,7 +7,6 @@ import socket
 import statistics
 import time
 
-
 from relay.core.outputs import Publication
 from tests.conftest import v2_wire_frames
 from tests.server.test_channels import trade_frame
@@ -26,7 +25,7 @@ def padded(frame: bytes, pad: int, stamp: float | None = None) -> bytes:
 def empty_update(relay) -> bytes:
     snap = relay.merge.book_snapshot("BTC/USD", 100)
     head, _, _ = snap.partition(b'"bids":')
-    tail = snap[snap.index(b'"checksum"'):]
+    tail = snap[snap.index(b'"checksum"') :]
     return head.replace(b'"snapshot"', b'"update"') + b'"bids":[],"asks":[],' + tail
 
 
@@ -141,7 +140,7 @@ async def test_slow_client_does_not_delay_others(make_relay, clients):
             while True:
                 raw = await c.ws.recv(decode=False)
                 if b'"sent":' in raw:
-                    sent = float(raw[raw.index(b'"sent":') + 7: raw.index(b"}]}")])
+                    sent = float(raw[raw.index(b'"sent":') + 7 : raw.index(b"}]}")])
                     lat.append(time.perf_counter() - sent)
                 if b'"stop"' in raw:
                     return
@@ -149,11 +148,9 @@ async def test_slow_client_does_not_delay_others(make_relay, clients):
         tasks = [asyncio.create_task(reader(c)) for c in fast]
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end:
-            relay.publish([Publication("book", "BTC/USD", 100,
-                                              padded(base, 2000, time.perf_counter()), False)])
+            relay.publish([Publication("book", "BTC/USD", 100, padded(base, 2000, time.perf_counter()), False)])
             await asyncio.sleep(1 / rate)
-        relay.publish([Publication("book", "BTC/USD", 100, padded(base, 10, None)[:-3] + b',"stop":1}]}',
-                                          False)])
+        relay.publish([Publication("book", "BTC/USD", 100, padded(base, 10, None)[:-3] + b',"stop":1}]}', False)])
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         return lat
 
@@ -170,7 +167,9 @@ async def test_slow_client_does_not_delay_others(make_relay, clients):
         during.append(p99(await phase(0.8, 500)))
         if during[-1] - p99(before) < 0.001:
             break
-    print(f"fast readers p99: {p99(before) * 1e3:.3f} ms alone, {[round(d * 1e3, 3) for d in during]} ms with a "
-          f"stuck reader; resets={relay.server.stats()['book_resets']}")
+    print(
+        f"fast readers p99: {p99(before) * 1e3:.3f} ms alone, {[round(d * 1e3, 3) for d in during]} ms with a "
+        f"stuck reader; resets={relay.server.stats()['book_resets']}"
+    )
     assert relay.server.stats()["book_resets"] >= 1
     assert min(during) - p99(before) < 0.001

@@ -11,9 +11,9 @@ from tests.server.test_slow import empty_update, open_slow, padded
 def test_server_on_uvloop_serves_books_and_resets_a_slow_reader() -> None:
     import uvloop
 
+    from relay.config import ServerConfig
     from relay.core.outputs import MergeSettings
     from relay.protocols.spot_v2.merge import V2Merge
-    from relay.config import ServerConfig
     from tests.conftest import v2_wire_frames
     from tests.server.conftest import Client, build_relay, channels
 
@@ -37,8 +37,9 @@ def test_server_on_uvloop_serves_books_and_resets_a_slow_reader() -> None:
             slow = await open_slow(clients, relay)
             for c in (fast, slow):
                 await c.recv()
-                await c.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"],
-                                                                "depth": 100}})
+                await c.send(
+                    {"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 100}}
+                )
                 await c.until(lambda m: m.get("type") == "snapshot")
             base = empty_update(relay)
             for _ in range(60):
@@ -48,8 +49,13 @@ def test_server_on_uvloop_serves_books_and_resets_a_slow_reader() -> None:
                 relay.feed(raw)
             await fast.barrier(timeout=20)
             await slow.barrier(timeout=20)
-            return (type(asyncio.get_running_loop()).__module__, fast.checksum_bad, slow.checksum_bad,
-                    server.book_resets, slow.books["BTC/USD"].checksum == merge.books["BTC/USD"].pub.checksum)
+            return (
+                type(asyncio.get_running_loop()).__module__,
+                fast.checksum_bad,
+                slow.checksum_bad,
+                server.book_resets,
+                slow.books["BTC/USD"].checksum == merge.books["BTC/USD"].pub.checksum,
+            )
         finally:
             for c in opened:
                 await c.ws.close()

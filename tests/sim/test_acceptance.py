@@ -12,8 +12,9 @@ SYMBOLS = ["BTC/USD", "ETH/USD", "DOGE/USD"]
 
 
 async def test_ten_thousand_updates_three_symbols_all_checksums_and_trade_ids() -> None:
-    cfg = SimConfig(symbols=SYMBOLS, rate=6000, trade_rate=300, seed=11,
-                    lines=[LineConfig(latency=0.0005, jitter=0.0005)])
+    cfg = SimConfig(
+        symbols=SYMBOLS, rate=6000, trade_rate=300, seed=11, lines=[LineConfig(latency=0.0005, jitter=0.0005)]
+    )
     async with Simulator(cfg) as sim:
         async with connect(sim.urls[0]) as ws:
             await subscribe(ws, "trade", SYMBOLS, req_id=1, snapshot=False)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
-import pytest
 
-from relay.sim import LineConfig, SimConfig, Simulator
-from tests.sim.checker import Checker, collect, connect, recv_json, subscribe, wait_for
+from relay.sim import SimConfig, Simulator
+from tests.sim.checker import Checker, collect, connect, recv_json, subscribe
 
 
 async def test_status_ack_snapshot_and_valid_updates() -> None:

@@ -7,11 +7,8 @@ import json
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 from relay.sim import LineConfig, SimConfig, Simulator
 from tests.sim.checker import connect, recv_json, subscribe, wait_for
@@ -30,15 +27,18 @@ def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
 
 
 async def test_control_endpoint_injects_and_reports() -> None:
-    cfg = SimConfig(symbols=["BTC/USD"], rate=200, lines=[LineConfig(), LineConfig()], control_port=0,
-                    heartbeat_interval=0.2)
+    cfg = SimConfig(
+        symbols=["BTC/USD"], rate=200, lines=[LineConfig(), LineConfig()], control_port=0, heartbeat_interval=0.2
+    )
     async with Simulator(cfg) as sim:
         base = f"http://127.0.0.1:{sim.control_port}"
         async with connect(sim.urls[1]) as ws:
             await recv_json(ws)
             await subscribe(ws, "book", ["BTC/USD"])
             await wait_for(ws, lambda m: m.get("channel") == "book")
-            status, body = await asyncio.to_thread(_http, base + "/fault", {"line": 1, "kind": "maintenance", "duration": 5})
+            status, body = await asyncio.to_thread(
+                _http, base + "/fault", {"line": 1, "kind": "maintenance", "duration": 5}
+            )
             assert status == 200 and body["ok"]
             st = await wait_for(ws, lambda m: m.get("channel") == "status")
             assert st["data"][0]["system"] == "maintenance"
@@ -58,10 +58,34 @@ async def test_control_endpoint_injects_and_reports() -> None:
 
 def test_cli_prints_urls_and_fires_scheduled_faults() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relay", "sim", "--ports", "0,0", "--symbols", "BTC/USD,ETH/USD", "--rate", "200",
-         "--latency", "0.001,0.002", "--control-port", "0", "--seed", "3", "--fault", "1.0:0:close_1013",
-         "--fault", "1.2:1:corrupt_checksum:symbol=ETH/USD", "--duration", "3"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "sim",
+            "--ports",
+            "0,0",
+            "--symbols",
+            "BTC/USD,ETH/USD",
+            "--rate",
+            "200",
+            "--latency",
+            "0.001,0.002",
+            "--control-port",
+            "0",
+            "--seed",
+            "3",
+            "--fault",
+            "1.0:0:close_1013",
+            "--fault",
+            "1.2:1:corrupt_checksum:symbol=ETH/USD",
+            "--duration",
+            "3",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         out, _ = proc.communicate(timeout=30)
@@ -77,6 +101,11 @@ def test_cli_prints_urls_and_fires_scheduled_faults() -> None:
 
 
 def test_cli_rejects_unknown_symbol() -> None:
-    r = subprocess.run([sys.executable, "-m", "relay", "sim", "--symbols", "NOPE/USD", "--duration", "1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "relay", "sim", "--symbols", "NOPE/USD", "--duration", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "unknown symbols: NOPE/USD" in r.stderr

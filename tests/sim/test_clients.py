@@ -14,8 +14,9 @@ pytestmark = pytest.mark.clients
 
 async def test_kraken_sdk_orderbook_client_all_books_valid() -> None:
     pytest.importorskip("kraken.spot")
-    async with Simulator(SimConfig(symbols=["BTC/USD", "ETH/USD"], rate=1000, seed=2,
-                                   lines=[LineConfig(latency=0.001, jitter=0.001)])) as sim:
+    async with Simulator(
+        SimConfig(symbols=["BTC/USD", "ETH/USD"], rate=1000, seed=2, lines=[LineConfig(latency=0.001, jitter=0.001)])
+    ) as sim:
         r = await run_kraken_sdk_orderbook(sim.urls[0], ["BTC/USD", "ETH/USD"], depth=25, n_updates=400, timeout=30)
     assert r.ok, r
     assert r.updates >= 400 and r.valid == r.frames
@@ -36,7 +37,9 @@ async def test_kraken_sdk_notices_a_corrupted_checksum(monkeypatch: pytest.Monke
 async def test_ccxt_watch_order_book_with_simulator_rest() -> None:
     pytest.importorskip("ccxt.pro")
     async with Simulator(SimConfig(symbols=["BTC/USD", "DOGE/USD"], rate=1000, seed=4)) as sim:
-        r = await run_ccxt_watch_order_book(sim.urls[0], sim.rest_url, ["BTC/USD", "DOGE/USD"], n=250, timeout=30, depth=25)
+        r = await run_ccxt_watch_order_book(
+            sim.urls[0], sim.rest_url, ["BTC/USD", "DOGE/USD"], n=250, timeout=30, depth=25
+        )
     assert r.ok, r
     assert min(r.per_symbol.values()) >= 250 and r.valid == r.frames
 

@@ -25,7 +25,7 @@ async def _frames_for(ws, seconds: float) -> list[dict]:
     while (left := deadline - time.monotonic()) > 0:
         try:
             out.append(orjson.loads(await asyncio.wait_for(ws.recv(decode=False), left)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     return out
 
@@ -48,10 +48,13 @@ async def test_drop_is_seen_as_1006() -> None:
     assert ws.close_code == 1006
 
 
-@pytest.mark.parametrize("kind,code,reason", [
-    ("close_1001", 1001, "CloudFlare WebSocket proxy restarting"),
-    ("close_1013", 1013, "Market data unavailable"),
-])
+@pytest.mark.parametrize(
+    "kind,code,reason",
+    [
+        ("close_1001", 1001, "CloudFlare WebSocket proxy restarting"),
+        ("close_1013", 1013, "Market data unavailable"),
+    ],
+)
 async def test_close_codes(kind: str, code: int, reason: str) -> None:
     async with Simulator(_cfg()) as sim:
         async with connect(sim.urls[0]) as ws:
@@ -184,7 +187,7 @@ async def test_cancel_only_books_move_no_trades() -> None:
 async def test_refuse_then_accept() -> None:
     async with Simulator(_cfg()) as sim:
         sim.inject(0, "refuse", 0.5)
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017  (refused: any connection error)
             async with connect(sim.urls[0]) as ws:
                 await recv_json(ws, 1)
         assert sim.connection_log[0][-1][2] == "refused"
@@ -235,7 +238,7 @@ async def test_slow_line_delivers_later_than_the_other() -> None:
                 while time.monotonic() < end:
                     try:
                         raw = await asyncio.wait_for(ws.recv(decode=False), 0.5)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     if b'"update"' in raw:
                         arrivals[i].setdefault(raw, time.monotonic())

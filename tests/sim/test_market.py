@@ -9,8 +9,8 @@ import pytest
 
 from relay.core.book import Book
 from relay.core.checksum import book_checksum
-from relay.protocols.spot_v2.wire import V2Parser
 from relay.core.spot import BOOK_DEPTHS
+from relay.protocols.spot_v2.wire import V2Parser
 from relay.sim.faults import FaultSpec, load_schedule, parse_fault
 from relay.sim.instruments import BUILTIN, load_instruments, rest_asset_pairs
 from relay.sim.market import MarketEngine, MarketSettings, fmt
@@ -19,7 +19,9 @@ from relay.sim.server import corrupt_checksum
 
 def _engine(symbols=("BTC/USD", "ETH/USD", "DOGE/USD"), **kw) -> MarketEngine:
     insts = load_instruments()
-    return MarketEngine([insts[s] for s in symbols], MarketSettings(rate=kw.pop("rate", 3000), seed=kw.pop("seed", 5), **kw))
+    return MarketEngine(
+        [insts[s] for s in symbols], MarketSettings(rate=kw.pop("rate", 3000), seed=kw.pop("seed", 5), **kw)
+    )
 
 
 def test_fmt_is_exact_text() -> None:
@@ -137,7 +139,9 @@ def test_fault_schedule_parsing(tmp_path) -> None:
     p.write_text("- {at: 1, line: 0, kind: drop}\n- {at: 2.5, line: 1, kind: slow, duration: 2, delay: 0.2}\n")
     specs = load_schedule(p)
     assert [(x.at, x.line, x.kind, x.duration, x.params) for x in specs] == [
-        (1.0, 0, "drop", None, {}), (2.5, 1, "slow", 2.0, {"delay": 0.2})]
+        (1.0, 0, "drop", None, {}),
+        (2.5, 1, "slow", 2.0, {"delay": 0.2}),
+    ]
 
 
 def test_real_instrument_snapshot_gives_precisions_beyond_the_builtin_table() -> None:

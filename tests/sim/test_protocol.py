@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from relay.sim import LineConfig, SimConfig, Simulator
-from tests.sim.checker import Checker, collect, connect, recv_json, subscribe, wait_for
+from tests.sim.checker import Checker, connect, recv_json, subscribe, wait_for
 
 
 def _cfg(**kw) -> SimConfig:
@@ -23,6 +23,7 @@ async def _get(url: str) -> tuple[int, dict]:
     def fetch() -> tuple[int, dict]:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status, json.loads(r.read())
+
     return await asyncio.to_thread(fetch)
 
 
@@ -32,8 +33,14 @@ async def test_error_replies_in_kraken_shape() -> None:
             await recv_json(ws)
             await subscribe(ws, "book", ["XBT/USD"], req_id=1)
             e = await recv_json(ws)
-            assert e == {**e, "success": False, "error": "Currency pair not supported XBT/USD",
-                         "symbol": "XBT/USD", "req_id": 1, "method": "subscribe"}
+            assert e == {
+                **e,
+                "success": False,
+                "error": "Currency pair not supported XBT/USD",
+                "symbol": "XBT/USD",
+                "req_id": 1,
+                "method": "subscribe",
+            }
             assert "time_in" in e and "time_out" in e
             await subscribe(ws, "book", ["BTC/USD"], req_id=2, depth=50)
             e = await recv_json(ws)
@@ -55,7 +62,12 @@ async def test_exceeded_msg_rate() -> None:
                 await subscribe(ws, "ticker", ["BTC/USD"], req_id=10 + i, snapshot=False)
             replies = [await wait_for(ws, lambda m: "method" in m) for _ in range(5)]
     assert [r.get("error") for r in replies] == [
-        None, "Already subscribed", "Already subscribed", "Exceeded msg rate", "Exceeded msg rate"]
+        None,
+        "Already subscribed",
+        "Already subscribed",
+        "Exceeded msg rate",
+        "Exceeded msg rate",
+    ]
     assert replies[-1]["req_id"] == 14 and replies[-1]["symbol"] == "BTC/USD"
 
 
@@ -84,14 +96,22 @@ async def test_one_ack_per_symbol_snapshot_false_and_unsubscribe() -> None:
             assert a1["result"] == {"channel": "book", "depth": 10, "snapshot": False, "symbol": "BTC/USD"}
             nxt = await wait_for(ws, lambda m: m.get("channel") == "book")
             assert nxt["type"] == "update"
-            await ws.send(orjson.dumps({"method": "unsubscribe", "params": {"channel": "book", "symbol": ["BTC/USD", "ETH/USD"], "depth": 10}, "req_id": 6}).decode())
+            await ws.send(
+                orjson.dumps(
+                    {
+                        "method": "unsubscribe",
+                        "params": {"channel": "book", "symbol": ["BTC/USD", "ETH/USD"], "depth": 10},
+                        "req_id": 6,
+                    }
+                ).decode()
+            )
             acks = [await wait_for(ws, lambda m: m.get("method") == "unsubscribe") for _ in range(2)]
             assert all(a["success"] for a in acks)
             await asyncio.sleep(0.1)
             while True:  # drain what was in flight, then only heartbeats? no: nothing subscribed -> silence
                 try:
                     m = await recv_json(ws, 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 assert m.get("channel") == "book"
 

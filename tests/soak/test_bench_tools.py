@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.e2e_client import Conn  # noqa: E402
-from bench.harness import deltas, longest_gap, summary_us  # noqa: E402
-from relay.protocols.spot_v2.wire import encode_book, encode_elements  # noqa: E402
+from bench.e2e_client import Conn
+from bench.harness import deltas, longest_gap, summary_us
+from relay.protocols.spot_v2.wire import encode_book, encode_elements
 
 
 def _stream() -> tuple[bytes, list[bytes], list[bytes]]:
@@ -22,8 +22,10 @@ def _stream() -> tuple[bytes, list[bytes], list[bytes]]:
         frames.append(encode_book("BTC/USD", False, [(b"100.%d" % i, b"1.5")], [], 1000 + i, ts))
         books.append(f'{1000 + i},"timestamp":"{ts}'.encode())
         if i % 3 == 0:
-            el = (b'{"symbol":"ETH/USD","side":"buy","price":2000.1,"qty":0.5,"ord_type":"market","trade_id":%d,'
-                  b'"timestamp":"%s"}' % (i, ts.encode()))
+            el = (
+                b'{"symbol":"ETH/USD","side":"buy","price":2000.1,"qty":0.5,"ord_type":"market","trade_id":%d,'
+                b'"timestamp":"%s"}' % (i, ts.encode())
+            )
             frames.append(encode_elements("trade", False, [el]))
             trades.append(b"ETH/USD:%d" % i)
     # websocket framing is irrelevant to the scan: markers never occur in 2-10 byte headers

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.soak import KINDS, run  # noqa: E402
+from bench.soak import KINDS, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.clients]
 

@@ -22,6 +22,8 @@ from websockets.http11 import Response
 from relay.core.book import Book, Level
 from relay.protocols.spot_v2.wire import encode_book, encode_status, now_rfc3339
 
+_PENDING: set[asyncio.Future[None]] = set()
+
 
 class Market:
     def __init__(self, symbols: list[str], interval: float = 0.02, seed: int = 1) -> None:
@@ -131,9 +133,7 @@ class FakeLine:
         return f"ws://{self.host}:{port}/v2"
 
     async def start(self) -> None:
-        self.server = await serve(
-            self._handler, self.host, 0, process_request=self._process_request, compression=None
-        )
+        self.server = await serve(self._handler, self.host, 0, process_request=self._process_request, compression=None)
 
     async def stop(self) -> None:
         self.server.close()
@@ -167,7 +167,9 @@ class FakeLine:
     def _send(self, c: _Conn, frame: bytes) -> None:
         if self.stall:
             return
-        asyncio.ensure_future(c.ws.send(frame, text=True))
+        task = asyncio.ensure_future(c.ws.send(frame, text=True))
+        _PENDING.add(task)  # referenced until done (the loop keeps only weak references)
+        task.add_done_callback(_PENDING.discard)
 
     def broadcast(self, symbol: str, book_frame: bytes, trade_frame: bytes, crc: int) -> None:
         if symbol in self.silent or self.status == "maintenance":
@@ -214,22 +216,47 @@ class FakeLine:
         rid = req.get("req_id")
         t = now_rfc3339()
         if channel == "instrument":
-            self._send(c, orjson.dumps({"method": method, "req_id": rid, "success": True,
-                                        "result": {"channel": "instrument", "snapshot": True},
-                                        "time_in": t, "time_out": t}))
+            self._send(
+                c,
+                orjson.dumps(
+                    {
+                        "method": method,
+                        "req_id": rid,
+                        "success": True,
+                        "result": {"channel": "instrument", "snapshot": True},
+                        "time_in": t,
+                        "time_out": t,
+                    }
+                ),
+            )
             return
         for sym in params.get("symbol") or []:
             if method == "subscribe" and self.reject.get(sym, 0) > 0:
                 self.reject[sym] -= 1
-                self._send(c, orjson.dumps({"method": method, "req_id": rid, "success": False,
-                                            "error": f"Currency pair not supported {sym}", "symbol": sym,
-                                            "time_in": t, "time_out": t}))
+                self._send(
+                    c,
+                    orjson.dumps(
+                        {
+                            "method": method,
+                            "req_id": rid,
+                            "success": False,
+                            "error": f"Currency pair not supported {sym}",
+                            "symbol": sym,
+                            "time_in": t,
+                            "time_out": t,
+                        }
+                    ),
+                )
                 continue
             result: dict[str, Any] = {"channel": channel, "symbol": sym}
             if channel == "book":
                 result["depth"] = params.get("depth", 10)
-            self._send(c, orjson.dumps({"method": method, "req_id": rid, "success": True, "result": result,
-                                        "time_in": t, "time_out": t}))
+            self._send(
+                c,
+                orjson.dumps(
+                    {"method": method, "req_id": rid, "success": True, "result": result, "time_in": t, "time_out": t}
+                ),
+            )
             if method == "subscribe":
                 if channel == "book":
                     c.book[sym] = int(params.get("depth", 10))

@@ -7,12 +7,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from relay.config import RelayConfig, parse_config
 from relay.core.book import Book
 from relay.core.events import BookEvent, TradeEvent
 from relay.core.outputs import MergeSettings, Publication
 from relay.protocols.spot_v2.merge import V2Merge
 from relay.protocols.spot_v2.wire import V2Parser
-from relay.config import RelayConfig, parse_config
 
 DEPTH = 10
 
@@ -182,9 +182,8 @@ class ConnectProxy:
             b = asyncio.ensure_future(_pipe(up_reader, writer))
             self._tasks |= {a, b}
             await asyncio.gather(a, b, return_exceptions=True)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             writer.close()
-
 
     @staticmethod
     async def _socks_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[str, int]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from relay.sim import FAULT_KINDS, LineConfig, SimConfig, Simulator
 from relay.protocols.spot_v2.spec import SPOT_V2
+from relay.sim import FAULT_KINDS, LineConfig, SimConfig, Simulator
 from relay.upstream.pool import UpstreamPool
 from tests.upstream.harness import PLANNER, ConnectProxy, Consumer, make_tap_merge, small_config, until
 
@@ -39,9 +39,9 @@ class SimRig:
         return await until(lambda: all(self.consumer.book_frames[s] >= n[s] + 5 for s in SYMBOLS), timeout)
 
     def valid_everywhere(self) -> bool:
-        return all(
-            set(self.merge.symbol_state(s)["upstreams"].values()) == {"valid"} for s in SYMBOLS
-        ) and all(c.state == "live" for c in self.pool.connections)
+        return all(set(self.merge.symbol_state(s)["upstreams"].values()) == {"valid"} for s in SYMBOLS) and all(
+            c.state == "live" for c in self.pool.connections
+        )
 
     def book_requests(self, line: int, symbol: str, since: float = 0.0) -> list[str]:
         return [
@@ -104,7 +104,9 @@ def test_every_simulator_fault_kind_is_covered() -> None:
 
 
 @pytest.mark.parametrize("kind,params,duration,drop", FAULTS, ids=[f[0] for f in FAULTS])
-async def test_fault_on_one_line_is_invisible_downstream(kind: str, params: dict, duration: float | None, drop: bool) -> None:
+async def test_fault_on_one_line_is_invisible_downstream(
+    kind: str, params: dict, duration: float | None, drop: bool
+) -> None:
     async with sim_rig() as r:
         assert await r.all_live()
         assert await r.flowing()
@@ -116,9 +118,10 @@ async def test_fault_on_one_line_is_invisible_downstream(kind: str, params: dict
         if kind == "budget":
             r.sim.clear(1)
         # the faulty line recovers by itself
-        assert await until(r.valid_everywhere, timeout=6.0), (r.pool.stats()["upstreams"][1], [
-            r.merge.symbol_state(s) for s in SYMBOLS
-        ])
+        assert await until(r.valid_everywhere, timeout=6.0), (
+            r.pool.stats()["upstreams"][1],
+            [r.merge.symbol_state(s) for s in SYMBOLS],
+        )
         assert await r.flowing()
         c = r.consumer
         assert c.mismatches == []
@@ -227,7 +230,11 @@ async def test_proxy_url_is_honoured() -> None:
 
 
 async def test_every_channel_subscribes_and_every_ack_is_checked() -> None:
-    channels = {"instrument": True, "ticker": {"symbols": SYMBOLS}, "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]}}
+    channels = {
+        "instrument": True,
+        "ticker": {"symbols": SYMBOLS},
+        "ohlc": {"symbols": ["BTC/USD"], "intervals": [1, 5]},
+    }
     async with sim_rig(channels=channels) as r:
         assert await r.all_live()
         for c in r.pool.connections:

@@ -7,8 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from relay.protocols.spot_v2.spec import SPOT_V2
 from relay.protocols.spot_v2.plan import desired_from_channels
+from relay.protocols.spot_v2.spec import SPOT_V2
 from relay.upstream.pool import UpstreamPool
 from tests.upstream.fake_kraken import FakeLine, Market
 from tests.upstream.harness import PLANNER, ConnectProxy, Consumer, make_merge, small_config, until
@@ -29,7 +29,9 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(n: int = 2, hosts: list[str] | None = None, up_extra: list[dict] | None = None, **sections: Any) -> AsyncIterator[Rig]:
+async def rig(
+    n: int = 2, hosts: list[str] | None = None, up_extra: list[dict] | None = None, **sections: Any
+) -> AsyncIterator[Rig]:
     market = Market(SYMBOLS, interval=0.02)
     lines = [FakeLine(market, host=(hosts or ["127.0.0.1"] * n)[i]) for i in range(n)]
     for line in lines:
@@ -87,7 +89,7 @@ async def test_one_line_dropped_reconnects_and_restores_subscriptions_other_undi
         await r.lines[0].close_all(1001, "CloudFlare WebSocket proxy restarting")
         assert await until(lambda: r.conn(0).connects == 2 and r.conn(0).state == "live")
         after = [(q["method"], q["params"]["channel"], tuple(q["params"]["symbol"])) for q in r.lines[0].requests]
-        assert sorted(after[len(before):]) == sorted(before)  # exactly the same subscriptions again
+        assert sorted(after[len(before) :]) == sorted(before)  # exactly the same subscriptions again
         assert r.conn(0).last_disconnect == "1001 CloudFlare WebSocket proxy restarting"
         assert r.conn(0).disconnects == {"1001": 1}  # bounded metric label: the code only
         assert r.conn(1).connects == 1 and not r.conn(1).disconnects  # the other line never noticed
@@ -320,9 +322,11 @@ def test_runs_on_uvloop_with_source_address() -> None:
             ok = await r.all_live()
             await until(lambda: r.consumer.book_frames["BTC/USD"] > 5)
             assert ok
-            return {ip for _, ip, _ in r.lines[0].connection_log}, r.consumer.book_frames["BTC/USD"], type(
-                asyncio.get_running_loop()
-            ).__module__
+            return (
+                {ip for _, ip, _ in r.lines[0].connection_log},
+                r.consumer.book_frames["BTC/USD"],
+                type(asyncio.get_running_loop()).__module__,
+            )
 
     ips, frames, loop_module = uvloop.run(main())
     assert loop_module.startswith("uvloop")
@@ -338,7 +342,9 @@ async def test_lag_sampler_sees_exchange_timestamps() -> None:
     await line.start()
     cfg = small_config([{"name": "a", "url": line.url}], SYMBOLS)
     merge = make_merge(cfg)
-    pool = UpstreamPool(cfg, merge, lambda pubs: None, protocol=SPOT_V2, lag_sampler=lambda name: LagSampler(seen.append, every=4))
+    pool = UpstreamPool(
+        cfg, merge, lambda pubs: None, protocol=SPOT_V2, lag_sampler=lambda name: LagSampler(seen.append, every=4)
+    )
     market.start()
     await pool.start()
     try:

@@ -76,8 +76,13 @@ async def test_fast_path_frames_split_anywhere(chunk: int) -> None:
 
     async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None) as server:
         port = server.sockets[0].getsockname()[1]
-        ws = await connect(f"ws://127.0.0.1:{port}", compression=None, create_connection=SinkClientConnection,
-                           max_size=1 << 22, ping_interval=None)
+        ws = await connect(
+            f"ws://127.0.0.1:{port}",
+            compression=None,
+            create_connection=SinkClientConnection,
+            max_size=1 << 22,
+            ping_interval=None,
+        )
         got: list[bytes] = []
         assert ws.attach(got.append)
         big = bytes(range(256)) * 400  # 102 400 bytes: 64-bit length
@@ -106,8 +111,9 @@ async def test_fast_path_hands_protocol_errors_to_websockets() -> None:
 
     async with serve(handler, "127.0.0.1", 0, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
-        ws = await connect(f"ws://127.0.0.1:{port}", compression=None, create_connection=SinkClientConnection,
-                           max_size=1000)
+        ws = await connect(
+            f"ws://127.0.0.1:{port}", compression=None, create_connection=SinkClientConnection, max_size=1000
+        )
         got: list[bytes] = []
         assert ws.attach(got.append)
         ws.data_received(_frame(1, b"ok") + _frame(1, b"x" * 2000))  # over max_size: 1009 from websockets

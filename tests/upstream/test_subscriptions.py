@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from relay.core.events import AckEvent
 from relay.config import parse_config
+from relay.core.events import AckEvent
 from relay.core.keys import SubKey
 from relay.protocols.spot_v2.plan import desired_from_channels
 from relay.protocols.spot_v2.spec import SPOT_V2
@@ -34,9 +34,7 @@ def _ack_all(p: SubscriptionPlanner, frames: list[bytes], now: float, reject: se
         ch = m["params"]["channel"]
         for s in m["params"].get("symbol", [None]):
             ok = s not in reject
-            p.on_ack(
-                AckEvent(m["method"], ok, ch if ok else None, s, m["req_id"], None if ok else f"bad {s}"), now
-            )
+            p.on_ack(AckEvent(m["method"], ok, ch if ok else None, s, m["req_id"], None if ok else f"bad {s}"), now)
 
 
 def _run(p: SubscriptionPlanner, t0: float, t1: float, reject: set[str] = frozenset()) -> list[dict]:

@@ -30,4 +30,7 @@ def test_close_reasons_carry_code_and_text() -> None:
     closed = ConnectionClosedError(Close(1001, "CloudFlare WebSocket proxy restarting"), None)
     assert close_reason(closed) == "1001 CloudFlare WebSocket proxy restarting"
     assert close_reason(ConnectionClosedError(None, None)) == "1006"
-    assert classify_error(ConnectionClosedError(Close(1013, "Market data unavailable"), None)) == "1013 Market data unavailable"
+    assert (
+        classify_error(ConnectionClosedError(Close(1013, "Market data unavailable"), None))
+        == "1013 Market data unavailable"
+    )

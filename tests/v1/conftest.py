@@ -26,9 +26,29 @@ def tls_cert(tmp_path_factory) -> tuple[Path, Path]:
         pytest.skip("openssl not available")
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     return cert, key
 
 
@@ -40,21 +60,26 @@ def v1_config(urls: list[str], cert: Path | None, key: Path | None, depth: int =
     server: dict[str, Any] = {}  # ports: Relay(server_port=0, http_port=0)
     if cert is not None:
         server["tls"] = {"cert": str(cert), "key": str(key)}
-    return parse_config({
-        "upstreams": [{"name": f"line{i}", "url": u, "protocol": "v1"} for i, u in enumerate(urls)],
-        "v1": {"channels": {
-            "book": {"symbols": PAIRS, "depth": depth},
-            "trade": {"symbols": PAIRS},
-            "ticker": {"symbols": PAIRS},
-            "spread": {"symbols": PAIRS},
-            "ohlc": {"symbols": PAIRS, "intervals": [1]},
-        }},
-        "server": server,
-        "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.02, "handshake_timeout": 2.0},
-        "liveness": {"frame_timeout": 0.8, "ping_interval": 0.25, "stale_after": 2.0},
-        "subscribe": {"batch_size": 10, "requests_per_second": 50.0, "retry_delay": 0.2},
-        "budget": {"attempts": 100, "window": 600.0},
-    }, env={})
+    return parse_config(
+        {
+            "upstreams": [{"name": f"line{i}", "url": u, "protocol": "v1"} for i, u in enumerate(urls)],
+            "v1": {
+                "channels": {
+                    "book": {"symbols": PAIRS, "depth": depth},
+                    "trade": {"symbols": PAIRS},
+                    "ticker": {"symbols": PAIRS},
+                    "spread": {"symbols": PAIRS},
+                    "ohlc": {"symbols": PAIRS, "intervals": [1]},
+                }
+            },
+            "server": server,
+            "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.02, "handshake_timeout": 2.0},
+            "liveness": {"frame_timeout": 0.8, "ping_interval": 0.25, "stale_after": 2.0},
+            "subscribe": {"batch_size": 10, "requests_per_second": 50.0, "retry_delay": 0.2},
+            "budget": {"attempts": 100, "window": 600.0},
+        },
+        env={},
+    )
 
 
 class Rig:
@@ -68,10 +93,15 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def v1_rig(cert: Path | None = None, key: Path | None = None, lines: int = 2, rate: float = 300.0,
-                 depth: int = 100) -> AsyncIterator[Rig]:
-    cfg = SimConfig(symbols=["BTC/USD", "ETH/USD"], rate=rate, seed=11,
-                    lines=[LineConfig(latency=0.001 * i, jitter=0.002) for i in range(lines)])
+async def v1_rig(
+    cert: Path | None = None, key: Path | None = None, lines: int = 2, rate: float = 300.0, depth: int = 100
+) -> AsyncIterator[Rig]:
+    cfg = SimConfig(
+        symbols=["BTC/USD", "ETH/USD"],
+        rate=rate,
+        seed=11,
+        lines=[LineConfig(latency=0.001 * i, jitter=0.002) for i in range(lines)],
+    )
     async with Simulator(cfg) as sim:
         relay = Relay(v1_config(sim.v1_urls, cert, key, depth), server_port=0, http_port=0)
         await relay.start()

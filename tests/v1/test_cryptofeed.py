@@ -55,8 +55,13 @@ async def test_cryptofeed_kraken_checksums_hold_through_line_faults(tls_cert):
         async def on_trade(trade, receipt):
             counts["trades"] += 1
 
-        feed = RelayKraken(symbols=["BTC-USD", "ETH-USD"], channels=[L2_BOOK, TRADES],
-                           callbacks={L2_BOOK: on_book, TRADES: on_trade}, checksum_validation=True, max_depth=10)
+        feed = RelayKraken(
+            symbols=["BTC-USD", "ETH-USD"],
+            channels=[L2_BOOK, TRADES],
+            callbacks={L2_BOOK: on_book, TRADES: on_trade},
+            checksum_validation=True,
+            max_depth=10,
+        )
         feed.start(loop)
         try:
             await asyncio.sleep(1.5)

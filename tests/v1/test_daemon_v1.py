@@ -51,9 +51,13 @@ async def test_daemon_serves_v1_only_over_tls(tmp_path, tls_cert):
     ws_port, http_port = free_port(), free_port()
     path = tmp_path / "relay.yaml"
     path.write_text(yaml.safe_dump(_cfg(sim, ws_port, http_port, cert, key, ["XBT/USD"])))
-    proc = subprocess.Popen([sys.executable, "-m", "relay", "run", "--config", str(path)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "run", "--config", str(path)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     http = f"http://127.0.0.1:{http_port}"
     try:
         loop = asyncio.get_running_loop()
@@ -81,7 +85,9 @@ async def test_daemon_serves_v1_only_over_tls(tmp_path, tls_cert):
             end = loop.time() + 10
             while loop.time() < end and b"v1:ETH/USD" not in (await asyncio.to_thread(_get, http + "/readyz"))[1]:
                 await asyncio.sleep(0.2)
-            await ws.send('{"event":"subscribe","reqid":2,"pair":["ETH/USD"],"subscription":{"name":"book","depth":10}}')
+            await ws.send(
+                '{"event":"subscribe","reqid":2,"pair":["ETH/USD"],"subscription":{"name":"book","depth":10}}'
+            )
             before = checker.snapshots
             for _ in range(2000):
                 checker.feed((await asyncio.wait_for(ws.recv(), 5)).encode())
@@ -95,7 +101,7 @@ async def test_daemon_serves_v1_only_over_tls(tmp_path, tls_cert):
             try:
                 for _ in range(5000):
                     await asyncio.wait_for(ws.recv(), 5)
-            except Exception:  # noqa: BLE001 - the close is what we wait for
+            except Exception:
                 code = ws.close_code
             assert code == 1001
         assert await asyncio.to_thread(proc.wait, 10) == 0

@@ -33,17 +33,31 @@ async def test_v1_clients_over_tls_through_line_faults(tls_cert):
         relay = rig.relay
         assert rig.url.startswith("wss://127.0.0.1:") and rig.url.endswith("/")
         stack = relay.stack("v1")
-        assert await _until(lambda: stack.merge.book_snapshot("XBT/USD", 100) is not None
-                            and stack.merge.book_snapshot("ETH/USD", 100) is not None, 10)
+        assert await _until(
+            lambda: (
+                stack.merge.book_snapshot("XBT/USD", 100) is not None
+                and stack.merge.book_snapshot("ETH/USD", 100) is not None
+            ),
+            10,
+        )
         checker = V1Checker()
         ids_seen: list[dict] = []
         async with connect(rig.url, ssl=client_ssl(cert), compression=None, max_size=None, open_timeout=5) as ws:
             hello = orjson.loads(await ws.recv())
             assert hello["event"] == "systemStatus" and hello["status"] == "online"
-            for i, (name, extra) in enumerate((("book", {"depth": 10}), ("book", {"depth": 100}), ("trade", {}),
-                                               ("spread", {}), ("ticker", {}))):
-                await ws.send(orjson.dumps({"event": "subscribe", "reqid": i, "pair": ["XBT/USD", "ETH/USD"],
-                                            "subscription": {"name": name, **extra}}).decode())
+            for i, (name, extra) in enumerate(
+                (("book", {"depth": 10}), ("book", {"depth": 100}), ("trade", {}), ("spread", {}), ("ticker", {}))
+            ):
+                await ws.send(
+                    orjson.dumps(
+                        {
+                            "event": "subscribe",
+                            "reqid": i,
+                            "pair": ["XBT/USD", "ETH/USD"],
+                            "subscription": {"name": name, **extra},
+                        }
+                    ).decode()
+                )
 
             async def reader() -> None:
                 async for msg in ws:
@@ -81,7 +95,9 @@ async def test_v1_clients_over_tls_through_line_faults(tls_cert):
         assert ustats["line0"].checksum_mismatches >= 1 and ustats["line1"].checksum_mismatches >= 1
         # ... and each line's resync of the corrupted pair completed (only that pair was resubscribed)
         for pair in ("XBT/USD", "ETH/USD"):
-            assert await _until(lambda: set(stack.merge.symbol_state(pair)["upstreams"].values()) == {"valid"}, 5), pair
+            assert await _until(
+                lambda pair=pair: set(stack.merge.symbol_state(pair)["upstreams"].values()) == {"valid"}, 5
+            ), pair
         assert {k for p in stack.pool.stats()["upstreams"] for k, v in p["resyncs"].items() if v} == {"checksum"}
         # readiness and metrics cover the v1 pairs, prefixed "v1:" (v1 and v2 both have ETH/USD)
         ok, detail = relay.ready()
@@ -100,7 +116,9 @@ async def test_v1_maintenance_is_reported_and_books_recover():
         assert await _until(lambda: stack.merge.book_snapshot("XBT/USD", 100) is not None, 10)
         checker = V1Checker()
         async with connect(rig.url, compression=None, max_size=None, open_timeout=5) as ws:
-            await ws.send('{"event":"subscribe","reqid":1,"pair":["XBT/USD"],"subscription":{"name":"book","depth":10}}')
+            await ws.send(
+                '{"event":"subscribe","reqid":1,"pair":["XBT/USD"],"subscription":{"name":"book","depth":10}}'
+            )
 
             async def reader() -> None:
                 async for msg in ws:

@@ -9,8 +9,8 @@ import re
 import orjson
 
 from relay.core.outputs import MergeSettings
-from relay.protocols.spot_v1.merge import V1Merge
 from relay.protocols.spot_v1.endpoint import V1Endpoint
+from relay.protocols.spot_v1.merge import V1Merge
 from tests.v1.helpers import FakeSession, V1Checker, cryptofeed_frames, sdk_frames
 
 _ID = re.compile(rb"^\[(\d+),")
@@ -38,8 +38,12 @@ def run(frames, depth, client_depths, lines=2, corrupt_line=None):
     for d in client_depths:
         s = FakeSession(ep.source)
         ep.add_client(s)
-        ep.handle_message(s, orjson.dumps({"event": "subscribe", "reqid": d, "pair": pairs,
-                                            "subscription": {"name": "book", "depth": d}}))
+        ep.handle_message(
+            s,
+            orjson.dumps(
+                {"event": "subscribe", "reqid": d, "pair": pairs, "subscription": {"name": "book", "depth": d}}
+            ),
+        )
         clients.append(s)
     now = 0.0
     n_updates = 0

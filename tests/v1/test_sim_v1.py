@@ -21,7 +21,7 @@ async def _collect(url: str, requests: list[dict], seconds: float) -> list[bytes
         while loop.time() < end and len(frames) < 50_000:
             try:
                 msg = await asyncio.wait_for(ws.recv(), max(0.01, end - loop.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             frames.append(msg.encode() if isinstance(msg, str) else msg)
     return frames
@@ -85,7 +85,7 @@ async def test_v1_silent_symbol_ends_with_a_fresh_v1_snapshot():
                 while loop.time() < end:
                     try:
                         c.feed((await asyncio.wait_for(ws.recv(), 0.1)).encode())
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
 
             await read(0.5)

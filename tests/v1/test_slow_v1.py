@@ -7,14 +7,13 @@ import asyncio
 import socket
 
 import orjson
-
 from websockets.asyncio.client import connect
 
-from relay.core.outputs import MergeSettings, Publication
-from relay.protocols.spot_v1.merge import V1Merge
 from relay.config import ServerConfig
-from relay.server.listener import LocalServer
+from relay.core.outputs import MergeSettings, Publication
 from relay.protocols.spot_v1.endpoint import V1Endpoint
+from relay.protocols.spot_v1.merge import V1Merge
+from relay.server.listener import LocalServer
 from tests.v1.helpers import V1Checker, sdk_frames
 
 
@@ -55,7 +54,7 @@ async def test_slow_v1_reader_gets_a_snapshot_reset_and_a_valid_book():
             while loop.time() - last < quiet:
                 try:
                     msg = await asyncio.wait_for(ws.recv(), 0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 if msg != '{"event":"heartbeat"}':
                     last = loop.time()
@@ -64,7 +63,11 @@ async def test_slow_v1_reader_gets_a_snapshot_reset_and_a_valid_book():
         fast_task = asyncio.create_task(drain(fast_ws, fast, 1.0))
         # `slow` stops reading; big (valid, empty) book updates fill its buffers
         for _ in range(120):
-            pad = b'[0,{"pad":"' + b"x" * 20_000 + b'"},{"a":[],"c":"%d"},"book","XBT/USD"]' % merge.books["XBT/USD"].pub.checksum
+            pad = (
+                b'[0,{"pad":"'
+                + b"x" * 20_000
+                + b'"},{"a":[],"c":"%d"},"book","XBT/USD"]' % merge.books["XBT/USD"].pub.checksum
+            )
             ep.publish([Publication("book", "XBT/USD", 10, pad, False)])
             await asyncio.sleep(0.001)
         for raw in frames[200:400]:  # then real updates
@@ -92,9 +95,9 @@ async def test_v1_clients_get_the_v2_limits_as_v1_errors():
         async with connect(server.url_for("/"), compression=None, open_timeout=5) as ws:
             assert '"systemStatus"' in await ws.recv()
             for i in range(20):
-                await ws.send('{"event":"ping","reqid":%d}' % i)
+                await ws.send(f'{{"event":"ping","reqid":{i}}}')
             await ws.send('{"event":"ping","reqid":99,"pad":"' + "x" * 2000 + '"}')
-            await ws.send(b'\x00binary')
+            await ws.send(b"\x00binary")
             replies = []
             for _ in range(22):
                 replies.append(orjson.loads(await asyncio.wait_for(ws.recv(), 5)))

@@ -27,7 +27,7 @@ def scenario(draw):
         sizes, i = [], 0
         while i < cut:
             k = draw(st.integers(1, 5))
-            sizes.append(trades[i:min(cut, i + k)])
+            sizes.append(trades[i : min(cut, i + k)])
             i += k
         lines.append([_frame(cid, b) for b in sizes])
     order = draw(st.permutations([0] * len(lines[0]) + [1] * len(lines[1])))

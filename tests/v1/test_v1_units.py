@@ -6,9 +6,9 @@ import orjson
 
 from relay.core.events import AckEvent, BookEvent, HeartbeatEvent, PongEvent, StatusEvent, UnknownEvent
 from relay.core.outputs import MergeSettings
-from relay.protocols.spot_v1.wire import V1Parser, V1TradeEvent, encode_ping, encode_request, normalize
-from relay.protocols.spot_v1.merge import V1Merge
 from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint
+from relay.protocols.spot_v1.merge import V1Merge
+from relay.protocols.spot_v1.wire import V1Parser, V1TradeEvent, encode_ping, encode_request, normalize
 from tests.v1.helpers import CF_TICKER, CF_TRADE, FakeSession, cryptofeed_frames, sdk_frames
 
 
@@ -16,16 +16,22 @@ def test_connection_frames_map_to_neutral_events():
     p = V1Parser()
     st = p.parse(b'{"connectionID":17843232920108168701,"event":"systemStatus","status":"online","version":"1.8.3"}')
     assert isinstance(st, StatusEvent) and st.system == "online" and st.connection_id == 17843232920108168701
-    ack = p.parse(b'{"channelID":1664,"channelName":"book-1000","event":"subscriptionStatus","pair":"WAVES/EUR",'
-                  b'"reqid":4,"status":"subscribed","subscription":{"depth":1000,"name":"book"}}')
+    ack = p.parse(
+        b'{"channelID":1664,"channelName":"book-1000","event":"subscriptionStatus","pair":"WAVES/EUR",'
+        b'"reqid":4,"status":"subscribed","subscription":{"depth":1000,"name":"book"}}'
+    )
     assert isinstance(ack, AckEvent)
     assert (ack.method, ack.success, ack.channel, ack.symbol, ack.req_id) == ("subscribe", True, "book", "WAVES/EUR", 4)
-    rej = p.parse(b'{"errorMessage":"Currency pair not supported XBT/USDX","event":"subscriptionStatus",'
-                  b'"pair":"XBT/USDX","status":"error","subscription":{"name":"book"}}')
+    rej = p.parse(
+        b'{"errorMessage":"Currency pair not supported XBT/USDX","event":"subscriptionStatus",'
+        b'"pair":"XBT/USDX","status":"error","subscription":{"name":"book"}}'
+    )
     assert isinstance(rej, AckEvent) and not rej.success and "not supported" in rej.error
     # Kraken dropping a subscription by itself: an unsubscribe ack without reqid
-    gone = p.parse(b'{"channelID":3,"channelName":"trade","event":"subscriptionStatus","pair":"XBT/USD",'
-                   b'"status":"unsubscribed","subscription":{"name":"trade"}}')
+    gone = p.parse(
+        b'{"channelID":3,"channelName":"trade","event":"subscriptionStatus","pair":"XBT/USD",'
+        b'"status":"unsubscribed","subscription":{"name":"trade"}}'
+    )
     assert gone.method == "unsubscribe" and gone.success and gone.req_id is None
     assert isinstance(p.parse(b'{"event":"heartbeat"}'), HeartbeatEvent)
     assert p.parse(b'{"event":"pong","reqid":5}') == PongEvent(5)
@@ -36,9 +42,11 @@ def test_connection_frames_map_to_neutral_events():
 
 def test_book_frames_keep_lexemes_checksum_and_exchange_time():
     p = V1Parser()
-    ev = p.parse(b'[336,{"a":[["27120.00000","0.00000000","1693415327.935623"],'
-                 b'["27130.70000","0.37770000","1693415327.468705","r"]]},{"b":[["27119.90000","1.50000000",'
-                 b'"1693415328.000001"]],"c":"3310070434"},"book-10","XBT/USD"]')
+    ev = p.parse(
+        b'[336,{"a":[["27120.00000","0.00000000","1693415327.935623"],'
+        b'["27130.70000","0.37770000","1693415327.468705","r"]]},{"b":[["27119.90000","1.50000000",'
+        b'"1693415328.000001"]],"c":"3310070434"},"book-10","XBT/USD"]'
+    )
     assert isinstance(ev, BookEvent) and not ev.snapshot
     assert [lv.price_text for lv in ev.asks] == [b"27120.00000", b"27130.70000"]
     assert ev.bids[0].qty_text == b"1.50000000"
@@ -49,14 +57,18 @@ def test_book_frames_keep_lexemes_checksum_and_exchange_time():
 
 def test_trade_ticker_spread_ohlc_frames():
     p = V1Parser()
-    tr = p.parse(b'[0,[["5541.20000","0.15850568","1534614057.321597","s","l",""],'
-                 b'["6060.00000","0.02455000","1534614057.324998","b","l",""]],"trade","XBT/USD"]')
+    tr = p.parse(
+        b'[0,[["5541.20000","0.15850568","1534614057.321597","s","l",""],'
+        b'["6060.00000","0.02455000","1534614057.324998","b","l",""]],"trade","XBT/USD"]'
+    )
     assert isinstance(tr, V1TradeEvent) and len(tr.trades) == 2
     assert tr.trades[1] == b'["6060.00000","0.02455000","1534614057.324998","b","l",""]'
     sp = p.parse(b'[0,["5698.40000","5700.00000","1542057299.545897","1.01234567","0.98765432"],"spread","XBT/USD"]')
     assert sp.time == "1542057299.545897" and sp.element.startswith(b'["5698.40000"')
-    oh = p.parse(b'[42,["1542057314.748456","1542057360.435743","3586.70000","3586.70000","3586.60000",'
-                 b'"3586.60000","3586.68894","0.03373000",2],"ohlc-5","XBT/USD"]')
+    oh = p.parse(
+        b'[42,["1542057314.748456","1542057360.435743","3586.70000","3586.70000","3586.60000",'
+        b'"3586.60000","3586.68894","0.03373000",2],"ohlc-5","XBT/USD"]'
+    )
     assert oh.interval == 5 and oh.trades == 2
     for raw in cryptofeed_frames(CF_TICKER) + cryptofeed_frames(CF_TRADE):
         ev = p.parse(raw)
@@ -72,9 +84,17 @@ def test_normalize_makes_copies_from_different_connections_identical():
 
 def test_requests_to_kraken():
     assert orjson.loads(encode_request("book", ["XBT/USD"], 7, depth=25, snapshot=True)) == {
-        "event": "subscribe", "reqid": 7, "pair": ["XBT/USD"], "subscription": {"name": "book", "depth": 25, "snapshot": True}}
+        "event": "subscribe",
+        "reqid": 7,
+        "pair": ["XBT/USD"],
+        "subscription": {"name": "book", "depth": 25, "snapshot": True},
+    }
     assert orjson.loads(encode_request("ohlc", ["XBT/USD"], 8, method="unsubscribe", interval=5, snapshot=True)) == {
-        "event": "unsubscribe", "reqid": 8, "pair": ["XBT/USD"], "subscription": {"name": "ohlc", "interval": 5}}
+        "event": "unsubscribe",
+        "reqid": 8,
+        "pair": ["XBT/USD"],
+        "subscription": {"name": "ohlc", "interval": 5},
+    }
     assert orjson.loads(encode_ping(3)) == {"event": "ping", "reqid": 3}
 
 
@@ -129,13 +149,15 @@ def test_ticker_content_window_and_spread_newest_wins():
     for up, cid, t in ((a, 1, t1), (b, 2, t1), (a, 1, t2), (b, 2, t2)):
         m.feed(up, b"[%d," % cid + t + b',"ticker","XBT/USD"]', 0.0)
     assert [p.frame for p in m.take() if p.channel == "ticker"] == [
-        b'[0,' + t1 + b',"ticker","XBT/USD"]', b'[0,' + t2 + b',"ticker","XBT/USD"]']
+        b"[0," + t1 + b',"ticker","XBT/USD"]',
+        b"[0," + t2 + b',"ticker","XBT/USD"]',
+    ]
     s1 = b'["1.0","1.1","10.000001","1","1"]'
     s2 = b'["1.0","1.2","10.000002","1","1"]'
     for up, s in ((a, s2), (b, s1), (b, s2)):
         m.feed(up, b"[3," + s + b',"spread","XBT/USD"]', 0.0)
-    assert [p.frame for p in m.take() if p.channel == "spread"] == [b'[0,' + s2 + b',"spread","XBT/USD"]']
-    assert m.spread_snapshot("XBT/USD") == b'[0,' + s2 + b',"spread","XBT/USD"]'
+    assert [p.frame for p in m.take() if p.channel == "spread"] == [b"[0," + s2 + b',"spread","XBT/USD"]']
+    assert m.spread_snapshot("XBT/USD") == b"[0," + s2 + b',"spread","XBT/USD"]'
 
 
 def test_channel_ids_stable_and_stamped_once_per_publication():
@@ -149,8 +171,9 @@ def test_channel_ids_stable_and_stamped_once_per_publication():
 def _ep() -> tuple[V1Endpoint, FakeSession]:
     m = V1Merge(MergeSettings(book_depth=25))
     m.add_upstream("a")
-    ep = V1Endpoint(m, {"book": ["XBT/USD"], "trade": ["XBT/USD"], "ohlc": ["XBT/USD"]}, 25, (1, 5),
-                    max_subscriptions_per_client=3)
+    ep = V1Endpoint(
+        m, {"book": ["XBT/USD"], "trade": ["XBT/USD"], "ohlc": ["XBT/USD"]}, 25, (1, 5), max_subscriptions_per_client=3
+    )
     s = FakeSession(ep.source)
     ep.add_client(s)
     return ep, s
@@ -160,7 +183,14 @@ def test_endpoint_requests_and_errors():
     ep, s = _ep()
     send = lambda obj: ep.handle_message(s, orjson.dumps(obj))  # noqa: E731
     send({"event": "ping", "reqid": 9})
-    send({"event": "subscribe", "reqid": 1, "pair": ["XBT/USD", "ETH/USD"], "subscription": {"name": "book", "depth": 10}})
+    send(
+        {
+            "event": "subscribe",
+            "reqid": 1,
+            "pair": ["XBT/USD", "ETH/USD"],
+            "subscription": {"name": "book", "depth": 10},
+        }
+    )
     send({"event": "subscribe", "reqid": 2, "pair": ["XBT/USD"], "subscription": {"name": "book", "depth": 100}})
     send({"event": "subscribe", "reqid": 3, "pair": ["XBT/USD"], "subscription": {"name": "book", "depth": 10}})
     send({"event": "subscribe", "reqid": 4, "pair": ["XBT/USD"], "subscription": {"name": "ohlc", "interval": 60}})
@@ -186,10 +216,15 @@ def test_endpoint_requests_and_errors():
 
 def test_endpoint_subscription_limit_and_unsubscribe_releases():
     ep, s = _ep()
-    for i, (name, extra) in enumerate((("book", {"depth": 10}), ("trade", {}), ("ohlc", {"interval": 5}),
-                                       ("ohlc", {"interval": 1}))):
-        ep.handle_message(s, orjson.dumps({"event": "subscribe", "reqid": i, "pair": ["XBT/USD"],
-                                           "subscription": {"name": name, **extra}}))
+    for i, (name, extra) in enumerate(
+        (("book", {"depth": 10}), ("trade", {}), ("ohlc", {"interval": 5}), ("ohlc", {"interval": 1}))
+    ):
+        ep.handle_message(
+            s,
+            orjson.dumps(
+                {"event": "subscribe", "reqid": i, "pair": ["XBT/USD"], "subscription": {"name": name, **extra}}
+            ),
+        )
     last = orjson.loads(s.frames[-1])
     assert last["status"] == "error" and last["errorMessage"] == "Subscription limit exceeded"
     assert ep.merge.books["XBT/USD"].view_refs == {10: 1}
@@ -201,12 +236,14 @@ def test_endpoint_subscription_limit_and_unsubscribe_releases():
 
 
 def test_planner_resubscribes_what_kraken_unsubscribed_by_itself():
-    from relay.protocols.spot_v1.spec import SPOT_V1 as V1, request_params
+    from relay.protocols.spot_v1.spec import SPOT_V1 as V1
+    from relay.protocols.spot_v1.spec import request_params
     from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
 
     keys = [SubKey("book", "XBT/USD", 10), SubKey("ohlc", "XBT/USD", 1), SubKey("ohlc", "XBT/USD", 5)]
-    planner = SubscriptionPlanner(keys, requests_per_second=100, burst=10,
-                                  encode_request=V1.encode_request, params_for=request_params)
+    planner = SubscriptionPlanner(
+        keys, requests_per_second=100, burst=10, encode_request=V1.encode_request, params_for=request_params
+    )
     planner.reset()
     frames = planner.poll(0.0)
     assert all(orjson.loads(f)["event"] == "subscribe" for f in frames)
@@ -216,13 +253,31 @@ def test_planner_resubscribes_what_kraken_unsubscribed_by_itself():
         sub = req["subscription"]
         name = sub["name"] + (f"-{sub.get('depth', sub.get('interval'))}" if sub["name"] in ("book", "ohlc") else "")
         for pair in req["pair"]:
-            planner.on_ack(parser.parse(orjson.dumps({
-                "channelID": 1, "channelName": name, "event": "subscriptionStatus", "pair": pair,
-                "reqid": req["reqid"], "status": "subscribed", "subscription": sub})), 0.1)
+            planner.on_ack(
+                parser.parse(
+                    orjson.dumps(
+                        {
+                            "channelID": 1,
+                            "channelName": name,
+                            "event": "subscriptionStatus",
+                            "pair": pair,
+                            "reqid": req["reqid"],
+                            "status": "subscribed",
+                            "subscription": sub,
+                        }
+                    )
+                ),
+                0.1,
+            )
     assert set(planner.states().values()) == {"active"}
     # Kraken drops ohlc-5 on its own: no reqid
-    planner.on_ack(parser.parse(b'{"channelID":3,"channelName":"ohlc-5","event":"subscriptionStatus",'
-                                b'"pair":"XBT/USD","status":"unsubscribed","subscription":{"interval":5,"name":"ohlc"}}'), 1.0)
+    planner.on_ack(
+        parser.parse(
+            b'{"channelID":3,"channelName":"ohlc-5","event":"subscriptionStatus",'
+            b'"pair":"XBT/USD","status":"unsubscribed","subscription":{"interval":5,"name":"ohlc"}}'
+        ),
+        1.0,
+    )
     again = [orjson.loads(f) for f in planner.poll(1.0)]
     assert [(r["event"], r["subscription"]) for r in again] == [("subscribe", {"name": "ohlc", "interval": 5})]
     assert planner.states()["book:XBT/USD:10"] == "active"
@@ -260,31 +315,50 @@ def test_v1_config_section_errors_are_one_line_and_name_the_key():
         with pytest.raises(ConfigError) as exc:
             parse_config({**up, **extra}, env={})
         assert text in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
-    v2_only = {"upstreams": [{"name": "a", "url": "wss://ws.kraken.com/v2"}], "channels": {"book": {"symbols": ["BTC/USD"]}},
-               "v1": {"channels": {"book": {"symbols": ["XBT/USD"]}}}}
+    v2_only = {
+        "upstreams": [{"name": "a", "url": "wss://ws.kraken.com/v2"}],
+        "channels": {"book": {"symbols": ["BTC/USD"]}},
+        "v1": {"channels": {"book": {"symbols": ["XBT/USD"]}}},
+    }
     with pytest.raises(ConfigError, match="v1: configured but no upstream has protocol v1"):
         parse_config(v2_only, env={})
 
 
 def test_check_config_summarizes_the_v1_stack():
-    from relay.ops.check_config import summary, warnings
     from relay.config import parse_config
+    from relay.ops.check_config import summary, warnings
 
-    cfg = parse_config({"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"},
-                                      {"name": "b", "url": "wss://beta-ws.kraken.com", "protocol": "v1"}],
-                        "v1": {"channels": {"book": {"symbols": ["XBT/USD", "ETH/USD"], "depth": 25},
-                                            "spread": {"symbols": ["XBT/USD"]}}}}, env={})
+    cfg = parse_config(
+        {
+            "upstreams": [
+                {"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"},
+                {"name": "b", "url": "wss://beta-ws.kraken.com", "protocol": "v1"},
+            ],
+            "v1": {
+                "channels": {
+                    "book": {"symbols": ["XBT/USD", "ETH/USD"], "depth": 25},
+                    "spread": {"symbols": ["XBT/USD"]},
+                }
+            },
+        },
+        env={},
+    )
     assert "Spot v1: 2 pairs, channels book/25 spread, serving ws://127.0.0.1:8765/" in summary(cfg)
     assert any(w.startswith("v1: server.tls is not set") for w in warnings(cfg))
 
 
 def test_reload_changes_the_served_pairs_but_not_the_book_depth():
-    from relay.protocols.spot_v1.spec import SPOT_V1 as V1
     from relay.config import parse_config
+    from relay.protocols.spot_v1.spec import SPOT_V1 as V1
 
     def cfg(pairs, depth):
-        return parse_config({"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"}],
-                             "v1": {"channels": {"book": {"symbols": pairs, "depth": depth}}}}, env={})
+        return parse_config(
+            {
+                "upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"}],
+                "v1": {"channels": {"book": {"symbols": pairs, "depth": depth}}},
+            },
+            env={},
+        )
 
     ep, s = _ep()  # depth 25, XBT/USD
     new = ep.reload(cfg(["XBT/USD", "ETH/USD"], 100))
@@ -311,8 +385,8 @@ def test_heartbeats_only_to_subscribed_idle_clients():
 def test_sample_config_is_valid():
     from pathlib import Path
 
-    from relay.protocols.spot_v1.spec import SPOT_V1 as V1
     from relay.config import load_config
+    from relay.protocols.spot_v1.spec import SPOT_V1 as V1
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "v1.yaml", env={})
     assert [u.protocol for u in cfg.upstreams] == ["v1", "v1"] and cfg.v1.path == "/"
@@ -327,7 +401,9 @@ def test_unsubscribe_everything_of_a_pair_with_name_star():
     ep.handle_message(s, b'{"event":"unsubscribe","reqid":5,"pair":["XBT/USD"],"subscription":{"name":"*"}}')
     out = [orjson.loads(f) for f in s.frames[n:]]
     assert {(o["status"], o["channelName"], o["reqid"]) for o in out} == {
-        ("unsubscribed", "book-10", 5), ("unsubscribed", "trade", 5)}
+        ("unsubscribed", "book-10", 5),
+        ("unsubscribed", "trade", 5),
+    }
     assert s.subs == set() and ep.subscription_count() == 0
     ep.handle_message(s, b'{"event":"unsubscribe","pair":["XBT/USD"],"subscription":{"name":"*"}}')
     assert orjson.loads(s.frames[-1])["errorMessage"] == "Subscription Not Found"

@@ -21,15 +21,18 @@ from tests.v1.helpers import V1Checker
 async def test_v1_and_v2_endpoints_side_by_side():
     cfg = SimConfig(symbols=["BTC/USD", "ETH/USD"], rate=300, seed=5, lines=[LineConfig(), LineConfig(latency=0.002)])
     async with Simulator(cfg) as sim:
-        config = parse_config({
-            "upstreams": [{"name": f"v2-{i}", "url": u} for i, u in enumerate(sim.urls)]
-            + [{"name": f"v1-{i}", "url": u, "protocol": "v1"} for i, u in enumerate(sim.v1_urls)],
-            "channels": {"book": {"symbols": ["BTC/USD", "ETH/USD"], "depth": 25}, "instrument": False},
-            "v1": {"channels": {"book": {"symbols": ["XBT/USD", "ETH/USD"], "depth": 25}}},
-            "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.02},
-            "liveness": {"frame_timeout": 0.8, "ping_interval": 0.25, "stale_after": 2.0},
-            "subscribe": {"requests_per_second": 50.0},
-        }, env={})
+        config = parse_config(
+            {
+                "upstreams": [{"name": f"v2-{i}", "url": u} for i, u in enumerate(sim.urls)]
+                + [{"name": f"v1-{i}", "url": u, "protocol": "v1"} for i, u in enumerate(sim.v1_urls)],
+                "channels": {"book": {"symbols": ["BTC/USD", "ETH/USD"], "depth": 25}, "instrument": False},
+                "v1": {"channels": {"book": {"symbols": ["XBT/USD", "ETH/USD"], "depth": 25}}},
+                "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.02},
+                "liveness": {"frame_timeout": 0.8, "ping_interval": 0.25, "stale_after": 2.0},
+                "subscribe": {"requests_per_second": 50.0},
+            },
+            env={},
+        )
         relay = Relay(config, server_port=0, http_port=0)
         await relay.start()
         try:
@@ -54,7 +57,7 @@ async def test_v1_and_v2_endpoints_side_by_side():
                 while loop.time() < end:
                     try:
                         await v2.recv(max(0.01, end - loop.time()))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 task.cancel()
             await v2.close()

@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from relay.protocols.futures.wire import INFO, encode_event, encode_heartbeat
 from relay.core.wsframe import text_frame
+from relay.protocols.futures.wire import INFO, encode_event, encode_heartbeat
 
 log = logging.getLogger("relay.server")
 
@@ -50,8 +50,14 @@ class FuturesEndpoint:
 
     name = "futures"
 
-    def __init__(self, source: Any, products: dict[str, Iterable[str]], path: str = "/ws/v1",
-                 max_subscriptions: int = MAX_SUBSCRIPTIONS, trade_snapshot_count: int = 50) -> None:
+    def __init__(
+        self,
+        source: Any,
+        products: dict[str, Iterable[str]],
+        path: str = "/ws/v1",
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        trade_snapshot_count: int = 50,
+    ) -> None:
         """`products`: feed -> configured products served on it."""
         self.source = source
         self.path = path

@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from relay.core.outputs import MergeBase, MergeSettings, Publication, UpstreamStats
 from relay.protocols.futures.wire import (
     BUY,
     FBookDelta,
@@ -49,7 +50,6 @@ from relay.protocols.futures.wire import (
     encode_book_snapshot,
     encode_trade_snapshot,
 )
-from relay.core.outputs import MergeBase, MergeSettings, Publication, UpstreamStats
 
 MAX_PENDING = 4096  # deltas held beyond a gap per product
 RING = 2048  # published (seq -> content) kept per product for copy verification
@@ -77,8 +77,7 @@ class FCounters:
 class LineBook:
     """One line's view of one product."""
 
-    __slots__ = ("seq", "aligned", "book", "ahead", "last_data", "behind_mark", "behind_since", "stale",
-                 "broken_since")
+    __slots__ = ("seq", "aligned", "book", "ahead", "last_data", "behind_mark", "behind_since", "stale", "broken_since")
 
     def __init__(self) -> None:
         self.reset()
@@ -534,7 +533,6 @@ class ProductTicker:
 
 
 class FuturesMerge(MergeBase):
-
     def __init__(self, settings: MergeSettings | None = None, parser: Any = None) -> None:
         self.settings = settings or MergeSettings()
         self.parser = parser or FuturesParser()

@@ -207,7 +207,9 @@ def _trade(t: dict[str, Any], element: bytes) -> FTrade:
 
 
 # -- encoders (requests to Kraken, frames to clients) -------------------------------------------
-def encode_request(channel: str, symbols: list[str] | None, req_id: int = 0, method: str = "subscribe", **_: Any) -> bytes:
+def encode_request(
+    channel: str, symbols: list[str] | None, req_id: int = 0, method: str = "subscribe", **_: Any
+) -> bytes:
     """`{"event":"subscribe","feed":F,"product_ids":[...]}` (futures requests carry no id)."""
     msg: dict[str, Any] = {"event": method, "feed": channel}
     if symbols:
@@ -240,15 +242,15 @@ def encode_heartbeat(ms: int | None = None) -> bytes:
     return b'{"feed":"heartbeat","time":%d}' % (now_ms() if ms is None else ms)
 
 
-def encode_book_snapshot(
-    product: str, seq: int, timestamp: int, bids: list[FLevel], asks: list[FLevel]
-) -> bytes:
+def encode_book_snapshot(product: str, seq: int, timestamp: int, bids: list[FLevel], asks: list[FLevel]) -> bytes:
     """A `book_snapshot` frame (bids best first, asks best first) from wire lexemes."""
+
     def side(levels: list[FLevel]) -> bytes:
         return b",".join(b'{"price":%s,"qty":%s}' % (lv.price_text, lv.qty_text) for lv in levels)
 
-    return b'{"feed":"book_snapshot","product_id":%s,"timestamp":%d,"seq":%d,"tickSize":null,"bids":[%s],"asks":[%s]}' % (
-        orjson.dumps(product), timestamp, seq, side(bids), side(asks)
+    return (
+        b'{"feed":"book_snapshot","product_id":%s,"timestamp":%d,"seq":%d,"tickSize":null,"bids":[%s],"asks":[%s]}'
+        % (orjson.dumps(product), timestamp, seq, side(bids), side(asks))
     )
 
 

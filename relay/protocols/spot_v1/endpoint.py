@@ -24,9 +24,16 @@ from typing import Any
 
 import orjson
 
-from relay.protocols.spot_v1.wire import HEARTBEAT, encode_error, encode_pong, encode_subscription_status, encode_system_status, split_frame
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.core.wsframe import text_frame
+from relay.protocols.spot_v1.wire import (
+    HEARTBEAT,
+    encode_error,
+    encode_pong,
+    encode_subscription_status,
+    encode_system_status,
+    split_frame,
+)
 
 SubKey = tuple[str, str, int]
 log = logging.getLogger("relay.server")
@@ -79,7 +86,7 @@ class ChannelIds:
         span = split_frame(frame)
         if span is None:
             return frame
-        return parts[0] + frame[span[0]:span[1]] + parts[1]
+        return parts[0] + frame[span[0] : span[1]] + parts[1]
 
 
 class StampedSource:
@@ -229,8 +236,9 @@ class V1Endpoint:
             book = ch.book.model_copy(update={"depth": self.book_depth})
             ch = ch.model_copy(update={"book": book})
             cfg = cfg.model_copy(update={"v1": section.model_copy(update={"channels": ch})})
-        self.static = {name: frozenset(getattr(ch, name).symbols if getattr(ch, name) is not None else ())
-                       for name in CHANNELS}
+        self.static = {
+            name: frozenset(getattr(ch, name).symbols if getattr(ch, name) is not None else ()) for name in CHANNELS
+        }
         self.ohlc_intervals = frozenset(ch.ohlc.intervals if ch.ohlc is not None else (1,))
         return cfg
 
@@ -268,8 +276,11 @@ class V1Endpoint:
                 rid = msg.get("reqid") if isinstance(msg, dict) and isinstance(msg.get("reqid"), int) else None
             except orjson.JSONDecodeError:
                 pass
-        text = {"too_big": "Message too large", "binary": "Binary messages are not supported",
-                "rate": "Exceeded msg rate"}.get(reason, ERR_MALFORMED)
+        text = {
+            "too_big": "Message too large",
+            "binary": "Binary messages are not supported",
+            "rate": "Exceeded msg rate",
+        }.get(reason, ERR_MALFORMED)
         conn.queue(encode_error(text, rid))
 
     def subscription_count(self) -> int:
@@ -295,8 +306,11 @@ class V1Endpoint:
     def _status(self, client: Any, req: V1Subscribe, pair: str, status: str, error: str | None = None) -> None:
         name = channel_name(req.channel, req.key)
         cid = self.ids.get(name, pair) if error is None else None
-        client.queue(encode_subscription_status(
-            status, pair, req.subscription, req.req_id, name if error is None else None, cid, error))
+        client.queue(
+            encode_subscription_status(
+                status, pair, req.subscription, req.req_id, name if error is None else None, cid, error
+            )
+        )
 
     def _subscribe(self, client: Any, req: V1Subscribe) -> None:
         channel = req.channel
@@ -347,8 +361,11 @@ class V1Endpoint:
                     self._status(client, req, pair, "error", ERR_NOT_SUBSCRIBED)
                 for key in keys:
                     self._unregister(client, key)
-                    echo = {"name": key[0], **({"depth": key[2]} if key[0] == "book" else {}),
-                            **({"interval": key[2]} if key[0] == "ohlc" else {})}
+                    echo = {
+                        "name": key[0],
+                        **({"depth": key[2]} if key[0] == "book" else {}),
+                        **({"interval": key[2]} if key[0] == "ohlc" else {}),
+                    }
                     one = V1Subscribe("unsubscribe", key[0], [pair], key[2], False, req.req_id, echo)
                     self._status(client, one, pair, "unsubscribed")
             return

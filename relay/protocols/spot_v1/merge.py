@@ -17,8 +17,8 @@ from collections import deque
 from typing import Any
 
 from relay.core.events import BookEvent, ControlEvent, OhlcEvent, TickerEvent
-from relay.core.outputs import MergeSettings
 from relay.core.merge import Merge
+from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v1.wire import LevelTimes, SpreadEvent, V1Codec, V1Parser, V1TradeEvent, normalize
 
 TRADE_WINDOW = 2000  # trades remembered per pair for content dedupe
@@ -238,7 +238,8 @@ class V1Merge(Merge):
         if t is SpreadEvent:
             if not blocked:
                 self._latest(self.spreads, ev.symbol, "spread", 0).offer(  # type: ignore[union-attr]
-                    up, (ev.time, ev.element), ev.element, raw, now)  # type: ignore[union-attr]
+                    up, (ev.time, ev.element), ev.element, raw, now
+                )  # type: ignore[union-attr]
             return None
         if t is OhlcEvent:
             if not blocked:

@@ -57,8 +57,10 @@ def symbols(section: Any) -> list[str]:
 
 def static_pairs(section: Any) -> dict[str, list[str]]:
     ch = section.channels
-    return {name: list(getattr(ch, name).symbols) if getattr(ch, name) is not None else []
-            for name in ("book", "trade", "ticker", "spread", "ohlc")}
+    return {
+        name: list(getattr(ch, name).symbols) if getattr(ch, name) is not None else []
+        for name in ("book", "trade", "ticker", "spread", "ohlc")
+    }
 
 
 def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> V1Endpoint:

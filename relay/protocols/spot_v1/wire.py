@@ -38,7 +38,6 @@ from relay.core.events import (
     UnknownEvent,
 )
 from relay.protocols.spot_v2.wire import encode_elements, encode_instrument
-from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 
 CHANNELS = ("book", "trade", "ticker", "spread", "ohlc")
 STATUS_OK = ("subscribed", "unsubscribed", "ok")
@@ -157,14 +156,21 @@ class V1Parser:
             return PongEvent(rid if isinstance(rid, int) else None)
         if event == "systemStatus":
             cid = msg.get("connectionID")
-            return StatusEvent(str(msg.get("status", "")), "v1", str(msg.get("version", "")),
-                               cid if isinstance(cid, int) else None)
+            return StatusEvent(
+                str(msg.get("status", "")), "v1", str(msg.get("version", "")), cid if isinstance(cid, int) else None
+            )
         if event == "subscriptionStatus":
             return subscription_ack(msg)
         if event == "error":
             rid = msg.get("reqid")
-            return AckEvent("subscribe", False, None, None, rid if isinstance(rid, int) else None,
-                            str(msg.get("errorMessage", "error")))
+            return AckEvent(
+                "subscribe",
+                False,
+                None,
+                None,
+                rid if isinstance(rid, int) else None,
+                str(msg.get("errorMessage", "error")),
+            )
         return self._unknown(f"event {event!r}", raw)
 
     # -- data frames ----------------------------------------------------------------------
@@ -178,7 +184,7 @@ class V1Parser:
         span = split_frame(raw)
         if span is None:
             return self._unknown("array shape", raw)
-        payload = raw[span[0]:span[1]]
+        payload = raw[span[0] : span[1]]
         item = msg[1]
         try:
             if name == "trade":
@@ -374,14 +380,20 @@ class V1Codec:
     ) -> bytes:
         ts = timestamp.encode()
         if snapshot:  # Kraken's v1 snapshots carry no checksum
-            payload = (b'{"as":[' + self._levels(symbol, asks, ts) + b'],"bs":['
-                       + self._levels(symbol, bids, ts) + b"]}")
+            payload = b'{"as":[' + self._levels(symbol, asks, ts) + b'],"bs":[' + self._levels(symbol, bids, ts) + b"]}"
         else:
             bids, asks = list(bids), list(asks)
             crc = b'"c":"%d"' % checksum
             if asks and bids:
-                payload = (b'{"a":[' + self._levels(symbol, asks, ts) + b']},{"b":['
-                           + self._levels(symbol, bids, ts) + b"]," + crc + b"}")
+                payload = (
+                    b'{"a":['
+                    + self._levels(symbol, asks, ts)
+                    + b']},{"b":['
+                    + self._levels(symbol, bids, ts)
+                    + b"],"
+                    + crc
+                    + b"}"
+                )
             elif asks:
                 payload = b'{"a":[' + self._levels(symbol, asks, ts) + b"]," + crc + b"}"
             else:

@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from relay.protocols.spot_v2.wire import encode_ack, encode_error, now_rfc3339
 from relay.config import ChannelsConfig, DynamicSubscriptionsConfig
+from relay.core.wsframe import text_frame
 from relay.protocols.spot_v2 import requests as rq
 from relay.protocols.spot_v2.demand import DemandHandler, DemandTracker
-from relay.core.wsframe import text_frame
+from relay.protocols.spot_v2.wire import encode_ack, encode_error, now_rfc3339
 
 log = logging.getLogger("relay.server")
 
@@ -222,8 +222,10 @@ class Hub:
         for symbol in sub.symbols:
             err = None
             key = (channel, symbol, sub.key)
-            if key in client.subs or any(p.client is client and p.symbol == symbol and p.sub.key == sub.key
-                                         and p.sub.channel == channel for p in self.pending):
+            if key in client.subs or any(
+                p.client is client and p.symbol == symbol and p.sub.key == sub.key and p.sub.channel == channel
+                for p in self.pending
+            ):
                 err = rq.ERR_ALREADY
             elif len(client.subs) >= self.max_subs:
                 err = rq.ERR_LIMIT
@@ -249,8 +251,9 @@ class Hub:
         channel = sub.channel
         key = (channel, symbol, sub.key)
         if key in client.subs:
-            client.queue(encode_error("subscribe", rq.ERR_ALREADY, sub.req_id, time_in, now_rfc3339(),
-                                      symbol=symbol or None))
+            client.queue(
+                encode_error("subscribe", rq.ERR_ALREADY, sub.req_id, time_in, now_rfc3339(), symbol=symbol or None)
+            )
             return
         client.subs.add(key)
         self.subs.setdefault(key, set()).add(client)
@@ -277,8 +280,9 @@ class Hub:
         client.relay_subscribed = True
         client.relay_filter = set(sub.symbols) if sub.symbol_given else None
         self.relay_clients.add(client)
-        client.queue(encode_ack("subscribe", {"channel": "relay", "snapshot": True}, sub.req_id, time_in,
-                                now_rfc3339()))
+        client.queue(
+            encode_ack("subscribe", {"channel": "relay", "snapshot": True}, sub.req_id, time_in, now_rfc3339())
+        )
         symbols = sub.symbols if sub.symbol_given else self.symbols()
         client.queue(encode_relay(True, self.relay_states(symbols)))
 
@@ -308,15 +312,21 @@ class Hub:
         symbols = sub.symbols if channel != "instrument" else [""]
         for symbol in symbols:
             key = (channel, symbol, sub.key)
-            pend = [p for p in self.pending if p.client is client and p.sub.channel == channel
-                    and p.symbol == symbol and p.sub.key == sub.key]
+            pend = [
+                p
+                for p in self.pending
+                if p.client is client and p.sub.channel == channel and p.symbol == symbol and p.sub.key == sub.key
+            ]
             if key in client.subs:
                 self._unregister(client, key, now)
             elif pend:
                 self._drop_pending(pend, now)
             else:
-                client.queue(encode_error("unsubscribe", rq.ERR_NOT_SUBSCRIBED, sub.req_id, time_in,
-                                          now_rfc3339(), symbol=symbol or None))
+                client.queue(
+                    encode_error(
+                        "unsubscribe", rq.ERR_NOT_SUBSCRIBED, sub.req_id, time_in, now_rfc3339(), symbol=symbol or None
+                    )
+                )
                 continue
             client.queue(encode_ack("unsubscribe", sub.result(symbol or None), sub.req_id, time_in, now_rfc3339()))
 
@@ -387,6 +397,9 @@ class Hub:
             if expired:
                 self._drop_pending(expired, now)
                 for p in expired:
-                    p.client.queue(encode_error("subscribe", rq.ERR_TIMEOUT, p.sub.req_id, p.time_in,
-                                                now_rfc3339(), symbol=p.symbol))
+                    p.client.queue(
+                        encode_error(
+                            "subscribe", rq.ERR_TIMEOUT, p.sub.req_id, p.time_in, now_rfc3339(), symbol=p.symbol
+                        )
+                    )
         self.demand.tick(now)

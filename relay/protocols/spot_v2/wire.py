@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,7 +34,6 @@ from relay.core.events import (
     UnknownEvent,
 )
 from relay.core.numbers import format_fixed
-
 
 _LEVEL_RE = re.compile(rb'"price"\s*:\s*([-+0-9.eE]+)\s*,\s*"qty"\s*:\s*([-+0-9.eE]+)')
 _FLAT_OBJECT_RE = re.compile(rb"\{[^{}]*\}")
@@ -328,7 +327,7 @@ HEARTBEAT = b'{"channel":"heartbeat"}'
 
 def now_rfc3339(ts: float | None = None) -> str:
     """Kraken's timestamp format: RFC 3339, microseconds, `Z`."""
-    dt = datetime.now(timezone.utc) if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+    dt = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
