@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -190,7 +190,7 @@ class FuturesConfig(_Strict):
         return v
 
 
-_v1_pairs = staticmethod(_name_check("v1 pair", "XBT/USD"))
+_v1_pairs: Any = staticmethod(_name_check("v1 pair", "XBT/USD"))
 
 
 class V1BookConfig(BookChannelConfig):
@@ -494,19 +494,19 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> RelayConfig:
     """Validate a parsed YAML document (plus environment overrides) into a RelayConfig."""
     if not isinstance(data, dict):
         raise ConfigError("config: must be a mapping with upstreams and channels")
-    env = os.environ if env is None else env
+    env_vars: Mapping[str, str] = os.environ if env is None else env
     data = dict(data)
     for var, path in ENV_OVERRIDES.items():
-        if var in env:
+        if var in env_vars:
             section = dict(data.get(path[0]) or {})
-            section[path[1]] = env[var]
+            section[path[1]] = env_vars[var]
             data[path[0]] = section
     try:
         return RelayConfig.model_validate(data)
     except ValidationError as exc:
         msg = format_validation_error(exc).replace("\r", "\\r").replace("\n", "\\n")  # always one line
         for var, path in ENV_OVERRIDES.items():  # say where an overridden value came from
-            if var in env and msg.startswith(".".join(path) + ":"):
+            if var in env_vars and msg.startswith(".".join(path) + ":"):
                 msg += f" (from ${var})"
         raise ConfigError(msg) from None
 

@@ -30,6 +30,9 @@ class Level(NamedTuple):
     qty_text: bytes
 
 
+LevelTuple = tuple[float, bytes, bytes]  # a Level, or the plain tuple the fast parsers build
+
+
 # A stored level: (price_text, qty_text, checksum_token).
 Stored = tuple[bytes, bytes, bytes]
 # An undo entry: (is_bid, key, previous stored value or None when the level did not exist).
@@ -64,7 +67,7 @@ class SortedLevels(dict):
         hi = len(keys) if maximum is None else (bisect_right if inclusive[1] else bisect_left)(keys, maximum)
         return keys[lo:hi]
 
-    def copy(self) -> SortedLevels:  # type: ignore[override]
+    def copy(self) -> SortedLevels:
         other = SortedLevels.__new__(SortedLevels)
         dict.update(other, self)
         other._keys = self._keys.copy()
@@ -85,7 +88,7 @@ class BookSide:
     def key_of(self, price: float) -> float:
         return -price if self.is_bid else price
 
-    def apply(self, items: Iterable[Level], depth: int, undo: list | None) -> None:
+    def apply(self, items: Iterable[LevelTuple], depth: int, undo: list | None) -> None:
         """Upsert/delete levels in array order, then truncate to `depth` (the hot path)."""
         levels = self.levels
         keys = levels._keys
@@ -196,14 +199,14 @@ class Book:
         self.checksum: int = crc32_of_tokens(b"", b"")
 
     # -- mutation -------------------------------------------------------------------------
-    def load_snapshot(self, bids: Iterable[Level], asks: Iterable[Level], timestamp: str) -> int:
+    def load_snapshot(self, bids: Iterable[LevelTuple], asks: Iterable[LevelTuple], timestamp: str) -> int:
         """Replace the book; returns the computed checksum."""
         self.bids = BookSide(is_bid=True)
         self.asks = BookSide(is_bid=False)
         self.apply(bids, asks, timestamp, None)
         return self.checksum
 
-    def apply(self, bids: Iterable[Level], asks: Iterable[Level], timestamp: str, undo: list | None) -> int:
+    def apply(self, bids: Iterable[LevelTuple], asks: Iterable[LevelTuple], timestamp: str, undo: list | None) -> int:
         """Apply one update in array order, truncate, recompute the checksum and return it."""
         b, a = self.bids, self.asks
         if bids:  # an untouched side needs neither apply nor truncation

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from relay.core.book import Book, Level
 from relay.core.events import BookEvent
-from relay.core.outputs import ArbiterHost
+from relay.core.outputs import ArbiterHost, Publication
 from relay.core.views import DepthView
 
 # Per-(upstream, symbol) modes.
@@ -215,7 +215,7 @@ class BookArbiter:
         if raw is not None:
             merge.seen[raw] = (self, self.seq)
             frame = raw
-        merge.outbox.append(_new_tuple(merge.Publication, ("book", self.symbol, self.depth, frame, False)))
+        merge.outbox.append(_new_tuple(Publication, ("book", self.symbol, self.depth, frame, False)))
         if self.views:
             self._update_views(undo)
         self.published += 1
@@ -235,7 +235,7 @@ class BookArbiter:
             bids, asks = view.update(pub, tb, ta)
             if bids or asks:
                 frame = self.merge.codec.book(self.symbol, False, bids, asks, pub.checksum, pub.timestamp)
-                out.append(self.merge.Publication("book", self.symbol, depth, frame, False))
+                out.append(Publication("book", self.symbol, depth, frame, False))
 
     def _publish_snapshot(self, book: Book, raw: bytes | None, now: float, up: int) -> None:
         """Replace the published book wholesale (first data, or recovery after every line was lost)."""
@@ -250,10 +250,10 @@ class BookArbiter:
         self.orphaned = False
         out = merge.outbox
         frame = raw if raw is not None else self.snapshot_frame(self.depth)
-        out.append(merge.Publication("book", self.symbol, self.depth, frame, True))
+        out.append(Publication("book", self.symbol, self.depth, frame, True))
         for depth, view in self.views.items():
             view.reset(self.pub)
-            out.append(merge.Publication("book", self.symbol, depth, self.snapshot_frame(depth), True))
+            out.append(Publication("book", self.symbol, depth, self.snapshot_frame(depth), True))
         self.published += 1
         self.last_update = now
         merge.upstream_stats[up].wins += 1

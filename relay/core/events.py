@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.core.book import Level
+from relay.core.book import LevelTuple
 
 
 @dataclass(slots=True)
 class BookEvent:
     symbol: str
     snapshot: bool
-    bids: list[Level]
-    asks: list[Level]
+    bids: list[LevelTuple]
+    asks: list[LevelTuple]
     checksum: int | None
     timestamp: str
     raw: bytes

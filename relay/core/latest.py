@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from relay.core.events import InstrumentEvent, OhlcEvent, TickerEvent
-from relay.core.outputs import ArbiterHost
+from relay.core.outputs import ArbiterHost, Publication
 
 
 class NewestWins:
@@ -47,7 +47,7 @@ class NewestWins:
         else:
             frame = raw
             merge.remember(raw, self, 0)
-        merge.outbox.append(merge.Publication(self.channel, self.symbol, self.key, frame, False))
+        merge.outbox.append(Publication(self.channel, self.symbol, self.key, frame, False))
         merge.upstream_stats[up].wins += 1
         self.published += 1
         self.last_update = now
@@ -114,7 +114,7 @@ class InstrumentArbiter:
         merge.remember(ev.raw, self, 0)
         if not first:
             frame = self.merge.codec.instrument(False, {"assets": changed_assets, "pairs": changed_pairs})
-            merge.outbox.append(merge.Publication("instrument", "", 0, frame, False))
+            merge.outbox.append(Publication("instrument", "", 0, frame, False))
             self.published += 1
 
     def snapshot_frame(self) -> bytes | None:

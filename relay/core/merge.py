@@ -65,8 +65,10 @@ class Merge(MergeBase):
         self.lines.append(Line(name))
         self.upstream_stats.append(UpstreamStats(name))
         self._blocked.append(False)
-        for arb in (*self.books.values(), *self.trades.values()):
+        for arb in self.books.values():
             arb.add_line()
+        for tarb in self.trades.values():
+            tarb.add_line()
         return len(self.lines) - 1
 
     def upstream_down(self, up: int, now: float) -> None:
@@ -75,8 +77,10 @@ class Merge(MergeBase):
         line.connected = False
         line.status = ""
         self._blocked[up] = False
-        for arb in (*self.books.values(), *self.trades.values()):
+        for arb in self.books.values():
             arb.reset_line(up)
+        for tarb in self.trades.values():
+            tarb.reset_line(up)
         self._update_system()
         self._publish_relay_states()
 
@@ -99,6 +103,7 @@ class Merge(MergeBase):
         self._publish_relay_states()
 
     def symbol_resubscribing(self, up: int, channel: str, symbol: str, now: float) -> None:
+        arb: BookArbiter | TradeArbiter | None
         if channel == "book":
             arb = self.books.get(symbol)
         elif channel == "trade":
@@ -121,39 +126,39 @@ class Merge(MergeBase):
             if self._blocked[up]:
                 self.counters.maintenance_dropped += 1
                 return None
-            arb = self.books.get(ev.symbol)  # type: ignore[union-attr]
+            arb = self.books.get(ev.symbol)
             if arb is None:
-                arb = self._book_arbiter(ev.symbol)  # type: ignore[union-attr]
-            arb.on_event(up, ev, now)  # type: ignore[arg-type]
+                arb = self._book_arbiter(ev.symbol)
+            arb.on_event(up, ev, now)
             return None
         if t is TradeEvent:
             if not self._blocked[up]:
-                tarb = self.trades.get(ev.symbol)  # type: ignore[union-attr]
+                tarb = self.trades.get(ev.symbol)
                 if tarb is None:
-                    tarb = self.trades[ev.symbol] = TradeArbiter(self, ev.symbol, self.settings.recent_trades)  # type: ignore[union-attr]
-                tarb.on_event(up, ev, now)  # type: ignore[arg-type]
+                    tarb = self.trades[ev.symbol] = TradeArbiter(self, ev.symbol, self.settings.recent_trades)
+                tarb.on_event(up, ev, now)
             return None
         if t is TickerEvent:
             if not self._blocked[up]:
-                kar = self.tickers.get(ev.symbol)  # type: ignore[union-attr]
+                kar = self.tickers.get(ev.symbol)
                 if kar is None:
-                    kar = self.tickers[ev.symbol] = TickerArbiter(self, ev.symbol)  # type: ignore[union-attr]
-                kar.on_event(up, ev, now)  # type: ignore[arg-type]
+                    kar = self.tickers[ev.symbol] = TickerArbiter(self, ev.symbol)
+                kar.on_event(up, ev, now)
             return None
         if t is OhlcEvent:
             if not self._blocked[up]:
-                key = (ev.symbol, ev.interval)  # type: ignore[union-attr]
+                key = (ev.symbol, ev.interval)
                 oar = self.ohlc.get(key)
                 if oar is None:
                     oar = self.ohlc[key] = OhlcArbiter(self, *key)
-                oar.on_event(up, ev, now)  # type: ignore[arg-type]
+                oar.on_event(up, ev, now)
             return None
         if t is InstrumentEvent:
-            self.instrument.on_event(up, ev, now)  # type: ignore[arg-type]
+            self.instrument.on_event(up, ev, now)
             return None
         if t.__name__ == "UnknownEvent":
             self.upstream_stats[up].unknown += 1
-        return ev  # type: ignore[return-value]
+        return ev
 
     def _book_arbiter(self, symbol: str) -> BookArbiter:
         arb = BookArbiter(self, symbol, self.settings.book_depth, self.settings.history)

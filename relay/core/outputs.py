@@ -103,7 +103,6 @@ class Codec(Protocol):
 class ArbiterHost(Protocol):
     """What the per-symbol arbiters see of their merge: its outputs, settings, codec, lines."""
 
-    Publication: type[Publication]
     settings: MergeSettings
     codec: Codec
     lines: list[Line]
@@ -122,8 +121,9 @@ class MergeBase:
     upstreams, reported gaps, and the registry of published bytes for the pre-parse duplicate
     check. Subclasses call `_init_outputs()` and keep their own per-symbol arbiters."""
 
-    Publication = Publication  # arbiters build publications through the merge (one import)
     SEEN_RING = 4096  # non-book frames remembered for the duplicate check
+    lines: list[Any]  # per upstream: `Line` or the protocol's own line state
+    counters: Any  # the protocol's counters (`MergeCounters` or its own), with `gaps_reported`
 
     def _init_outputs(self) -> None:
         self.upstream_stats: list[UpstreamStats] = []
@@ -148,13 +148,13 @@ class MergeBase:
         resyncs[reason] = resyncs.get(reason, 0) + 1
 
     def report_gap(self, symbol: str, first: int, last: int) -> None:
-        self.counters.gaps_reported += 1  # type: ignore[attr-defined]
+        self.counters.gaps_reported += 1
         self.gaps.append((symbol, first, last))
         del self.gaps[:-100]
 
     def upstream_up(self, up: int, now: float) -> None:
         """A connection is established (its data starts with fresh snapshots)."""
-        self.lines[up].connected = True  # type: ignore[attr-defined]
+        self.lines[up].connected = True
 
     def take(self) -> list[Publication]:
         out = self.outbox

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 
 from relay.core.events import Trade, TradeEvent
-from relay.core.outputs import ArbiterHost
+from relay.core.outputs import ArbiterHost, Publication
 
 MAX_PENDING = 10_000  # bound on trades held behind a gap
 
@@ -107,7 +107,7 @@ class TradeArbiter:
         self.last_id = trades[-1].trade_id
         self.recent.extend(t.element for t in trades)
         merge.remember(raw, self, self.last_id)
-        merge.outbox.append(merge.Publication("trade", self.symbol, 0, raw, False))
+        merge.outbox.append(Publication("trade", self.symbol, 0, raw, False))
         merge.upstream_stats[up].wins += 1
         self.published += len(trades)
         self.last_update = now
@@ -124,9 +124,7 @@ class TradeArbiter:
             self.last_id = last
             self.recent.extend(out)
             merge = self.merge
-            merge.outbox.append(
-                merge.Publication("trade", self.symbol, 0, merge.codec.elements("trade", False, out), False)
-            )
+            merge.outbox.append(Publication("trade", self.symbol, 0, merge.codec.elements("trade", False, out), False))
             if up is not None:
                 merge.upstream_stats[up].wins += 1
             self.published += len(out)

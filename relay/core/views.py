@@ -52,8 +52,8 @@ class DepthView:
             if key not in new and key not in levels:
                 out.append((old[0], zero_like(old[1])))
         for key, val in new.items():
-            old = view.get(key)
-            if old is None or old[1] != val[1]:
+            was = view.get(key)
+            if was is None or was[1] != val[1]:
                 out.append((val[0], val[1]))
         if is_bid:
             self.bids = new

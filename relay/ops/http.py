@@ -162,7 +162,7 @@ class HttpServer:
             if cached_type == ctype and now - cached_at < self.metrics_cache_seconds:
                 return ctype, cached_body
             families = _Collected(list(self.registry.collect()))
-            body = await asyncio.to_thread(encoder, families)  # type: ignore[arg-type]
+            body = await asyncio.to_thread(encoder, families)
             self._metrics_cache = (time.monotonic(), ctype, body)  # one slot: the Accept header is client-chosen
             return ctype, body
 

@@ -423,7 +423,7 @@ class RelayMetrics:
     ) -> None:
         self.registry = CollectorRegistry()
         self.collector = RelayCollector(stats, loop_monitor)
-        self.registry.register(self.collector)  # type: ignore[arg-type]
+        self.registry.register(self.collector)
         self.lag = Histogram(
             PREFIX + "upstream_lag_seconds",
             "Exchange timestamp to receive time, on a sample of data frames (includes clock skew).",

@@ -99,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
         self.hard_limit = 2 * cfg.client_buffer_bytes
         self.max_message = cfg.max_message_bytes
         self.proto = ServerProtocol(max_size=server.hard_message_bytes, logger=_wslog)
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # asyncio.Transport, or uvloop's (not an asyncio subclass)
         self.peer: str | None = None
         self.is_open = False
         self.endpoint: Endpoint | None = None  # the protocol endpoint of the path asked for
@@ -143,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
         self.dropped = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: Any) -> None:  # asyncio.BaseTransport
         # uvloop transports are not asyncio.Transport subclasses; only the interface matters
         self.transport = transport
         peer = transport.get_extra_info("peername")

@@ -30,7 +30,7 @@ class ReconnectPolicy:
         self.cfg = cfg
         self.stable_after = stable_after
         self._wait = wait_random_exponential(multiplier=cfg.initial_delay, max=cfg.max_delay)
-        self._state = RetryCallState(None, None, (), {})  # tenacity only reads attempt_number
+        self._state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # tenacity only reads attempt_number
         self.failures = 0  # consecutive failed attempts / short-lived connections
         self._connected_at: float | None = None
 

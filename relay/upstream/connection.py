@@ -88,7 +88,7 @@ class UpstreamConnection:
         self.max_queue = max_queue
         self.policy = ReconnectPolicy(cfg.reconnect, stable_after=stable_after)
         sub = cfg.subscribe
-        opts = dict(
+        opts: dict[str, Any] = dict(
             batch_size=sub.batch_size,
             requests_per_second=sub.requests_per_second,
             retry_delay=sub.retry_delay,

@@ -10,6 +10,7 @@ Control frames (ping/pong/close), flow control and `max_size` stay websockets' b
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
@@ -134,7 +135,7 @@ class SinkClientConnection(ClientConnection):
         if pos < n:
             self._buf = bytearray(data[pos:])
 
-    def process_event(self, event: object) -> None:
+    def process_event(self, event: Any) -> None:  # Request | Response | Frame
         sink = self.sink
         if sink is None or self.response is None or not isinstance(event, Frame):
             super().process_event(event)  # handshake, or no sink: websockets' own path
@@ -154,7 +155,7 @@ class SinkClientConnection(ClientConnection):
                 sink(data)
             return
         if frame.fin:
-            data = frame.data
-            sink(data if type(data) is bytes else bytes(data))
+            payload = frame.data
+            sink(payload if isinstance(payload, bytes) else bytes(payload))
         else:
             self._frag = [bytes(frame.data)]

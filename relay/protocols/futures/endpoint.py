@@ -17,7 +17,7 @@ the shared slow-client policy then replaces dropped deltas by one fresh `book_sn
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -53,7 +53,7 @@ class FuturesEndpoint:
     def __init__(
         self,
         source: Any,
-        products: dict[str, Iterable[str]],
+        products: Mapping[str, Iterable[str]],
         path: str = "/ws/v1",
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         trade_snapshot_count: int = 50,
@@ -71,7 +71,7 @@ class FuturesEndpoint:
         self.requests = 0
         self.errors = 0
 
-    def set_products(self, products: dict[str, Iterable[str]]) -> None:
+    def set_products(self, products: Mapping[str, Iterable[str]]) -> None:
         self.products = {feed: frozenset(p) for feed, p in products.items()}
 
     def demanded_subscriptions(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +194,7 @@ class V1Endpoint:
     def __init__(
         self,
         merge: Any,
-        static: dict[str, Iterable[str]],
+        static: Mapping[str, Iterable[str]],
         book_depth: int,
         ohlc_intervals: Iterable[int] = (1,),
         *,

@@ -18,7 +18,7 @@ from typing import Any
 
 from relay.core.events import BookEvent, ControlEvent, OhlcEvent, TickerEvent
 from relay.core.merge import Merge
-from relay.core.outputs import MergeSettings
+from relay.core.outputs import MergeSettings, Publication
 from relay.protocols.spot_v1.wire import LevelTimes, SpreadEvent, V1Codec, V1Parser, V1TradeEvent, normalize
 
 TRADE_WINDOW = 2000  # trades remembered per pair for content dedupe
@@ -92,7 +92,7 @@ class V1TradeArbiter:
     whose docstring states the limits this implies).
     """
 
-    def __init__(self, merge: Merge, symbol: str, recent: int, window: int = TRADE_WINDOW) -> None:
+    def __init__(self, merge: V1Merge, symbol: str, recent: int, window: int = TRADE_WINDOW) -> None:
         self.merge = merge
         self.symbol = symbol
         self.seen = ContentCounts(len(merge.lines), window)
@@ -126,7 +126,7 @@ class V1TradeArbiter:
         merge = self.merge
         frame = ev.raw if len(fresh) == len(ev.trades) else merge.codec.trades(self.symbol, fresh)
         self.recent.extend(fresh)
-        merge.outbox.append(merge.Publication("trade", self.symbol, 0, frame, False))
+        merge.outbox.append(Publication("trade", self.symbol, 0, frame, False))
         merge.upstream_stats[up].wins += 1
         self.published += len(fresh)
         self.last_update = now
@@ -155,7 +155,7 @@ class Latest:
     otherwise newest-wins by `order`, and copies take the fast path.
     """
 
-    def __init__(self, merge: Merge, channel: str, symbol: str, key: int = 0) -> None:
+    def __init__(self, merge: V1Merge, channel: str, symbol: str, key: int = 0) -> None:
         self.merge = merge
         self.channel = channel
         self.symbol = symbol
@@ -187,7 +187,7 @@ class Latest:
         else:
             merge.remember(raw, self, 0)
         self.order, self.element = order, element
-        merge.outbox.append(merge.Publication(self.channel, self.symbol, self.key, raw, False))
+        merge.outbox.append(Publication(self.channel, self.symbol, self.key, raw, False))
         merge.upstream_stats[up].wins += 1
         self.published += 1
         self.last_update = now
@@ -200,6 +200,8 @@ class Latest:
 
 class V1Merge(Merge):
     """`Merge` for Spot v1 upstreams and v1 clients (same public surface)."""
+
+    codec: V1Codec
 
     def __init__(self, settings: MergeSettings | None = None) -> None:
         times = LevelTimes()
@@ -221,37 +223,37 @@ class V1Merge(Merge):
             if blocked:
                 self.counters.maintenance_dropped += 1
                 return None
-            arb = self.books.get(ev.symbol) or self._book_arbiter(ev.symbol)  # type: ignore[union-attr]
-            arb.on_event(up, ev, now)  # type: ignore[arg-type]
+            arb = self.books.get(ev.symbol) or self._book_arbiter(ev.symbol)
+            arb.on_event(up, ev, now)
             return None
         if t is V1TradeEvent:
             if not blocked:
-                tarb = self.trades.get(ev.symbol)  # type: ignore[union-attr]
+                tarb: Any = self.trades.get(ev.symbol)  # v1 arbiters in the base merge's tables
                 if tarb is None:
-                    tarb = self.trades[ev.symbol] = V1TradeArbiter(self, ev.symbol, self.settings.recent_trades)  # type: ignore
-                tarb.on_event(up, ev, now)  # type: ignore[arg-type]
+                    tarb = self.trades[ev.symbol] = V1TradeArbiter(self, ev.symbol, self.settings.recent_trades)  # type: ignore[assignment]
+                tarb.on_event(up, ev, now)
             return None
         if t is TickerEvent:
             if not blocked:
-                self._latest(self.tickers, ev.symbol, "ticker", 0).offer(up, None, ev.element, raw, now)  # type: ignore
+                self._latest(self.tickers, ev.symbol, "ticker", 0).offer(up, None, ev.element, raw, now)
             return None
         if t is SpreadEvent:
             if not blocked:
-                self._latest(self.spreads, ev.symbol, "spread", 0).offer(  # type: ignore[union-attr]
+                self._latest(self.spreads, ev.symbol, "spread", 0).offer(
                     up, (ev.time, ev.element), ev.element, raw, now
-                )  # type: ignore[union-attr]
+                )
             return None
         if t is OhlcEvent:
             if not blocked:
-                key = (ev.symbol, ev.interval)  # type: ignore[union-attr]
-                arb2 = self.ohlc.get(key)
+                key = (ev.symbol, ev.interval)
+                arb2: Any = self.ohlc.get(key)
                 if arb2 is None:
-                    arb2 = self.ohlc[key] = Latest(self, "ohlc", ev.symbol, ev.interval)  # type: ignore
-                arb2.offer(up, ev.interval_begin, ev.element, raw, now)  # type: ignore[union-attr, arg-type]
+                    arb2 = self.ohlc[key] = Latest(self, "ohlc", ev.symbol, ev.interval)  # type: ignore[assignment]  # v1 arbiter
+                arb2.offer(up, ev.interval_begin, ev.element, raw, now)
             return None
         if t.__name__ == "UnknownEvent":
             self.upstream_stats[up].unknown += 1
-        return ev  # type: ignore[return-value]
+        return ev
 
     # Ticker content counts are per line, like trades: kept in step with the line registry.
     def add_upstream(self, name: str) -> int:

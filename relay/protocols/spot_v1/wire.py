@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.book import Level
+from relay.core.book import Level, LevelTuple
 from relay.core.events import (
     AckEvent,
     BookEvent,
@@ -204,8 +204,8 @@ class V1Parser:
         return self._unknown(f"channel {msg[-2]!r}", raw)
 
     def _book(self, msg: list, symbol: str, raw: bytes) -> Event:
-        bids: list[Level] = []
-        asks: list[Level] = []
+        bids: list[LevelTuple] = []
+        asks: list[LevelTuple] = []
         checksum: int | None = None
         snapshot = False
         ts = ""

@@ -17,9 +17,10 @@ from typing import Any
 from relay.config import BookChannelConfig, ChannelsConfig, RelayConfig, SymbolsChannelConfig
 from relay.core.keys import SubKey
 from relay.core.outputs import Publication
+from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
 from relay.protocols.spot_v2.demand import DemandHandler
-from relay.protocols.spot_v2.hub import Hub, Session, Source
+from relay.protocols.spot_v2.hub import Hub, Source
 from relay.protocols.spot_v2.plan import desired_from_channels
 from relay.protocols.spot_v2.wire import HEARTBEAT, encode_error, encode_pong, encode_status, now_rfc3339
 

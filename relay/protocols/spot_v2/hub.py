@@ -5,7 +5,7 @@ each merge `Publication` to those sessions as the exact bytes the merge encoded 
 fan out). Subscribing registers the client and takes the snapshot from the merge in the same
 synchronous step, so no publication can fall between snapshot and live updates.
 
-Clients are duck-typed (`Session` below) so the hub can be tested without sockets.
+Clients are `relay.protocols.interfaces.Session`s, so the hub can be tested without sockets.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import orjson
 
 from relay.config import ChannelsConfig, DynamicSubscriptionsConfig
 from relay.core.wsframe import text_frame
+from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
 from relay.protocols.spot_v2.demand import DemandHandler, DemandTracker
 from relay.protocols.spot_v2.wire import encode_ack, encode_error, now_rfc3339
@@ -40,20 +41,6 @@ class Source(Protocol):
     def instrument_snapshot(self) -> bytes | None: ...
     def system_status(self) -> str: ...
     def symbol_state(self, symbol: str) -> dict[str, Any]: ...
-
-
-class Session(Protocol):
-    """What the hub needs from a client connection (see `client.ClientConnection`)."""
-
-    subs: set[SubKey]
-    relay_filter: set[str] | None
-    relay_subscribed: bool
-
-    def queue(self, frame: bytes) -> None: ...
-    def deliver(self, wire: bytes) -> None: ...  # a frame built by `wire.text_frame`
-    def deliver_book(self, key: SubKey, wire: bytes, snapshot: bool) -> None: ...
-    def open_book(self, key: SubKey, snapshot: bool) -> None: ...
-    def stop_book(self, key: SubKey) -> None: ...
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.book import Level
+from relay.core.book import Level, LevelTuple
 from relay.core.events import (
     AckEvent,
     BookEvent,
@@ -83,8 +83,8 @@ class V2Parser:
                     return BookEvent(
                         sym.decode(),
                         kind == b"snapshot",
-                        [(float(p), p, q) for p, q in findall(bids)],  # type: ignore[misc]
-                        [(float(p), p, q) for p, q in findall(asks)],  # type: ignore[misc]
+                        [(float(p), p, q) for p, q in findall(bids)],
+                        [(float(p), p, q) for p, q in findall(asks)],
                         int(crc),
                         ts.decode(),
                         raw,
@@ -232,8 +232,8 @@ class V2Parser:
         return UnknownEvent(reason, raw)
 
 
-def _levels_from_json(items: Sequence[dict], prec: tuple[int, int] | None) -> list[Level]:
-    out = []
+def _levels_from_json(items: Sequence[dict], prec: tuple[int, int] | None) -> list[LevelTuple]:
+    out: list[LevelTuple] = []
     for lvl in items:
         price, qty = lvl["price"], lvl["qty"]
         if prec is not None:
@@ -269,7 +269,7 @@ def _ack(msg: dict) -> AckEvent:
 # ---------------------------------------------------------------------------------------------
 
 
-def _levels_json(levels: Iterable[tuple[bytes, bytes] | tuple[bytes, bytes, bytes]]) -> bytes:
+def _levels_json(levels: Iterable[tuple[bytes, ...]]) -> bytes:
     return b",".join([b'{"price":' + lv[0] + b',"qty":' + lv[1] + b"}" for lv in levels])
 
 
