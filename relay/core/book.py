@@ -58,9 +58,6 @@ class SortedLevels(dict):
     def keys(self) -> list[float]:  # type: ignore[override]
         return self._keys
 
-    def sorted_items(self) -> list[tuple[float, Stored]]:
-        return [(k, self[k]) for k in self._keys]
-
     def irange(self, minimum: float | None = None, maximum: float | None = None, inclusive=(True, True)) -> list[float]:
         keys = self._keys
         lo = 0 if minimum is None else (bisect_left if inclusive[0] else bisect_right)(keys, minimum)
@@ -84,9 +81,6 @@ class BookSide:
         self.is_bid = is_bid
         self._top: bytes | None = b""
         self._bound = _INF  # key of the 10th level: changes beyond it leave the checksum part alone
-
-    def key_of(self, price: float) -> float:
-        return -price if self.is_bid else price
 
     def apply(self, items: Iterable[LevelTuple], depth: int, undo: list | None) -> None:
         """Upsert/delete levels in array order, then truncate to `depth` (the hot path)."""

@@ -1,6 +1,6 @@
 """Protocol-neutral events produced by the protocol adapters and consumed by the merge.
 
-An adapter (Spot v2 today; Spot v1 and Futures later) turns one upstream frame into one event.
+A protocol's parser (`relay.protocols.<name>.wire`) turns one upstream frame into one event.
 The merge only sees these types, so a new protocol is a new adapter, not a new merge.
 Every data event keeps the `raw` frame bytes so the winner can be forwarded unchanged.
 """

@@ -17,18 +17,8 @@ def checksum_token(lexeme: bytes) -> bytes:
     return lexeme.replace(b".", b"").lstrip(b"0")
 
 
-def is_zero(lexeme: bytes) -> bool:
-    """True for `0`, `0.0`, `0.00000000`: a quantity that deletes its level."""
-    return not lexeme.strip(b"0.")
-
-
 def format_fixed(value: float | Decimal | str | int, places: int) -> bytes:
     """Render `value` with exactly `places` decimals, never in exponent form (`1E-8`)."""
     if isinstance(value, float):
         return b"%.*f" % (places, value)
     return format(Decimal(value), f".{places}f").encode()
-
-
-def lexeme_to_float(lexeme: bytes) -> float:
-    """Sort key for a price lexeme (distinct decimal prices stay distinct at Kraken precisions)."""
-    return float(lexeme)

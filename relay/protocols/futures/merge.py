@@ -633,10 +633,6 @@ class FuturesMerge(MergeBase):
             return None
         return pb.snapshot_frame(depth)
 
-    def book_seq(self, symbol: str) -> int | None:
-        pb = self.books.get(symbol)
-        return pb.seq if pb is not None and pb.ready else None
-
     def trade_snapshot(self, symbol: str, count: int = 50) -> bytes | None:
         tr = self.trades.get(symbol)
         return None if tr is None else tr.snapshot_frame(count)
