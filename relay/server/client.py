@@ -35,6 +35,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relay.config import ServerConfig
+from relay.core.rate import TokenBucket
 from relay.core.wsframe import SharedFrames, text_frame
 from relay.protocols.interfaces import Endpoint
 
@@ -130,10 +131,7 @@ class ClientConnection(asyncio.Protocol):
         self._frag_text = True
         self._frag_size = 0
         rate = cfg.max_requests_per_second
-        self._rate = rate
-        self._burst = max(1.0, rate)
-        self._tokens = self._burst
-        self._tokens_at = self.loop.time()
+        self._requests = TokenBucket(rate, max(1.0, rate))  # burst of one second's worth
         self.connection_id = random.getrandbits(63)
         self._timer: asyncio.TimerHandle | None = None
         # counters
@@ -273,15 +271,10 @@ class ClientConnection(asyncio.Protocol):
             server.error_replies += 1
             endpoint.reject(self, "binary", data)
             return
-        # Token bucket: `max_requests_per_second`, burst of one second's worth.
-        tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
-        self._tokens_at = now
-        if tokens < 1.0:
-            self._tokens = tokens
+        if not self._requests.take(now):  # `max_requests_per_second`
             server.rate_limited += 1
             endpoint.reject(self, "rate", data)
             return
-        self._tokens = tokens - 1.0
         try:
             endpoint.message(self, data, now)
         except Exception:  # a bug must cost this request, not the connection

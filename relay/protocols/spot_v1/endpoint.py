@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from relay.core.keys import SubKey
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.core.wsframe import text_frame
 from relay.protocols.spot_v1.wire import (
@@ -35,7 +36,6 @@ from relay.protocols.spot_v1.wire import (
     split_frame,
 )
 
-SubKey = tuple[str, str, int]
 log = logging.getLogger("relay.server")
 
 ERR_MALFORMED = "Malformed request"
@@ -98,7 +98,7 @@ class StampedSource:
 
     def book_snapshot(self, symbol: str, depth: int) -> bytes | None:
         snap = self.merge.book_snapshot(symbol, depth)
-        return None if snap is None else self.ids.stamp(("book", symbol, depth), snap)
+        return None if snap is None else self.ids.stamp(SubKey("book", symbol, depth), snap)
 
     def system_status(self) -> str:
         return self.merge.system_status()
@@ -315,7 +315,7 @@ class V1Endpoint:
     def _subscribe(self, client: Any, req: V1Subscribe) -> None:
         channel = req.channel
         for pair in req.pairs:
-            key = (channel, pair, req.key)
+            key = SubKey(channel, pair, req.key)
             if pair not in self.static[channel]:
                 self._status(client, req, pair, "error", err_pair(pair))
             elif channel == "book" and req.key > self.book_depth:
@@ -370,7 +370,7 @@ class V1Endpoint:
                     self._status(client, one, pair, "unsubscribed")
             return
         for pair in req.pairs:
-            key = (req.channel, pair, req.key)
+            key = SubKey(req.channel, pair, req.key)
             if key not in client.subs:
                 self._status(client, req, pair, "error", ERR_NOT_SUBSCRIBED)
                 continue
@@ -406,7 +406,7 @@ class V1Endpoint:
                 c.deliver(wire)
             self.delivered += len(self.clients)
             return
-        key = (channel, pub.symbol, pub.key)
+        key = SubKey(channel, pub.symbol, pub.key)
         clients = self.subs.get(key)
         if not clients:
             return

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay.config import ChannelsConfig, DynamicSubscriptionsConfig
+from relay.core.keys import SubKey
 from relay.core.wsframe import text_frame
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
@@ -25,8 +26,6 @@ from relay.protocols.spot_v2.demand import DemandHandler, DemandTracker
 from relay.protocols.spot_v2.wire import encode_ack, encode_error, now_rfc3339
 
 log = logging.getLogger("relay.server")
-
-SubKey = tuple[str, str, int]  # (channel, symbol, key); instrument uses ("instrument", "", 0)
 
 
 class Source(Protocol):
@@ -148,7 +147,7 @@ class Hub:
         subs = self.subs
         channel = pub.channel
         if channel == "book":
-            key = ("book", pub.symbol, pub.key)
+            key = SubKey("book", pub.symbol, pub.key)
             clients = subs.get(key)
             if clients:
                 wire, snap = text_frame(pub.frame), pub.snapshot
@@ -167,7 +166,7 @@ class Hub:
                     c.deliver(wire)
                     self.delivered += 1
         else:
-            clients = subs.get((channel, "" if channel == "instrument" else pub.symbol, pub.key))
+            clients = subs.get(SubKey(channel, "" if channel == "instrument" else pub.symbol, pub.key))
             if clients:
                 wire = text_frame(pub.frame)
                 for c in tuple(clients):
@@ -208,7 +207,7 @@ class Hub:
         static = self.static[channel]
         for symbol in sub.symbols:
             err = None
-            key = (channel, symbol, sub.key)
+            key = SubKey(channel, symbol, sub.key)
             if key in client.subs or any(
                 p.client is client and p.symbol == symbol and p.sub.key == sub.key and p.sub.channel == channel
                 for p in self.pending
@@ -236,7 +235,7 @@ class Hub:
     def _subscribe_one(self, client: Session, sub: rq.Subscription, symbol: str, time_in: str) -> None:
         """Register, ack, snapshot: all in this one synchronous step."""
         channel = sub.channel
-        key = (channel, symbol, sub.key)
+        key = SubKey(channel, symbol, sub.key)
         if key in client.subs:
             client.queue(
                 encode_error("subscribe", rq.ERR_ALREADY, sub.req_id, time_in, now_rfc3339(), symbol=symbol or None)
@@ -298,7 +297,7 @@ class Hub:
             return
         symbols = sub.symbols if channel != "instrument" else [""]
         for symbol in symbols:
-            key = (channel, symbol, sub.key)
+            key = SubKey(channel, symbol, sub.key)
             pend = [
                 p
                 for p in self.pending
