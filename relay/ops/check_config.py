@@ -13,6 +13,7 @@ import sys
 
 import yaml
 
+from relay import protocols
 from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 
 
@@ -28,50 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summary(cfg: RelayConfig) -> str:
-    """One line an operator can eyeball: lines, symbols, channels, listen addresses."""
-    ch = cfg.channels
-    chans = []
-    if ch.book is not None and ch.book.symbols:
-        chans.append(f"book/{ch.book.depth}")
-    for name in ("trade", "ticker"):
-        sub = getattr(ch, name)
-        if sub is not None and sub.symbols:
-            chans.append(name)
-    if ch.ohlc is not None and ch.ohlc.symbols:
-        chans.append("ohlc/" + ",".join(map(str, ch.ohlc.intervals)))
-    if ch.instrument:
-        chans.append("instrument")
+    """One line an operator can eyeball: lines, then each protocol's symbols, channels and
+    endpoint, then the HTTP listener."""
     ups = ", ".join(u.name for u in cfg.upstreams)
-    scheme = "wss" if cfg.server.tls else "ws"
-    line = (
-        f"{len(cfg.upstreams)} upstreams ({ups}); {len(ch.all_symbols())} symbols; channels {' '.join(chans)}; "
-        f"serving {scheme}://{cfg.server.listen}{cfg.server.path}; http {cfg.http.listen}"
-    )
-    if not any(u.protocol == "v2" for u in cfg.upstreams):  # no Spot v2 stack: say so, not "0 symbols"
-        line = f"{len(cfg.upstreams)} upstreams ({ups}); no Spot v2 feeds; http {cfg.http.listen}"
-    v1 = getattr(cfg, "v1", None)
-    if v1 is not None:
-        names = [
-            n if n != "book" else f"book/{v1.channels.book.depth}"
-            for n in ("book", "trade", "ticker", "spread", "ohlc")
-            if getattr(v1.channels, n) is not None and getattr(v1.channels, n).symbols
-        ]
-        line += (
-            f"; Spot v1: {len(v1.channels.all_symbols())} pairs, channels {' '.join(names)}, "
-            f"serving {scheme}://{cfg.server.listen}{v1.path}"
-        )
-    fut = getattr(cfg, "futures", None)
-    if fut is not None:
-        feeds = [
-            n
-            for n in ("book", "trade", "ticker", "ticker_lite")
-            if getattr(fut.channels, n) is not None and getattr(fut.channels, n).products
-        ]
-        line += (
-            f"; Futures: {len(fut.channels.all_products())} products, feeds {' '.join(feeds)}, "
-            f"serving {scheme}://{cfg.server.listen}{fut.path}"
-        )
-    return line
+    parts = [f"{len(cfg.upstreams)} upstreams ({ups})"]
+    for spec in protocols.configured(cfg):
+        section = spec.section(cfg)
+        if section is not None:
+            parts.append(spec.describe(section, cfg))
+    parts.append(f"http {cfg.http.listen}")
+    return "; ".join(parts)
 
 
 def warnings(cfg: RelayConfig) -> list[str]:

@@ -44,6 +44,7 @@ class ProtocolSpec:
     * `section(cfg)`: this protocol's config section (None: not configured); `desired(section)`:
       the upstream subscriptions it asks for; `symbols(section)`: its symbols (readiness).
     * `make_endpoint(merge, cfg, ctx)`: the local endpoint, served on its `path`.
+    * `describe(section, cfg)`: what `kraken-relay check-config` prints for this protocol.
     * `frame_timeout(cfg)`: upstream liveness deadline (any frame proves the line alive).
     * `label_prefix`: prefix of its symbols in metrics labels and /readyz keys where its names
       collide with another protocol's (Spot v1 `ETH/USD` vs v2 `ETH/USD`): "v1:" -> "v1:ETH/USD".
@@ -59,6 +60,7 @@ class ProtocolSpec:
     desired: Callable[[Any], list[SubKey]]
     symbols: Callable[[Any], list[str]]
     make_endpoint: Callable[[ProtocolMerge, RelayConfig, EndpointContext], Endpoint]
+    describe: Callable[[Any, RelayConfig], str]  # (section, cfg): one summary clause (check-config)
     ws_ping_interval: Callable[[RelayConfig], float | None] = _no_ws_ping
     frame_timeout: Callable[[RelayConfig], float] = _frame_timeout
     label_prefix: str = ""

@@ -64,6 +64,15 @@ def _products(section: Any) -> list[str]:
     return list(section.channels.all_products())
 
 
+def _describe(fut: Any, cfg: RelayConfig) -> str:
+    feeds = [n for n in FEEDS if getattr(fut.channels, n) is not None and getattr(fut.channels, n).products]
+    scheme = "wss" if cfg.server.tls else "ws"
+    return (
+        f"Futures: {len(fut.channels.all_products())} products, feeds {' '.join(feeds)}, "
+        f"serving {scheme}://{cfg.server.listen}{fut.path}"
+    )
+
+
 FUTURES = ProtocolSpec(
     name="futures",
     parser=FuturesParser,
@@ -75,6 +84,7 @@ FUTURES = ProtocolSpec(
     desired=desired,
     symbols=_products,
     make_endpoint=_endpoint,
+    describe=_describe,
     ws_ping_interval=_ws_ping_interval,
     frame_timeout=_frame_timeout,
 )

@@ -79,6 +79,19 @@ def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> V
     )
 
 
+def _describe(v1: V1Config, cfg: RelayConfig) -> str:
+    names = [
+        n if n != "book" else f"book/{v1.channels.book.depth}"  # type: ignore[union-attr]  # not None here
+        for n in ("book", "trade", "ticker", "spread", "ohlc")
+        if getattr(v1.channels, n) is not None and getattr(v1.channels, n).symbols
+    ]
+    scheme = "wss" if cfg.server.tls else "ws"
+    return (
+        f"Spot v1: {len(v1.channels.all_symbols())} pairs, channels {' '.join(names)}, "
+        f"serving {scheme}://{cfg.server.listen}{v1.path}"
+    )
+
+
 SPOT_V1 = ProtocolSpec(
     name="v1",
     parser=V1Parser,
@@ -90,5 +103,6 @@ SPOT_V1 = ProtocolSpec(
     desired=desired,
     symbols=symbols,
     make_endpoint=_endpoint,
+    describe=_describe,
     label_prefix="v1:",
 )

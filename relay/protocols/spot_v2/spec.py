@@ -37,6 +37,25 @@ def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> V
     )
 
 
+def _describe(ch: ChannelsConfig, cfg: RelayConfig) -> str:
+    chans = []
+    if ch.book is not None and ch.book.symbols:
+        chans.append(f"book/{ch.book.depth}")
+    for name in ("trade", "ticker"):
+        sub = getattr(ch, name)
+        if sub is not None and sub.symbols:
+            chans.append(name)
+    if ch.ohlc is not None and ch.ohlc.symbols:
+        chans.append("ohlc/" + ",".join(map(str, ch.ohlc.intervals)))
+    if ch.instrument:
+        chans.append("instrument")
+    scheme = "wss" if cfg.server.tls else "ws"
+    return (
+        f"{len(ch.all_symbols())} symbols; channels {' '.join(chans)}; "
+        f"serving {scheme}://{cfg.server.listen}{cfg.server.path}"
+    )
+
+
 def _symbols(section: Any) -> list[str]:
     return list(section.all_symbols())
 
@@ -52,4 +71,5 @@ SPOT_V2 = ProtocolSpec(
     desired=desired_from_channels,
     symbols=_symbols,
     make_endpoint=_endpoint,
+    describe=_describe,
 )
