@@ -1,8 +1,9 @@
 """The Futures merge: several futures upstream lines in, one futures feed out (Sans-I/O).
 
-Same public surface as `relay.protocols.spot_v2.merge.Merge` (feed/take/take_requests/tick/line_status/
-upstream_up/upstream_down/symbol_resubscribing/add_upstream, snapshots, symbol_state,
-system_status), so the upstream pool, the app, metrics and readiness treat it the same way.
+A `relay.protocols.interfaces.ProtocolMerge` like the spot merges (feed/take/take_requests/tick/
+line_status/upstream_up/upstream_down/symbol_resubscribing/add_upstream, snapshots,
+symbol_state, system_status), so the upstream pool, the app, metrics and readiness treat it the
+same way.
 
 Books advance by `seq` (futures books have no checksum). What Kraken does not document is
 whether two connections see the same `seq` for the same event. The design works when they do and
@@ -74,7 +75,7 @@ class FCounters:
     dropped_unsynced: int = 0
 
 
-class LineBook:
+class LineProduct:
     """One line's view of one product."""
 
     __slots__ = ("seq", "aligned", "book", "ahead", "last_data", "behind_mark", "behind_since", "stale", "broken_since")
@@ -125,7 +126,7 @@ class ProductBook:
         self.timestamp = 0
         self.ready = False
         self.resyncing = False
-        self.lines = [LineBook() for _ in range(nlines)]
+        self.lines = [LineProduct() for _ in range(nlines)]
         self.pending: dict[int, FBookDelta] = {}
         self.gap_deadline: float | None = None
         self.ring: OrderedDict[int, tuple[int, bytes, bytes]] = OrderedDict()
@@ -135,7 +136,7 @@ class ProductBook:
 
     # -- lines --------------------------------------------------------------------------------
     def add_line(self) -> None:
-        self.lines.append(LineBook())
+        self.lines.append(LineProduct())
 
     def reset_line(self, up: int, now: float) -> None:
         self.lines[up].reset()
@@ -241,7 +242,7 @@ class ProductBook:
         lb.last_data = now
         return True
 
-    def _verify(self, up: int, lb: LineBook, s: int, key: tuple[int, bytes, bytes], now: float) -> None:
+    def _verify(self, up: int, lb: LineProduct, s: int, key: tuple[int, bytes, bytes], now: float) -> None:
         seen = self.ring.get(s)
         if seen is None:
             return
@@ -254,7 +255,7 @@ class ProductBook:
             lb.aligned = False
             self.merge.counters.divergent += 1
 
-    def _adopt(self, lb: LineBook, now: float) -> None:
+    def _adopt(self, lb: LineProduct, now: float) -> None:
         """A line just proven to share the seq space: the deltas it brought beyond the published
         seq become candidates (they may fill a gap another line left)."""
         pub = self.seq
@@ -265,7 +266,7 @@ class ProductBook:
         if self.pending and self.gap_deadline is None:
             self.gap_deadline = now + self.merge.settings.trade_gap_wait
 
-    def _diverged(self, up: int, lb: LineBook) -> None:
+    def _diverged(self, up: int, lb: LineProduct) -> None:
         self.merge.counters.divergent += 1
         lb.reset()
         lb.aligned = False

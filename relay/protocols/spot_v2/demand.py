@@ -16,11 +16,12 @@ from relay.config import DynamicSubscriptionsConfig
 
 
 class DemandHandler(Protocol):
-    """Implemented by the upstream pool: subscribe / unsubscribe one (channel, symbol) upstream.
+    """Subscribes / unsubscribes one (channel, symbol) upstream (`endpoint.DemandedSymbols`).
 
-    Both are called from the event loop and must not block. The pool reports back through
-    `LocalServer.demand_ready(channel, symbol)` (optional: the first published data counts too) and
-    `LocalServer.demand_failed(channel, symbol, error)` (Kraken refused it; no on_release follows).
+    Both are called from the event loop and must not block. The upstream side reports back
+    through `V2Endpoint.demand_ready(channel, symbol, now)` (optional: the first published data
+    counts too) and `V2Endpoint.demand_failed(channel, symbol, error, now)` (Kraken refused it; no
+    on_release follows).
     """
 
     def on_demand(self, channel: str, symbol: str) -> None: ...
