@@ -1,4 +1,4 @@
-"""`kraken-relay` command line: run, demo, sim, check-config, --version.
+"""`kraken-relay` command line: run, demo, sim, check-config, verify, --version.
 
 Each subcommand lives in the module that owns it; this file only wires argparse to them, so
 subcommands import their (heavier) dependencies only when used. Exit codes: 0 ok, 2 bad config
@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("relay.demo", "run the relay against the built-in simulator, with periodic faults"),
     "sim": ("relay.sim.cli", "run the built-in Kraken v2 simulator (with fault injection)"),
     "check-config": ("relay.ops.check_config", "validate a config file and exit (0 ok, 2 invalid)"),
+    "verify": ("relay.verify.client", "check a live feed: every book checksum / seq step, every trade once"),
 }
 
 

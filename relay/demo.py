@@ -1,7 +1,7 @@
 """`kraken-relay demo`: the relay against the built-in simulator, offline, with faults on a timer.
 
-Two simulated Kraken lines, the relay merging them, and a built-in client verifying every book
-checksum and every trade_id it receives from the relay. Every few seconds one line is dropped,
+Two simulated Kraken lines, the relay merging them, and a built-in client (`relay.verify`)
+verifying every book checksum and every trade_id it receives from the relay. Every few seconds one line is dropped,
 stalled, corrupted or put into maintenance; the one-line status shows the lines going down and
 coming back while the client's counters keep climbing with zero bad books and zero gaps.
 """
@@ -14,15 +14,11 @@ import contextlib
 import sys
 from pathlib import Path
 
-import websockets
-
 from relay.app import Relay, run_loop
 from relay.config import load_config, parse_config
-from relay.core.book import Book
-from relay.core.events import BookEvent, TradeEvent
 from relay.ops.logging import configure_logging
-from relay.protocols.spot_v2.wire import V2Parser, encode_subscribe
 from relay.sim import LineConfig, SimConfig, Simulator
+from relay.verify import V2Verifier, VerifyingClient
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
 FAULT_CYCLE = [  # (line, kind, duration seconds, params)
@@ -42,55 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=400.0, help="simulated book updates per second")
 
 
-class VerifyingClient:
-    """What a strategy would do: hold books from the relay and check every checksum and trade id."""
-
-    def __init__(self, url: str, symbols: list[str], depth: int) -> None:
-        self.url, self.symbols, self.depth = url, symbols, depth
-        self.parser = V2Parser()
-        self.books: dict[str, Book] = {}
-        self.book_frames = self.bad = self.trades = self.gaps = self.dups = self.disconnects = 0
-        self.last_trade: dict[str, int] = {}
-
-    async def run(self) -> None:
-        while True:
-            try:
-                async with websockets.connect(self.url, compression=None, max_size=16 * 2**20) as ws:
-                    await ws.send(encode_subscribe("book", self.symbols, 1, depth=self.depth).decode())
-                    await ws.send(encode_subscribe("trade", self.symbols, 2).decode())
-                    async for raw in ws:
-                        self.on_frame(raw if isinstance(raw, bytes) else raw.encode())
-            except (OSError, websockets.WebSocketException):
-                self.disconnects += 1
-                await asyncio.sleep(0.5)
-
-    def on_frame(self, raw: bytes) -> None:
-        ev = self.parser.parse(raw)
-        if isinstance(ev, BookEvent):
-            book = self.books.setdefault(ev.symbol, Book(ev.symbol, self.depth))
-            if ev.snapshot:
-                crc = book.load_snapshot(ev.bids, ev.asks, ev.timestamp)
-            else:
-                crc = book.apply(ev.bids, ev.asks, ev.timestamp, None)
-            self.book_frames += 1
-            self.bad += crc != ev.checksum
-        elif isinstance(ev, TradeEvent):
-            for t in ev.trades:
-                last = self.last_trade.get(ev.symbol)
-                if last is not None:
-                    if t.trade_id <= last:
-                        self.dups += 1
-                        continue
-                    self.gaps += t.trade_id != last + 1
-                self.last_trade[ev.symbol] = t.trade_id
-                self.trades += 1
-
-
 def status_line(relay: Relay, client: VerifyingClient, note: str) -> str:
-    lines = " ".join(f"{c.name}:{c.state}" for c in relay.stack("v2").pool.connections)
+    stack = relay.stack("v2")
+    lines = " ".join(f"{c.name}:{c.state}" for c in stack.pool.connections)
+    v = client.verifier
+    assert isinstance(v, V2Verifier)
     return (
-        f"lines [{lines}] system={relay.stack('v2').merge.system_status()} | client: {client.book_frames} book frames, "
-        f"{client.bad} bad, {client.trades} trades, {client.gaps} gaps, {client.dups} dups, "
+        f"lines [{lines}] system={stack.merge.system_status()} | client: {v.book_frames} book frames, "
+        f"{len(v.checksum_bad)} bad, {v.trade_count} trades, {len(v.trade_gaps)} gaps, {v.trade_dups} dups, "
         f"{client.disconnects} disconnects | {note}"
     )
 
@@ -111,7 +66,8 @@ async def demo(args: argparse.Namespace) -> int:
     relay = Relay(cfg)
     await relay.start()
     depth = cfg.channels.book.depth if cfg.channels.book else 10
-    client = VerifyingClient(relay.server.url, symbols, min(depth, 25))
+    verifier = V2Verifier(symbols, min(depth, 25))
+    client = VerifyingClient(relay.server.url, verifier)
     client_task = asyncio.create_task(client.run())
     print(
         f"demo: simulator lines {', '.join(sim.urls)}; relay at {relay.server.url}; metrics at "
@@ -141,7 +97,7 @@ async def demo(args: argparse.Namespace) -> int:
             await client_task
         await relay.stop()
         await sim.stop()
-    return 0 if client.bad == 0 and client.gaps == 0 and client.dups == 0 else 1
+    return 0 if verifier.ok else 1
 
 
 def main(args: argparse.Namespace) -> int:
