@@ -17,7 +17,7 @@ from relay import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("relay.app", "run the relay daemon with a YAML config"),
     "demo": ("relay.demo", "run the relay against the built-in simulator, with periodic faults"),
-    "sim": ("relay.sim.cli", "run the built-in Kraken v2 simulator (with fault injection)"),
+    "sim": ("relay.sim.cli", "run the built-in Kraken simulator (Spot v2, Spot v1, Futures; with fault injection)"),
     "check-config": ("relay.ops.check_config", "validate a config file and exit (0 ok, 2 invalid)"),
     "verify": ("relay.verify.client", "check a live feed: every book checksum / seq step, every trade once"),
 }

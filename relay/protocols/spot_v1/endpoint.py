@@ -1,9 +1,9 @@
 """The local Spot v1 endpoint (`/`, as Kraken serves it) for existing v1 clients (cryptofeed, ...).
 
-Sans-I/O: `V1Endpoint` answers requests and fans publications out to duck-typed client sessions
-(the same `Session` interface as the v2 hub: `queue(text)`, `deliver(websocket frame)`,
-`deliver_book`, `open_book`, `stop_book`, `subs`), so the v2 client machinery (coalesced
-writes, slow-client policy, limits) serves v1 clients unchanged.
+Sans-I/O: `V1Endpoint` answers requests and fans publications out to client sessions
+(`relay.protocols.interfaces.Session`: `queue(text)`, `deliver(websocket frame)`,
+`deliver_book`, `open_book`, `stop_book`, `subs`), so the listener's client machinery
+(coalesced writes, slow-client policy, limits) serves v1 clients exactly as it serves v2 ones.
 
 Channel ids: v1 streams are keyed by a channelID. Upstream ids die with each upstream connection,
 so the relay assigns its own, one per (channelName, pair), stable for the life of the process:
