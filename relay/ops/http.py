@@ -1,15 +1,16 @@
-"""Operator HTTP endpoint: /metrics, /healthz, /readyz on a tiny asyncio HTTP/1.1 server.
+"""Operator HTTP endpoint: /metrics, /healthz, /readyz, served by `aiohttp.web`.
 
-Hand-written on purpose: three GET routes do not justify a web framework in the daemon, and
-running it on the relay's own event loop means `/healthz` answers only if that loop is alive.
-Everything is bounded: request head size, time to send it, concurrent connections. Every
-response closes the connection (Prometheus and probes cope; no keep-alive state to bound).
+aiohttp does the HTTP/1.1 work (parsing, keep-alive, HEAD, limits); this module is routing and
+the three bodies. The server runs on the relay's own event loop (`AppRunner` + `TCPSite`), so
+`/healthz` answers only if that loop is alive. Everything is bounded: request line and header
+sizes (`max_request_bytes`), request bodies (`client_max_size`), time to send a request and time
+a connection may sit idle (`request_timeout`), and time to hand a response to the client. There
+are no connection slots: idle connections are timed out, never able to lock out a probe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,16 +18,22 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from relay.ops.loopmon import LoopLagMonitor
 
 log = logging.getLogger(__name__)
+# aiohttp logs every malformed request (a port scanner's) as an ERROR with a traceback; the
+# client already got its 400, so that log would only be unbounded noise.
+logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 ReadyFn = Callable[[], "tuple[bool, Mapping[str, Any]]"]
 
 INDEX = b"kraken-relay\n/metrics  Prometheus metrics\n/healthz  process and event loop alive\n/readyz   every symbol has fresh valid data\n"
+
+TEXT = "text/plain; charset=utf-8"
 
 
 class HttpServer:
@@ -35,6 +42,12 @@ class HttpServer:
     `ready()` returns `(ok, detail)`; `detail` (per-symbol states) becomes the /readyz JSON body.
     `/healthz` is 503 when `loop_monitor` reports a lag over `lag_threshold` seconds.
     Port 0 binds a free port; read it back from `server.port`.
+
+    `request_timeout` bounds the time to send a request, the keep-alive idle time and the time
+    to take a response; `max_request_bytes` bounds the request line, each header and the body.
+    `max_connections` is kept for compatibility and no longer limits anything: aiohttp has no
+    connection slots, and a connection that sends nothing is closed after `request_timeout`
+    (counted in `refused`).
     """
 
     def __init__(
@@ -60,8 +73,9 @@ class HttpServer:
         self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.max_request_bytes = max_request_bytes
-        self._server: asyncio.Server | None = None
-        self._active: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._silent: set[Any] = set()  # connections (aiohttp handlers) that have not sent a request yet
         self.metrics_cache_seconds = metrics_cache_seconds
         self._metrics_lock = asyncio.Lock()
         self._metrics_cache: tuple[float, str, bytes] = (float("-inf"), "", b"")
@@ -70,82 +84,87 @@ class HttpServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection, self.host, self._port, limit=self.max_request_bytes, reuse_address=True
+        app = web.Application(client_max_size=self.max_request_bytes)
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,  # the relay owns SIGTERM/SIGINT
+            access_log=None,
+            keepalive_timeout=self.request_timeout,
+            max_line_size=self.max_request_bytes,
+            max_field_size=self.max_request_bytes,
+            lingering_time=self.request_timeout,
+            shutdown_timeout=1.0,
         )
+        await runner.setup()
+        server = runner.server
+        assert server is not None
+        connection_made = server.connection_made
+
+        def on_connection(handler: Any, transport: asyncio.Transport) -> None:
+            connection_made(handler, transport)
+            self._silent.add(handler)
+            asyncio.get_running_loop().call_later(self.request_timeout, self._drop_if_silent, handler)
+
+        server.connection_made = on_connection  # type: ignore[method-assign]
+        site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
         log.info("http listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._active):
-            task.cancel()
-        if self._active:
-            await asyncio.gather(*self._active, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        self._server = None
+        runner, self._runner, self._site = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
 
     @property
     def port(self) -> int:
         """The bound port (useful after binding port 0)."""
-        if self._server is None or not self._server.sockets:
-            return self._port
-        return int(self._server.sockets[0].getsockname()[1])
+        addresses = self._runner.addresses if self._runner is not None else []
+        return int(addresses[0][1]) if addresses else self._port
 
-    # -- connection handling -----------------------------------------------------------------
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._active) >= self.max_connections or task is None:
-            self.refused += 1
-            writer.close()
+    # -- request handling --------------------------------------------------------------------
+    def _drop_if_silent(self, handler: Any) -> None:
+        """A connection that has not sent a complete request head within `request_timeout`."""
+        if handler not in self._silent:
             return
-        self._active.add(task)
-        try:
-            await self._serve_one(reader, writer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        except Exception:  # one bad request must not take the endpoint down
-            log.exception("http handler failed")
-        finally:
-            self._active.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        self._silent.discard(handler)
+        transport = handler.transport
+        if transport is None or transport.is_closing():
+            return
+        self.refused += 1
+        handler.force_close()
+        transport.close()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(self.request_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.LimitOverrunError, ValueError):
-            await self._send(writer, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"request head too large\n")
-            return
-        except (asyncio.IncompleteReadError, TimeoutError):
-            return
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            await self._send(writer, HTTPStatus.BAD_REQUEST, b"bad request line\n")
-            return
-        method, target, _ = parts
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self._silent.discard(request.protocol)
         self.requests += 1
-        if method not in ("GET", "HEAD"):
-            await self._send(
-                writer, HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", extra=(("Allow", "GET, HEAD"),)
-            )
-            return
-        path = target.split("?", 1)[0]
-        if path == "/metrics":
-            status, ctype, body = HTTPStatus.OK, *await self.metrics_body(headers.get("accept", ""))
+        extra: dict[str, str] = {}
+        if request.method not in ("GET", "HEAD"):
+            status, ctype, body = HTTPStatus.METHOD_NOT_ALLOWED, TEXT, b"only GET and HEAD\n"
+            extra["Allow"] = "GET, HEAD"
+        elif request.path == "/metrics":
+            status, (ctype, body) = HTTPStatus.OK, await self.metrics_body(request.headers.get("Accept", ""))
         else:
-            status, ctype, body = self.route(path, headers)
-        await self._send(writer, status, body, ctype, head_only=method == "HEAD")
+            status, ctype, body = self.route(request.path, request.headers)
+        resp = web.Response(
+            status=status.value,
+            body=body,
+            headers={"Content-Type": ctype, "Cache-Control": "no-store", "Server": "kraken-relay", **extra},
+        )
+        try:  # the write is bounded too: a client that never reads must not hold the handler
+            async with asyncio.timeout(self.request_timeout):
+                await resp.prepare(request)
+                await resp.write_eof()
+        except TimeoutError:
+            log.info("http client did not read the response within %.1fs; closing", self.request_timeout)
+            if request.transport is not None:
+                request.transport.abort()
+        return resp
 
     async def metrics_body(self, accept: str) -> tuple[str, bytes]:
         """(content type, exposition) with the event loop blocked as little as possible.
@@ -202,29 +221,6 @@ class HttpServer:
             log.exception("readiness check failed")
             ok, body = False, orjson.dumps({"ready": False, "reason": f"readiness check failed: {exc}"})
         return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE), "application/json", body
-
-    @staticmethod
-    async def _send(
-        writer: asyncio.StreamWriter,
-        status: HTTPStatus,
-        body: bytes,
-        ctype: str = "text/plain; charset=utf-8",
-        *,
-        head_only: bool = False,
-        extra: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        head = [
-            f"HTTP/1.1 {status.value} {status.phrase}",
-            f"Content-Type: {ctype}",
-            f"Content-Length: {len(body)}",
-            "Cache-Control: no-store",
-            "Connection: close",
-        ]
-        head += [f"{k}: {v}" for k, v in extra]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        if not head_only:
-            writer.write(body)
-        await writer.drain()
 
 
 class _Collected:
