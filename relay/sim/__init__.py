@@ -1,5 +1,6 @@
-"""The built-in Kraken Spot v2 simulator: a generated (or replayed) market served on several
-redundant lines with per-line latency/jitter and fault injection. See `relay.sim.server`."""
+"""The built-in Kraken simulators: a generated (or replayed) market served on several redundant
+lines with per-line latency/jitter and fault injection. Spot (v2 and v1): `relay.sim.server`;
+Futures: `relay.sim.futures`; see README.md."""
 
 from relay.sim.faults import FAULT_KINDS, FaultSpec
 from relay.sim.market import MarketEngine, MarketSettings

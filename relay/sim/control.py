@@ -8,21 +8,32 @@ bounded (64 KiB headers+body, 10 s to arrive); one request per connection.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import orjson
 
 from relay.sim.faults import FAULT_KINDS
 
-if TYPE_CHECKING:
-    from relay.sim.server import Simulator
-
 MAX_REQUEST = 64 * 1024
 
 
+class Controllable(Protocol):
+    """What the endpoint drives: the Spot `Simulator` and the `FuturesSimulator` both are."""
+
+    def state(self) -> dict[str, Any]: ...
+
+    def inject(self, line: int | str | None, kind: str, duration: float | None = None, **params: Any) -> None: ...
+
+    def clear(self, line: int | str | None, kind: str | None = None) -> None: ...
+
+
 class ControlServer:
-    def __init__(self, sim: Simulator) -> None:
+    """The control endpoint of one simulator; `kinds`: its fault kinds (answered by `GET /faults`)."""
+
+    def __init__(self, sim: Controllable, kinds: Mapping[str, str] = FAULT_KINDS) -> None:
         self.sim = sim
+        self.kinds = dict(kinds)
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -71,7 +82,7 @@ class ControlServer:
         if method == "GET" and path == "/state":
             return 200, self.sim.state()
         if method == "GET" and path == "/faults":
-            return 200, FAULT_KINDS
+            return 200, self.kinds
         if method == "POST" and path in ("/fault", "/clear"):
             try:
                 req = orjson.loads(raw) if raw else {}

@@ -7,7 +7,9 @@ file holding a list of `{at, line, kind, duration, ...params}` mappings.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,23 @@ FAULT_KINDS: dict[str, str] = {
     "budget": "handshake answered HTTP 429 once more than limit= attempts in window= seconds",
 }
 
+# The Futures simulator's kinds: the Spot ones that have a futures equivalent, plus `skip` (futures
+# has no engine status frame and no book checksum: no maintenance, cancel_only, corrupt_checksum).
+FUTURES_FAULT_KINDS: dict[str, str] = {
+    "drop": FAULT_KINDS["drop"],
+    "close_1001": FAULT_KINDS["close_1001"],
+    "close_1013": FAULT_KINDS["close_1013"],
+    "stall": FAULT_KINDS["stall"],
+    "silent_symbol": "one product's book stops on that line (symbol=), heartbeats go on; snapshot at the end",
+    "skip": "that line loses the next count= book deltas of product symbol= (a seq gap on one line)",
+    "refuse": "new connections aborted at the handshake (client sees an invalid HTTP response)",
+    "slow": FAULT_KINDS["slow"],
+    "budget": FAULT_KINDS["budget"],
+}
+# simulator protocol (`kraken-relay sim --protocol`) -> its fault kinds
+PROTOCOL_KINDS: dict[str, dict[str, str]] = {"v2": FAULT_KINDS, "futures": FUTURES_FAULT_KINDS}
+KNOWN_KINDS: dict[str, str] = {**FAULT_KINDS, **FUTURES_FAULT_KINDS}
+
 
 @dataclass
 class FaultSpec:
@@ -41,12 +60,21 @@ class FaultSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {self.kind!r} (one of {', '.join(FAULT_KINDS)})")
+        check_kind(self.kind, None)
         if self.at < 0:
             raise ValueError("fault time must be >= 0")
         if isinstance(self.line, str) and self.line != "all":
             self.line = int(self.line)
+
+
+def check_kind(kind: str, protocol: str | None = "v2") -> None:
+    """ValueError unless `kind` is a fault kind of the `protocol` simulator (None: of any)."""
+    kinds = KNOWN_KINDS if protocol is None else PROTOCOL_KINDS[protocol]
+    if kind in kinds:
+        return
+    if kind in KNOWN_KINDS:
+        raise ValueError(f"fault {kind!r} is not simulated for {protocol} ({', '.join(kinds)})")
+    raise ValueError(f"unknown fault kind {kind!r} (one of {', '.join(kinds)})")
 
 
 def _value(text: str) -> Any:
@@ -56,8 +84,9 @@ def _value(text: str) -> Any:
         return text
 
 
-def parse_fault(text: str) -> FaultSpec:
-    """`T:LINE:KIND[:DURATION][:k=v,k=v]` -> FaultSpec (symbols like `BTC/USD` are fine)."""
+def parse_fault(text: str, protocol: str = "v2") -> FaultSpec:
+    """`T:LINE:KIND[:DURATION][:k=v,k=v]` -> FaultSpec (symbols like `BTC/USD` are fine); `protocol`:
+    the simulator whose fault kinds are accepted ("v2" or "futures")."""
     parts = text.split(":")
     if len(parts) < 3:
         raise ValueError(f"fault {text!r}: expected T:LINE:KIND[:DURATION][:key=value,...]")
@@ -71,11 +100,12 @@ def parse_fault(text: str) -> FaultSpec:
                 params[k.strip()] = _value(v.strip())
         elif extra:
             duration = float(extra)
+    check_kind(kind, protocol)
     return FaultSpec(at, line if line == "all" else int(line), kind, duration, params)
 
 
-def load_schedule(path: str | Path) -> list[FaultSpec]:
-    """A YAML or JSON list of `{at, line, kind, duration?, ...params}`."""
+def load_schedule(path: str | Path, protocol: str = "v2") -> list[FaultSpec]:
+    """A YAML or JSON list of `{at, line, kind, duration?, ...params}` (`kinds`: as `parse_fault`)."""
     data = yaml.safe_load(Path(path).read_text())
     if isinstance(data, dict):
         data = data.get("faults", [])
@@ -92,6 +122,25 @@ def load_schedule(path: str | Path) -> list[FaultSpec]:
             kind = str(item.pop("kind"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: fault {i}: needs at, line, kind ({exc})") from None
+        check_kind(kind, protocol)
         duration = item.pop("duration", None)
         out.append(FaultSpec(at, line, kind, None if duration is None else float(duration), item))
     return out
+
+
+async def run_schedule(
+    specs: list[FaultSpec],
+    started_at: float,
+    fire: Callable[[FaultSpec], None],
+    log: Callable[[str], None],
+) -> None:
+    """Fire each fault `at` seconds after `started_at` (loop time); a rejected one is logged."""
+    loop = asyncio.get_running_loop()
+    for spec in sorted(specs, key=lambda s: s.at):
+        delay = started_at + spec.at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            fire(spec)
+        except ValueError as exc:
+            log(f"fault {spec}: {exc}")

@@ -9,6 +9,8 @@ connection), each line with its own latency + jitter (monotonic per line, like T
 Generated market: per product a full-depth book (`levels` per side) moved by one-level deltas
 (`qty` 0 deletes), trades with a `uid`, `ticker` / `ticker_lite` every second. Replay mode plays
 the real capture (`replay=` path of a cryptofeed KRAKEN_FUTURES.ws file) byte for byte.
+`instruments=` (a cryptofeed KRAKEN_FUTURES.0 file) adds the real REST instrument list; None: only
+generated entries. Neither is looked for anywhere: both are explicit options.
 
 Protocol: `info` on connect; per product `subscribed`; `book_snapshot` (current seq, full depth)
 then deltas; `trade_snapshot` (newest first) then trades; `heartbeat` feed every
@@ -16,11 +18,13 @@ then deltas; `trade_snapshot` (newest first) then trades; `heartbeat` feed every
 REST `GET /derivatives/api/v3/instruments` (the fixture, ids upper-cased as Kraken serves them
 today, plus generated entries for simulated products not in it) on every line's port.
 
-Faults (`inject`): drop, close_1001, close_1013, stall, silent_symbol (`symbol=` product: its book
-stops on that line, a fresh snapshot when it ends), skip (`symbol=`, `count=`: that line loses the
-next deltas of a product: a seq gap on one line), refuse, slow (`delay=`), budget (`limit=` handshakes
-per `window=` s, then HTTP 429). Spot-only kinds (maintenance, cancel_only, corrupt_checksum) have no
-futures equivalent: futures has no engine status frame and no book checksum.
+Faults (`inject`, a scripted `faults=` schedule, or the HTTP control endpoint on `control_port`,
+all as in the Spot simulator: `relay.sim.faults`, `relay.sim.control`): drop, close_1001,
+close_1013, stall, silent_symbol (`symbol=` product: its book stops on that line, a fresh snapshot
+when it ends), skip (`symbol=`, `count=`: that line loses the next deltas of a product: a seq gap on
+one line), refuse, slow (`delay=`), budget (`limit=` handshakes per `window=` s, then HTTP 429).
+Spot-only kinds (maintenance, cancel_only, corrupt_checksum) have no futures equivalent: futures has
+no engine status frame and no book checksum.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -53,15 +58,22 @@ from relay.protocols.futures.wire import (
     encode_heartbeat,
     encode_trade_snapshot,
 )
-from relay.sim.server import LineConfig, _json_response
+from relay.sim.common import CLOSE_REASONS, LineConfig, json_response, select_lines
+from relay.sim.control import ControlServer
+from relay.sim.faults import FUTURES_FAULT_KINDS, FaultSpec, check_kind, run_schedule
 from relay.sim.tasks import background as _background
 from relay.sim.tasks import supervise
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared/fixtures/kraken/cryptofeed/sample_data"
-INSTRUMENTS = FIXTURES / "KRAKEN_FUTURES.0"
-CAPTURE = FIXTURES / "KRAKEN_FUTURES.ws.1.0"
-FUTURES_FAULTS = ("drop", "close_1001", "close_1013", "stall", "silent_symbol", "skip", "refuse", "slow", "budget")
-CLOSE_REASONS = {1001: "CloudFlare WebSocket proxy restarting", 1013: "Market data unavailable"}
+FUTURES_FAULTS = tuple(FUTURES_FAULT_KINDS)
+# The real inverse perpetuals (symbol -> tickSize, Kraken's /instruments of 2021-07): the REST
+# instrument list when no `instruments=` file is given.
+BUILTIN_INSTRUMENTS: dict[str, float] = {
+    "PI_XBTUSD": 0.5,
+    "PI_ETHUSD": 0.05,
+    "PI_LTCUSD": 0.01,
+    "PI_BCHUSD": 0.1,
+    "PI_XRPUSD": 0.0001,
+}
 BASE_PRICES = {"XBT": 93000.0, "BTC": 93000.0, "ETH": 3400.0, "SOL": 180.0, "XRP": 2.1, "LTC": 110.0, "BCH": 450.0}
 
 
@@ -77,11 +89,16 @@ class FuturesSimConfig:
     heartbeat_interval: float = 1.0
     ticker_interval: float = 1.0
     tick: float = 0.005
-    replay: str | None = None
+    replay: str | None = None  # path of a cryptofeed KRAKEN_FUTURES.ws capture to replay
     replay_loop: bool = False
+    # REST instruments: path of a cryptofeed KRAKEN_FUTURES.0 file (its first `/instruments` answer);
+    # None: only generated entries for the simulated products
+    instruments: str | None = None
     max_line_queue: int = 200_000
     paused: bool = False  # start with the market stopped (`resume()`): tests see a replay from its start
-    log: Any = None
+    control_port: int | None = None  # HTTP control endpoint (0 = any free port), as the Spot simulator's
+    faults: list[FaultSpec] = field(default_factory=list)  # scripted faults (at = seconds after start)
+    log: Callable[[str], None] | None = None
 
 
 @dataclass(slots=True)
@@ -385,7 +402,7 @@ class FLine:
         return f"ws://{self.sim.config.host}:{self.port}/ws/v1"
 
     def push(self, events: list[Ev], now: float) -> None:
-        lat = self.cfg.latency + (self.faults["slow"][1].get("delay", 0.1) if "slow" in self.faults else 0.0)
+        lat = self.cfg.latency + (float(self.faults["slow"][1].get("delay", 0.1)) if "slow" in self.faults else 0.0)
         for ev in events:
             due = max(self.last_due, now + lat + self.rnd.uniform(0, self.cfg.jitter))
             self.last_due = due
@@ -441,13 +458,20 @@ class FLine:
 class FuturesSimulator:
     def __init__(self, config: FuturesSimConfig | None = None, **kwargs: Any) -> None:
         self.config = config = config or FuturesSimConfig(**kwargs)
+        for spec in config.faults:
+            check_kind(spec.kind, "futures")
         self.market = FuturesMarket(config)
         self.lines: list[FLine] = []
         self.requests: list[list[dict[str, Any]]] = []
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._running = False
-        self._instruments = _instruments(self.market.products)
+        self._instruments = _instruments(
+            self.market.products, None if config.instruments is None else Path(config.instruments)
+        )
         self.paused = config.paused
+        self.control: ControlServer | None = None
+        self.control_port: int | None = None
+        self.started_at = 0.0
 
     def resume(self) -> None:
         self.paused = False
@@ -464,7 +488,21 @@ class FuturesSimulator:
         supervise(self._tasks, self._market_loop, "fsim-market", self.config.log, alive)
         for line in self.lines:
             supervise(self._tasks, line.run, f"fsim-line-{line.idx}", self.config.log, alive)
+        self.started_at = asyncio.get_running_loop().time()
+        if self.config.faults:
+            schedule = run_schedule(self.config.faults, self.started_at, self._fire, self._log)
+            self._tasks.append(asyncio.create_task(schedule, name="fsim-faults"))
+        if self.config.control_port is not None:
+            self.control = ControlServer(self, FUTURES_FAULT_KINDS)
+            self.control_port = await self.control.start(self.config.host, self.config.control_port)
         return self
+
+    def _log(self, text: str) -> None:
+        if self.config.log is not None:
+            self.config.log(text)
+
+    def _fire(self, spec: FaultSpec) -> None:
+        self.inject(spec.line, spec.kind, spec.duration, **spec.params)
 
     async def stop(self) -> None:
         self._running = False
@@ -473,6 +511,8 @@ class FuturesSimulator:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.control is not None:
+            await self.control.stop()
         for line in self.lines:
             for c in list(line.conns):
                 c.ws.transport.abort()
@@ -544,8 +584,8 @@ class FuturesSimulator:
                 "serverTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
             }
         else:
-            return _json_response({"result": "error", "error": "Unavailable"}, 404)
-        return _json_response(body)
+            return json_response({"result": "error", "error": "Unavailable"}, 404)
+        return json_response(body)
 
     async def _market_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -617,13 +657,16 @@ class FuturesSimulator:
                 line._send(conn, m.tickers[(p, feed)])
 
     # -- faults ------------------------------------------------------------------------------
-    def inject(self, line: int | str, kind: str, duration: float | None = None, **params: Any) -> None:
-        if kind not in FUTURES_FAULTS:
-            raise ValueError(f"unknown futures fault kind {kind!r} (one of {', '.join(FUTURES_FAULTS)})")
-        targets = self.lines if line in ("all", -1) else [self.lines[int(line)]]
+    def inject(self, line: int | str | None, kind: str, duration: float | None = None, **params: Any) -> None:
+        """Start fault `kind` on `line` (an index, or None / -1 / "all" for every line)."""
+        check_kind(kind, "futures")
+        targets = select_lines(self.lines, line)
         if kind in ("silent_symbol", "skip"):
             params["symbol"] = str(params.get("symbol") or self.market.products[0]).upper()
+        loop = asyncio.get_running_loop()
         for ln in targets:
+            extra = "".join(f" {k}={v}" for k, v in params.items())
+            self._log(f"fault line {ln.idx}: {kind}{'' if duration is None else f' for {duration}s'}{extra}")
             if kind == "drop":
                 for c in list(ln.conns):
                     c.ws.transport.abort()
@@ -634,25 +677,79 @@ class FuturesSimulator:
             elif kind == "skip":
                 ln.skip[params["symbol"]] = ln.skip.get(params["symbol"], 0) + int(params.get("count", 1))
             else:
-                ln.faults[kind] = (duration, dict(params))
+                ln.faults[kind] = (None if duration is None else loop.time() + duration, dict(params))
                 if duration is not None:
-                    asyncio.get_running_loop().call_later(duration, self.clear, ln.idx, kind)
+                    loop.call_later(duration, self.clear, ln.idx, kind)
 
-    def clear(self, line: int | str, kind: str | None = None) -> None:
-        targets = self.lines if line in ("all", -1) else [self.lines[int(line)]]
-        for ln in targets:
+    def clear(self, line: int | str | None, kind: str | None = None) -> None:
+        """End a fault (all faults of that line when `kind` is None) before its duration is over."""
+        for ln in select_lines(self.lines, line):
             for k in [kind] if kind else list(ln.faults):
                 item = ln.faults.pop(k, None)
-                if item is not None and k == "silent_symbol":
+                if item is None:
+                    continue
+                self._log(f"fault line {ln.idx}: {k} ended")
+                if k == "silent_symbol":
                     ln.resnapshot(item[1]["symbol"])
 
+    # -- introspection -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What the control endpoint's `GET /state` returns: lines, connections, faults, market."""
+        loop_now = asyncio.get_running_loop().time()
+        return {
+            "products": list(self.market.products),
+            "events": self.market.n,
+            "seq": {p: b.seq for p, b in self.market.books.items()},
+            "replay": bool(self.config.replay),
+            "paused": self.paused,
+            "lines": [
+                {
+                    "line": ln.idx,
+                    "url": ln.url,
+                    "latency": ln.cfg.latency,
+                    "jitter": ln.cfg.jitter,
+                    "connections": len(ln.conns),
+                    "queued": len(ln.queue),
+                    "handshakes": ln.handshakes,
+                    "rejected": ln.rejected,
+                    "faults": {
+                        k: {"remaining": None if u is None else round(max(0.0, u - loop_now), 3), **p}
+                        for k, (u, p) in ln.faults.items()
+                    },
+                    "pending_skip": {p: n for p, n in ln.skip.items() if n},
+                }
+                for ln in self.lines
+            ],
+        }
 
-def _instruments(products: list[str]) -> dict[str, Any]:
-    """The fixture's instruments (ids upper-cased) plus generated perpetuals for other products."""
-    try:
-        body = orjson.loads(INSTRUMENTS.read_bytes().splitlines()[0].split(b": ", 1)[1])
-    except (OSError, IndexError, ValueError):
-        body = {"result": "success", "instruments": []}
+
+def _builtin_instruments() -> list[dict[str, Any]]:
+    return [
+        {
+            "symbol": symbol,
+            "type": "futures_inverse",
+            "underlying": "rr_" + symbol[3:].lower(),
+            "tickSize": tick,
+            "contractSize": 1,
+            "tradeable": True,
+            "fundingRateCoefficient": 8,
+            "maxRelativeFundingRate": 0.001,
+            "contractValueTradePrecision": 0,
+            "marginLevels": [],
+        }
+        for symbol, tick in BUILTIN_INSTRUMENTS.items()
+    ]
+
+
+def _instruments(products: list[str], path: Path | None = None) -> dict[str, Any]:
+    """The instruments of `path` (a cryptofeed KRAKEN_FUTURES.0 file; ids upper-cased), else the
+    built-in inverse perpetuals, plus generated perpetuals for the other products."""
+    body: dict[str, Any] = {"result": "success", "instruments": _builtin_instruments()}
+    if path is not None:
+        try:
+            body = orjson.loads(path.read_bytes().splitlines()[0].split(b": ", 1)[1])
+        except (OSError, IndexError, ValueError):
+            pass
     have = set()
     for inst in body.get("instruments", []):
         inst["symbol"] = str(inst["symbol"]).upper()
@@ -673,125 +770,3 @@ def _instruments(products: list[str]) -> dict[str, Any]:
                 }
             )
     return body
-
-
-# -- `kraken-relay sim --protocol futures` -------------------------------------------------------
-def build_config(args: Any) -> FuturesSimConfig:
-    """The futures simulator config from `kraken-relay sim` arguments (shared with the v2 sim)."""
-    from relay.sim.cli import _per_line
-
-    ports = [int(p) for p in str(args.ports).split(",") if p.strip()] or [0]
-    n = args.lines or len(ports)
-    if len(ports) == 1 and n > 1:
-        ports = [ports[0] + i if ports[0] else 0 for i in range(n)]
-    if len(ports) != n:
-        raise ValueError("--lines does not match the number of --ports")
-    lat = _per_line(args.latency, n, "latency")
-    jit = _per_line(args.jitter, n, "jitter")
-    replay = args.replay
-    if replay == "capture":
-        replay = str(CAPTURE)
-    return FuturesSimConfig(
-        products=[p.strip().upper() for p in args.products.split(",") if p.strip()],
-        rate=args.rate,
-        trade_rate=args.trade_rate,
-        seed=args.seed,
-        host=args.host,
-        lines=[LineConfig(latency=lat[i], jitter=jit[i], port=ports[i]) for i in range(n)],
-        replay=replay,
-        replay_loop=not args.no_loop,
-        levels=min(args.levels, 500),
-        log=lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True),
-    )
-
-
-async def _run(cfg: FuturesSimConfig, faults: list[Any], duration: float | None) -> None:
-    import contextlib
-    import signal
-
-    sim = FuturesSimulator(cfg)
-    await sim.start()
-    what = f"replay {cfg.replay}" if cfg.replay else f"{', '.join(sim.market.products)} at {cfg.rate:g} deltas/s"
-    print(f"kraken-relay sim (futures): {what}", flush=True)
-    for line in sim.lines:
-        print(
-            f"  line {line.idx}: {line.url}  REST {sim.rest_url.rsplit(':', 1)[0]}:{line.port}"
-            f"/derivatives/api/v3/instruments",
-            flush=True,
-        )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    for f in faults:  # scripted faults: at seconds after start
-
-        def fire(f: Any = f) -> None:
-            print(
-                f"{time.strftime('%H:%M:%S')} fault line {f.line}: {f.kind} {f.duration or ''} {f.params}", flush=True
-            )
-            sim.inject(f.line, f.kind, f.duration, **f.params)
-
-        loop.call_later(f.at, fire)
-    try:
-        if duration is None:
-            await stop.wait()
-        else:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
-    finally:
-        await sim.stop()
-
-
-@dataclass
-class FuturesFault:
-    at: float
-    line: int | str
-    kind: str
-    duration: float | None
-    params: dict[str, Any]
-
-
-def parse_fault(text: str) -> FuturesFault:
-    """`T:LINE:KIND[:DURATION][:k=v,...]`, as the Spot simulator's `--fault`, with futures kinds."""
-    parts = text.split(":")
-    if len(parts) < 3:
-        raise ValueError(f"fault {text!r}: expected T:LINE:KIND[:DURATION][:key=value,...]")
-    duration, params = None, {}
-    for extra in parts[3:]:
-        if "=" in extra:
-            for kv in extra.split(","):
-                k, _, v = kv.partition("=")
-                params[k.strip()] = int(v) if v.strip().isdigit() else v.strip()
-        elif extra:
-            duration = float(extra)
-    line = parts[1] if parts[1] == "all" else int(parts[1])
-    return FuturesFault(float(parts[0]), line, parts[2], duration, params)
-
-
-def main(args: Any) -> int:
-    """`kraken-relay sim --protocol futures [--products PF_XBTUSD,...] [--replay capture]`."""
-    import sys
-
-    try:
-        cfg = build_config(args)
-        faults = [parse_fault(f) for f in args.fault]
-        if args.faults:
-            raise ValueError("--faults FILE is Spot-only; use --fault T:LINE:KIND[:DUR][:k=v] with futures")
-        for f in faults:
-            if f.kind not in FUTURES_FAULTS:
-                raise ValueError(f"fault {f.kind!r} is not simulated for futures ({', '.join(FUTURES_FAULTS)})")
-        FuturesMarket(cfg)  # validate the replay file before binding anything
-    except (ValueError, OSError) as exc:
-        print(f"kraken-relay sim: {exc}", file=sys.stderr)
-        return 2
-    try:
-        import uvloop
-
-        uvloop.run(_run(cfg, faults, args.duration))
-    except OSError as exc:
-        print(f"kraken-relay sim: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0

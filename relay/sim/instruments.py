@@ -1,8 +1,8 @@
 """Symbols the simulator can serve, with Kraken's real precisions, and the REST answers built from them.
 
 Precisions decide the wire text of every number and therefore every checksum, so they come from
-the real v2 `instrument` snapshot when the fixtures are present (env `KRAKEN_INSTRUMENTS` or the
-repository's shared fixtures), else from a small built-in table of major pairs. The REST
+a small built-in table of major pairs (real values), extended by a real v2 `instrument` snapshot when
+one is given (`SimConfig.instruments`, `kraken-relay sim --instruments FILE` / `--fixtures DIR`). The REST
 `AssetPairs`/`Assets` answers are synthesized in Kraken's shape (v1 `wsname`, X/Z-prefixed
 legacy asset ids) because clients such as ccxt and python-kraken-sdk load them at start-up.
 """
@@ -10,15 +10,9 @@ legacy asset ids) because clients such as ccxt and python-kraken-sdk load them a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-_FIXTURE = (
-    Path(__file__).resolve().parents[3]
-    / "shared/fixtures/kraken/kraken-data-recorder/test/data/instrument_snapshot.json"
-)
 
 # symbol -> (price_precision, qty_precision, qty_min, cost_min): real values (2024-04 snapshot).
 BUILTIN: dict[str, tuple[int, int, float, float]] = {
@@ -125,25 +119,13 @@ class Instrument:
         }
 
 
-def _fixture_path() -> Path | None:
-    """Where the real instrument snapshot is: env, then beside the checkout, then beside the cwd."""
-    env = os.environ.get("KRAKEN_INSTRUMENTS")
-    if env:
-        return Path(env)
-    rel = Path("kraken-data-recorder/test/data/instrument_snapshot.json")
-    fixtures = os.environ.get("KRAKEN_FIXTURES")
-    candidates = [Path(fixtures) / rel] if fixtures else []
-    candidates += [_FIXTURE, Path.cwd().parent / "shared/fixtures/kraken" / rel]
-    return next((c for c in candidates if c.exists()), None)
-
-
 def load_instruments(path: Path | None = None) -> dict[str, Instrument]:
-    """All known pairs: the real instrument snapshot if readable, else the built-in table."""
+    """All known pairs: the built-in table, plus (and overridden by) the pairs of the v2 `instrument`
+    snapshot at `path` if given and readable."""
     out: dict[str, Instrument] = {}
     for sym, (pp, qp, qmin, cmin) in BUILTIN.items():
         base, quote = sym.split("/")
         out[sym] = Instrument(sym, base, quote, pp, qp, qmin, cmin)
-    path = path or _fixture_path()
     try:
         data = json.loads(path.read_text()) if path else None
     except (OSError, ValueError):
@@ -220,7 +202,7 @@ def rest_asset_pairs(instruments: list[Instrument]) -> dict[str, Any]:
 
 def rest_assets(instruments: list[Instrument]) -> dict[str, Any]:
     """`GET /0/public/Assets` answer: every base and quote of the simulated symbols."""
-    result = {}
+    result: dict[str, dict[str, Any]] = {}
     for inst in instruments:
         for asset, decimals in ((inst.base, inst.qty_precision), (inst.quote, 4)):
             aid = _asset_id(asset)

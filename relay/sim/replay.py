@@ -49,7 +49,8 @@ class ReplaySource:
             raise ValueError(f"{path}: no book snapshot at the start of the capture")
         self.frames = [ev.raw for ev in self.events]
         sym = self.events[0].symbol
-        inst = instruments.get(sym) or Instrument(sym, *sym.split("/"), 8, 8)
+        base, _, quote = sym.partition("/")
+        inst = instruments.get(sym) or Instrument(sym, base, quote, 8, 8)
         self.symbols = {sym: _ReplaySymbol(inst)}
         self.symbol = sym
         self.rate = rate

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -47,7 +47,10 @@ from relay.protocols.spot_v2.wire import (
     now_rfc3339,
 )
 from relay.sim import v1 as simv1
-from relay.sim.faults import FAULT_KINDS, FaultSpec
+from relay.sim.common import CLOSE_REASONS, LineConfig, select_lines
+from relay.sim.common import json_response as _json_response
+from relay.sim.control import ControlServer
+from relay.sim.faults import FAULT_KINDS, FaultSpec, check_kind, run_schedule
 from relay.sim.instruments import (
     Instrument,
     instrument_data,
@@ -60,20 +63,11 @@ from relay.sim.replay import ReplaySource
 from relay.sim.tasks import background as _background
 from relay.sim.tasks import supervise
 
+__all__ = ["LineConfig", "SimConfig", "Simulator", "corrupt_checksum"]
+
 SubKey = tuple[str, str, int]  # (channel, symbol, key): key = depth / interval / ticker trigger / 0
-CLOSE_REASONS = {1001: "CloudFlare WebSocket proxy restarting", 1013: "Market data unavailable"}
 MAX_REQUEST_LOG = 10_000
 MAX_CONN_LOG = 10_000
-
-
-@dataclass
-class LineConfig:
-    """One redundant line: its own port, added latency and jitter (seconds)."""
-
-    latency: float = 0.0
-    jitter: float = 0.0
-    port: int = 0
-    name: str | None = None
 
 
 @dataclass
@@ -88,6 +82,9 @@ class SimConfig:
     host: str = "127.0.0.1"
     control_port: int | None = None  # HTTP control endpoint (0 = any free port)
     replay: str | None = None  # path of a v2 capture (ndjson) to replay instead of generating
+    # Kraken v2 `instrument` snapshot (JSON) giving every pair's real precisions; None: the built-in
+    # table of major pairs (relay.sim.instruments.BUILTIN). Never looked for anywhere else.
+    instruments: str | None = None
     replay_loop: bool = True
     levels: int = 1000  # levels per side of each generated book
     burst_every: float = 5.0
@@ -157,6 +154,27 @@ class SimConn:
         if self.ws.transport is not None:
             self.ws.transport.abort()
 
+    # -- what a Spot v1 request needs (`simv1.V1Session`) -----------------------------------
+    @property
+    def requests(self) -> list[tuple[float, dict[str, Any]]]:
+        return self.line.sim.requests[self.line.idx]
+
+    def rate_ok(self) -> bool:
+        return self.line.sim._rate_ok(self)
+
+    def market_subscribe(self, key: SubKey) -> int:
+        market = self.line.sim.market
+        market.want(key[0], key[1], key[2], 1)
+        self.line.subscribe(self, key, market.seq)
+        return market.seq
+
+    def market_unsubscribe(self, key: SubKey) -> None:
+        self.line.unsubscribe(self, key)
+        self.line.sim.market.want(key[0], key[1], key[2], -1)
+
+    def market_snapshot(self, key: SubKey) -> bytes | None:
+        return self.line.sim.market.snapshot(key[0], key[1], key[2], time.time())
+
 
 class Line:
     """One port serving the shared market with its own latency, jitter and faults."""
@@ -181,7 +199,8 @@ class Line:
         self.sent_frames = 0
         self.late_sum = 0.0
         self.late_max = 0.0
-        self.v1 = simv1.V1Framer(sim, idx)  # Spot v1 framing for this line's clients on `/`
+        # Spot v1 framing for this line's clients on `/`
+        self.v1 = simv1.V1Framer([sim.instruments_all[s] for s in sim.market.symbols], idx)
 
     # -- fault state ------------------------------------------------------------------------
     @property
@@ -287,7 +306,7 @@ class Line:
         index = self.index
         seq = ev.seq
         sent = 0
-        v1cache: dict = {}
+        v1cache: dict[tuple[SubKey, tuple[str, str, str]], bytes] = {}
         for key, frame in frames.items():
             subs = index.get((ch, sym, key))
             if not subs:
@@ -299,7 +318,7 @@ class Line:
                     if conn.v1 is None:
                         conn.put(frame)
                     else:
-                        for f in simv1.translate_for(conn, (ch, sym, key), frame, v1cache):
+                        for f in simv1.translate_for(conn.v1, self.v1, (ch, sym, key), frame, v1cache):
                             conn.put(f)
                     dirty.add(conn)
                     sent += 1
@@ -336,7 +355,7 @@ class Line:
                     if conn.v1 is None:
                         conn.put(frame)
                     else:
-                        for f in simv1.translate_for(conn, key, frame, {}):
+                        for f in simv1.translate_for(conn.v1, self.v1, key, frame, {}):
                             conn.put(f)
             conn.flush()
 
@@ -354,24 +373,14 @@ def corrupt_checksum(frame: bytes) -> bytes:
     return frame[:j] + b"%d" % ((value + 1) & 0xFFFFFFFF) + frame[k:]
 
 
-def _json_response(body: Any, status: int = 200) -> Response:
-    data = orjson.dumps(body)
-    headers = Headers(
-        [
-            ("Content-Type", "application/json; charset=utf-8"),
-            ("Content-Length", str(len(data))),
-            ("Connection", "close"),
-        ]
-    )
-    return Response(status, HTTPStatus(status).phrase, headers, data)
-
-
 class Simulator:
     """The simulated Kraken: `await start()`, then connect to `urls`; see the module docstring."""
 
     def __init__(self, config: SimConfig | None = None, **kwargs: Any) -> None:
         self.config = config = config or SimConfig(**kwargs)
-        self.instruments_all = load_instruments()
+        self.instruments_all = load_instruments(None if config.instruments is None else Path(config.instruments))
+        for spec in config.faults:
+            check_kind(spec.kind, "v2")
         missing = [s for s in config.symbols if s not in self.instruments_all]
         if missing:
             raise ValueError(f"unknown symbols: {', '.join(missing)}")
@@ -397,9 +406,9 @@ class Simulator:
         self.requests: list[list[tuple[float, dict[str, Any]]]] = []
         self.connection_log: list[list[tuple[float, str, str]]] = []
         self.fault_log: list[tuple[float, int, str, str]] = []  # (time, line, kind, "start"/"end")
-        self.control = None
+        self.control: ControlServer | None = None
         self.control_port: int | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._cid = random.Random(config.seed).getrandbits(63)
         self._instrument_frame = encode_instrument(True, instrument_data(self.instruments))
         self.started_at = 0.0
@@ -424,11 +433,10 @@ class Simulator:
         for line in self.lines:
             supervise(self._tasks, line.run, f"sim-line-{line.idx}", self._log, alive)
         if cfg.faults:
-            self._tasks.append(asyncio.create_task(self._run_schedule(cfg.faults), name="sim-faults"))
+            schedule = run_schedule(cfg.faults, self.started_at, self._fire, self._log)
+            self._tasks.append(asyncio.create_task(schedule, name="sim-faults"))
         if cfg.control_port is not None:
-            from relay.sim.control import ControlServer
-
-            self.control = ControlServer(self)
+            self.control = ControlServer(self, FAULT_KINDS)
             self.control_port = await self.control.start(cfg.host, cfg.control_port)
         return self
 
@@ -540,16 +548,8 @@ class Simulator:
                     if conn.subs and mono - conn.last_sent >= hb:
                         conn.send(HEARTBEAT if conn.v1 is None else simv1.HEARTBEAT)
 
-    async def _run_schedule(self, specs: list[FaultSpec]) -> None:
-        loop = asyncio.get_running_loop()
-        for spec in sorted(specs, key=lambda s: s.at):
-            delay = self.started_at + spec.at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                self.inject(spec.line, spec.kind, spec.duration, **spec.params)
-            except ValueError as exc:
-                self._log(f"fault {spec}: {exc}")
+    def _fire(self, spec: FaultSpec) -> None:
+        self.inject(spec.line, spec.kind, spec.duration, **spec.params)
 
     # -- handshake / REST -------------------------------------------------------------------
     def _process_request(self, conn: ServerConnection, request: Request, line: Line) -> Response | None:
@@ -629,7 +629,7 @@ class Simulator:
 
     def _on_message(self, conn: SimConn, raw: bytes) -> None:
         if conn.v1 is not None:
-            simv1.on_message(self, conn, raw)
+            simv1.on_message(conn, conn.v1, conn.line.v1, raw)
             return
         time_in = now_rfc3339()
         try:
@@ -667,12 +667,15 @@ class Simulator:
         conn.tokens -= 1.0
         return True
 
-    def _subscribe(self, conn: SimConn, msg: dict, method: str, req_id: int | None, time_in: str) -> None:
+    def _subscribe(self, conn: SimConn, msg: dict[str, Any], method: str, req_id: int | None, time_in: str) -> None:
         def error(text: str, symbol: str | None = None) -> None:
             conn.put(encode_error(method, text, req_id, time_in, now_rfc3339(), symbol))
 
         params = msg.get("params")
-        channel = params.get("channel") if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            error("Malformed request")
+            return
+        channel = params.get("channel")
         if not isinstance(channel, str):
             error("Malformed request")
             return
@@ -778,16 +781,11 @@ class Simulator:
 
     # -- faults -----------------------------------------------------------------------------
     def _lines_of(self, line: int | str | None) -> list[Line]:
-        if line is None or line == "all" or line == -1:
-            return list(self.lines)
-        if not isinstance(line, int) or not 0 <= line < len(self.lines):
-            raise ValueError(f"no line {line!r} (have {len(self.lines)})")
-        return [self.lines[line]]
+        return select_lines(self.lines, line)
 
     def inject(self, line: int | str | None, kind: str, duration: float | None = None, **params: Any) -> None:
         """Start fault `kind` on `line` (an index, or -1/"all" for every line and the market)."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r} (one of {', '.join(FAULT_KINDS)})")
+        check_kind(kind, "v2")
         targets = self._lines_of(line)
         market_wide = len(targets) > 1 or line in (None, "all", -1)
         if kind in ("silent_symbol", "corrupt_checksum"):

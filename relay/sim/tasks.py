@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 RESTART_AFTER = 1.0  # s: a task that fails again at once must not spin
 
 
 def supervise(
-    tasks: list[asyncio.Task],
-    run: Callable[[], Awaitable[None]],
+    tasks: list[asyncio.Task[None]],
+    run: Callable[[], Coroutine[Any, Any, None]],
     name: str,
     log: Callable[[str], None] | None,
     alive: Callable[[], bool],
@@ -26,11 +27,11 @@ def supervise(
 
     def start() -> None:
         if alive():
-            task = asyncio.create_task(run(), name=name)  # type: ignore[arg-type]
+            task = asyncio.create_task(run(), name=name)
             task.add_done_callback(done)
             tasks.append(task)
 
-    def done(task: asyncio.Task) -> None:
+    def done(task: asyncio.Task[None]) -> None:
         if task in tasks:
             tasks.remove(task)
         if task.cancelled() or not alive() or task.exception() is None:

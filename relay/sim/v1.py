@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
+from relay.core.book import LevelTuple
+from relay.core.events import BookEvent
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.protocols.spot_v1.wire import (
     HEARTBEAT,
@@ -35,13 +38,38 @@ from relay.protocols.spot_v1.wire import (
     encode_system_status,
 )
 from relay.protocols.spot_v2.wire import V2Parser
-from relay.sim.instruments import rest_asset_pairs
+from relay.sim.instruments import Instrument, rest_asset_pairs
 from relay.sim.market import TICKER_BBO, TICKER_TRADES
 
-if TYPE_CHECKING:  # pragma: no cover
-    from relay.sim.server import SimConn, Simulator
+MarketKey = tuple[str, str, int]  # (channel, v2 symbol, key): the simulator's market subscription
 
-__all__ = ["V1Conn", "V1Framer", "HEARTBEAT", "hello", "on_message"]
+
+class V1Session(Protocol):
+    """What a v1 request needs from the simulator connection it arrived on (`server.SimConn`).
+
+    A seam, so that this module does not depend on the server that uses it."""
+
+    @property
+    def requests(self) -> list[tuple[float, dict[str, Any]]]:
+        """This line's request log."""
+        ...
+
+    def put(self, frame: bytes) -> None: ...
+
+    def rate_ok(self) -> bool:
+        """Take a subscribe token (False: `Exceeded msg rate`)."""
+        ...
+
+    def market_subscribe(self, key: MarketKey) -> int:
+        """Subscribe this connection to a market stream; the market sequence number of the start."""
+        ...
+
+    def market_unsubscribe(self, key: MarketKey) -> None: ...
+
+    def market_snapshot(self, key: MarketKey) -> bytes | None: ...
+
+
+__all__ = ["V1Conn", "V1Framer", "V1Session", "HEARTBEAT", "hello", "on_message", "translate_for"]
 
 _NUM = re.compile(rb'"(\w+)":(-?[0-9][0-9.eE+-]*)')
 _STR = re.compile(rb'"(\w+)":"([^"]*)"')
@@ -76,21 +104,22 @@ class V1Conn:
 
     def __init__(self) -> None:
         # market key (channel, v2 symbol, key) -> list of (v1 channel, channelName, pair)
-        self.streams: dict[tuple[str, str, int], list[tuple[str, str, str]]] = {}
+        self.streams: dict[MarketKey, list[tuple[str, str, str]]] = {}
 
 
 class V1Framer:
     """Translate the market's v2 frames for one line's v1 clients."""
 
-    def __init__(self, sim: Simulator, line_idx: int) -> None:
-        self.sim = sim
+    def __init__(self, instruments: Iterable[Instrument], line_idx: int) -> None:
+        """`instruments`: the simulated symbols' instruments (the market's symbols)."""
         self.parser = V2Parser()
         self.ids: dict[tuple[str, str], int] = {}
         self.base = 100 + 1000 * line_idx
         self.v1_name: dict[str, str] = {}
         self.v2_name: dict[str, str] = {}
-        for sym in sim.market.symbols:
-            info = next(iter(rest_asset_pairs([sim.instruments_all[sym]])["result"].values()))
+        for inst in instruments:
+            sym = inst.symbol
+            info = next(iter(rest_asset_pairs([inst])["result"].values()))
             self.v1_name[sym] = info["wsname"]
             self.v2_name[info["wsname"]] = sym
 
@@ -113,17 +142,19 @@ class V1Framer:
     def _payload(self, channel: str, raw: bytes) -> bytes | None:
         if channel == "book":
             ev = self.parser.parse(raw)
-            bids, asks = getattr(ev, "bids", None), getattr(ev, "asks", None)
-            if bids is None:
+            if not isinstance(ev, BookEvent):
                 return None
-            ts = epoch(ev.timestamp)  # type: ignore[union-attr]
+            bids, asks = ev.bids, ev.asks
+            ts = epoch(ev.timestamp)
 
-            def lv(levels: list) -> bytes:
+            def lv(levels: list[LevelTuple]) -> bytes:
                 return b",".join(b'["' + p + b'","' + q + b'","' + ts + b'"]' for _, p, q in levels)
 
-            if ev.snapshot:  # type: ignore[union-attr]
+            if ev.snapshot:
                 return b'{"as":[' + lv(asks) + b'],"bs":[' + lv(bids) + b"]}"
-            crc = b'"c":"%d"' % ev.checksum  # type: ignore[union-attr]
+            if ev.checksum is None:  # an update without a checksum: not a Kraken frame
+                return None
+            crc = b'"c":"%d"' % ev.checksum
             if asks and bids:
                 return b'{"a":[' + lv(asks) + b']},{"b":[' + lv(bids) + b"]," + crc + b"}"
             if asks:
@@ -232,15 +263,13 @@ def market_key(channel: str, sym: str, sub_key: int) -> tuple[str, str, int]:
     return (channel, sym, sub_key)
 
 
-def on_message(sim: Simulator, conn: SimConn, raw: bytes) -> None:
-    """One v1 request from a client of the simulator."""
-    line = conn.line
-    framer: V1Framer = line.v1
+def on_message(conn: V1Session, state: V1Conn, framer: V1Framer, raw: bytes) -> None:
+    """One v1 request from a client of the simulator (`state`: its v1 streams, `framer`: its line's)."""
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError:
         msg = None
-    reqs = sim.requests[line.idx]
+    reqs = conn.requests
     reqs.append((time.time(), msg if isinstance(msg, dict) else {"_raw": raw[:200].decode("utf-8", "replace")}))
     del reqs[:-10_000]
     if not isinstance(msg, dict):
@@ -262,7 +291,7 @@ def on_message(sim: Simulator, conn: SimConn, raw: bytes) -> None:
         return
     name = sub.get("name")
     echo: dict[str, Any] = {"name": name}
-    if not sim._rate_ok(conn):
+    if not conn.rate_ok():
         for p in pairs:
             conn.put(encode_subscription_status("error", p, echo, rid, error="Exceeded msg rate"))
         return
@@ -278,7 +307,7 @@ def on_message(sim: Simulator, conn: SimConn, raw: bytes) -> None:
     else:
         ok = name in ("trade", "ticker", "spread")
         err = "Subscription name invalid"
-    state: V1Conn = conn.v1
+    channel = name if isinstance(name, str) else ""  # == name whenever `ok`
     for pair in pairs:
         if not ok:
             conn.put(encode_subscription_status("error", pair, echo, rid, error=err))
@@ -287,9 +316,9 @@ def on_message(sim: Simulator, conn: SimConn, raw: bytes) -> None:
         if sym is None:
             conn.put(encode_subscription_status("error", pair, echo, rid, error=f"Currency pair not supported {pair}"))
             continue
-        cname = f"{name}-{key}" if name in ("book", "ohlc") else name
-        mkey = market_key(name, sym, key)
-        stream = (name, cname, pair)
+        cname = f"{channel}-{key}" if channel in ("book", "ohlc") else channel
+        mkey = market_key(channel, sym, key)
+        stream = (channel, cname, pair)
         streams = state.streams.get(mkey, [])
         if event == "subscribe":
             if stream in streams:
@@ -297,13 +326,12 @@ def on_message(sim: Simulator, conn: SimConn, raw: bytes) -> None:
                 continue
             conn.put(encode_subscription_status("subscribed", pair, echo, rid, cname, framer.channel_id(cname, pair)))
             if not streams:
-                sim.market.want(mkey[0], mkey[1], mkey[2], 1)
-                line.subscribe(conn, mkey, sim.market.seq)
+                conn.market_subscribe(mkey)
             state.streams.setdefault(mkey, []).append(stream)
-            if sub.get("snapshot", True) and name != "spread":
-                snap = sim.market.snapshot(mkey[0], sym, mkey[2], time.time())
+            if sub.get("snapshot", True) and channel != "spread":
+                snap = conn.market_snapshot(mkey)
                 if snap is not None:
-                    f = framer.frame(name, cname, pair, snap)
+                    f = framer.frame(channel, cname, pair, snap)
                     if f is not None:
                         conn.put(f)
         else:
@@ -313,20 +341,25 @@ def on_message(sim: Simulator, conn: SimConn, raw: bytes) -> None:
             streams.remove(stream)
             if not streams:
                 state.streams.pop(mkey, None)
-                line.unsubscribe(conn, mkey)
-                sim.market.want(mkey[0], mkey[1], mkey[2], -1)
+                conn.market_unsubscribe(mkey)
             conn.put(encode_subscription_status("unsubscribed", pair, echo, rid, cname, framer.channel_id(cname, pair)))
 
 
-def translate_for(conn: SimConn, key: tuple[str, str, int], frame: bytes, cache: dict) -> list[bytes]:
-    """The v1 frames a v2 market frame on `key` becomes for this connection. `cache` lives for one
-    dispatch of one market event, where each key has exactly one frame."""
+def translate_for(
+    state: V1Conn,
+    framer: V1Framer,
+    key: MarketKey,
+    frame: bytes,
+    cache: dict[tuple[MarketKey, tuple[str, str, str]], bytes],
+) -> list[bytes]:
+    """The v1 frames a v2 market frame on `key` becomes for a connection (`state`) of `framer`'s
+    line. `cache` lives for one dispatch of one market event, where each key has exactly one frame."""
     out = []
-    for stream in conn.v1.streams.get(key, ()):
+    for stream in state.streams.get(key, ()):
         ck = (key, stream)
         f = cache.get(ck)
         if f is None:
-            f = cache[ck] = conn.line.v1.frame(stream[0], stream[1], stream[2], frame) or b""
+            f = cache[ck] = framer.frame(stream[0], stream[1], stream[2], frame) or b""
         if f:
             out.append(f)
     return out

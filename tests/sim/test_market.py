@@ -149,7 +149,8 @@ def test_real_instrument_snapshot_gives_precisions_beyond_the_builtin_table() ->
 
     if not INSTRUMENT_SNAPSHOT.exists():
         pytest.skip("fixtures not available")
-    insts = load_instruments()
+    assert len(load_instruments()) == len(BUILTIN)  # no snapshot given: the built-in table only
+    insts = load_instruments(INSTRUMENT_SNAPSHOT)
     assert len(insts) > 600
     atom = insts["ATOM/USD"]
     assert atom.raw["symbol"] == "ATOM/USD" and atom.price_precision == atom.raw["price_precision"]
