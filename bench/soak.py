@@ -6,7 +6,7 @@
 Processes: `kraken-relay sim` (3 lines, several symbols at a realistic rate) and the relay
 (`bench/e2e_relay.py`, each upstream leaving from its own loopback address 127.0.0.1/2/3 so a
 429 on one line does not block the others' egress, as with separate Kraken IPs). In this
-process: the demo's `VerifyingClient` (every book checksum, every trade id), python-kraken-sdk's
+process: `relay.verify`'s v2 verifying client (every book checksum, every trade id), python-kraken-sdk's
 `SpotOrderBookClient` (checks checksums itself) and ccxt's `watch_order_book` (books checked
 against every frame's checksum by `tests/clients.py`).
 
@@ -103,7 +103,7 @@ async def run(
     ccxt: bool = True,
     log=print,
 ) -> dict:
-    from relay.demo import VerifyingClient
+    from relay.verify import V2Verifier, VerifyingClient
 
     rng = random.Random(seed)
     lines = [(0.001, 0.001), (0.002, 0.002), (0.003, 0.001)]
@@ -134,7 +134,8 @@ async def run(
         relay = await start_relay(cfg)
         await wait_relay_ready(relay, 30)
         url = f"ws://127.0.0.1:{relay.port}/v2"
-        vc = VerifyingClient(url, SYMBOLS, 25)
+        verifier = V2Verifier(SYMBOLS, 25)
+        vc = VerifyingClient(url, verifier)
         tasks.append(asyncio.create_task(vc.run()))
         n_clients = 1
         sdk_task = ccxt_task = None
@@ -220,11 +221,11 @@ async def run(
             "faults": len(faults),
             "fault_kinds": sorted({f["kind"] for f in faults}),
             "verifying_client": {
-                "book_frames": vc.book_frames,
-                "bad_checksums": vc.bad,
-                "trades": vc.trades,
-                "gaps": vc.gaps,
-                "duplicates": vc.dups,
+                "book_frames": verifier.book_frames,
+                "bad_checksums": len(verifier.checksum_bad),
+                "trades": verifier.trade_count,
+                "gaps": len(verifier.trade_gaps),
+                "duplicates": verifier.trade_dups,
                 "disconnects": vc.disconnects,
             },
             "kraken_sdk": None
@@ -254,11 +255,11 @@ async def run(
         problems.append(
             f"client disconnects (verifying client {vc.disconnects}, relay gauge min {connected_min}/{n_clients})"
         )
-    if vc.bad or (sdk_res and sdk_res.invalid) or (ccxt_res and ccxt_res.invalid):
+    if verifier.checksum_bad or (sdk_res and sdk_res.invalid) or (ccxt_res and ccxt_res.invalid):
         problems.append("checksum mismatches at clients")
-    if vc.dups or (vc.gaps and not allow_all):
-        problems.append(f"trades: {vc.gaps} gaps, {vc.dups} duplicates")
-    if vc.book_frames == 0 or vc.trades == 0:
+    if verifier.trade_dups or (verifier.trade_gaps and not allow_all):
+        problems.append(f"trades: {len(verifier.trade_gaps)} gaps, {verifier.trade_dups} duplicates")
+    if verifier.book_frames == 0 or verifier.trade_count == 0:
         problems.append("verifying client received no data")
     for name, res in (("kraken_sdk", sdk_res), ("ccxt", ccxt_res)):
         if res is not None and (client_errors(res) or res.frames == 0):

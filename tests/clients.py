@@ -26,14 +26,13 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from relay.sim.instruments import load_instruments, rest_asset_pairs, rest_assets
+from tests.kit.paths import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kraken"
 KRAKEN_REST_CAPTURE = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.0"
 
 

@@ -1,24 +1,16 @@
-"""Shared test helpers: where the real Kraken captures live, and small loaders for them."""
+"""Suite-wide test configuration: hypothesis profiles.
+
+Paths and capture loaders live in tests.kit.paths; they are re-exported here for modules that
+still import them from tests.conftest.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
+from tests.kit.paths import FIXTURES, INSTRUMENT_SNAPSHOT, ROOT, V2_WIRE, v2_wire_frames
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("KRAKEN_FIXTURES", ROOT.parent / "shared" / "fixtures" / "kraken"))
-V2_WIRE = FIXTURES / "derived" / "python-kraken-sdk_orderbook-v2.wire.ndjson"
-INSTRUMENT_SNAPSHOT = FIXTURES / "kraken-data-recorder" / "test" / "data" / "instrument_snapshot.json"
-
-
-def v2_wire_frames() -> list[bytes]:
-    """The real v2 BTC/USD depth-10 capture: 1 snapshot + 509 updates, wire lexemes."""
-    if not V2_WIRE.exists():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
-    return [ln.strip() for ln in V2_WIRE.read_bytes().splitlines() if ln.strip()]
-
+__all__ = ["FIXTURES", "INSTRUMENT_SNAPSHOT", "ROOT", "V2_WIRE", "v2_wire_frames"]
 
 try:  # hypothesis profiles: CI runs thousands of generated cases, local runs fewer
     from hypothesis import HealthCheck, settings

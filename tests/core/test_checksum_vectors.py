@@ -5,7 +5,7 @@ from __future__ import annotations
 from relay.core.book import Book, Level
 from relay.core.checksum import book_checksum, level3_checksum
 from relay.protocols.spot_v2.wire import V2Parser
-from tests.conftest import v2_wire_frames
+from tests.kit.paths import v2_wire_frames
 
 
 def _pairs(text: str) -> list[tuple[bytes, bytes]]:

@@ -6,9 +6,9 @@ import orjson
 
 from relay.core.outputs import ResyncRequest
 from relay.protocols.spot_v2.wire import encode_elements
-from tests.conftest import v2_wire_frames
 from tests.core.harness import VerifyingClient, new_merge
 from tests.core.streams import book_stream, trade_frames
+from tests.kit.paths import v2_wire_frames
 
 
 def corrupt_checksum(frame: bytes) -> bytes:
@@ -323,12 +323,9 @@ def test_ohlc_newest_candle_wins_and_snapshots_are_reframed_as_updates() -> None
 
 
 def test_instrument_snapshot_is_served_byte_exact_until_it_changes() -> None:
-    import pytest
+    from tests.kit.paths import INSTRUMENT_SNAPSHOT, need_fixture
 
-    from tests.conftest import INSTRUMENT_SNAPSHOT
-
-    if not INSTRUMENT_SNAPSHOT.exists():
-        pytest.skip("instrument fixture missing")
+    need_fixture(INSTRUMENT_SNAPSHOT, "instrument fixture")
     raw = orjson.dumps(orjson.loads(INSTRUMENT_SNAPSHOT.read_bytes()))
     m, (a, b) = new_merge()
     m.feed(a, raw, 0)

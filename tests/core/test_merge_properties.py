@@ -10,12 +10,13 @@ from __future__ import annotations
 import heapq
 import random
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.protocols.spot_v2.wire import encode_book, encode_elements
 from tests.core.harness import VerifyingClient, new_merge
 from tests.core.streams import book_stream, trade_frames
+from tests.kit.props import capped
 
 N_UPDATES = 40
 STREAMS = {seed: book_stream(N_UPDATES, depth=10, seed=seed) for seed in range(8)}
@@ -48,6 +49,7 @@ def deliveries(n: int, plan: dict, complete: bool, dt: float = 0.01) -> list[tup
     return out
 
 
+@settings(max_examples=capped(1500))  # ~6 ms an example
 @given(
     stream_seed=st.integers(0, 7),
     plans=st.lists(line_plan, min_size=2, max_size=3),
@@ -129,6 +131,7 @@ def test_published_trades_are_the_full_sequence_once_each(trade_seed: int, plans
     assert m.counters.gaps_reported == 0
 
 
+@settings(max_examples=capped(600))  # ~22 ms an example: a depth-100 stream built for each
 @given(seed=st.integers(0, 10_000), depths=st.sets(st.sampled_from([10, 25]), min_size=1), late=st.integers(0, 60))
 def test_depth_views_are_valid_for_clients_joining_at_any_time(seed: int, depths: set[int], late: int) -> None:
     """A client at depth 10 or 25 of a depth-100 book, joining with a snapshot at any point, holds

@@ -21,14 +21,13 @@ from relay.core.events import (
     UnknownEvent,
 )
 from relay.protocols.spot_v2.wire import Precisions, V2Parser, encode_book
-from tests.conftest import FIXTURES, INSTRUMENT_SNAPSHOT
+from tests.kit.paths import FIXTURES, INSTRUMENT_SNAPSHOT, need_fixture
 
 NAUTILUS = FIXTURES / "nautilus_trader" / "crates" / "adapters" / "kraken" / "test_data"
 
 
 def compact(path) -> bytes:
-    if not path.exists():
-        pytest.skip(f"missing fixture {path}")
+    need_fixture(path)
     return orjson.dumps(json.loads(path.read_text()))
 
 
@@ -86,8 +85,7 @@ def test_trade_elements_keep_their_exact_text() -> None:
 
 
 def test_instrument_snapshot_teaches_precisions() -> None:
-    if not INSTRUMENT_SNAPSHOT.exists():
-        pytest.skip("instrument fixture missing")
+    need_fixture(INSTRUMENT_SNAPSHOT, "instrument fixture")
     p = V2Parser()
     ev = p.parse(INSTRUMENT_SNAPSHOT.read_bytes())
     assert isinstance(ev, InstrumentEvent) and len(ev.data["pairs"]) == 683
@@ -125,8 +123,7 @@ def test_unknown_keys_are_ignored() -> None:
 def test_reserialized_capture_replays_with_instrument_precision() -> None:
     """The python-kraken-sdk file lost its lexemes (4.0, 0.001): 0/510 as is, 510/510 re-formatted."""
     path = FIXTURES / "python-kraken-sdk" / "tests" / "spot" / "fixture" / "orderbook-v2.json"
-    if not path.exists():
-        pytest.skip("fixture missing")
+    need_fixture(path)
     doc = json.loads(path.read_text())
     frames = [orjson.dumps(doc["init"])] + [orjson.dumps(u) for u in doc["updates"]]
     prec = Precisions()

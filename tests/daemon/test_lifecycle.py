@@ -11,53 +11,23 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import websockets
 import yaml
 
-from relay.core.book import Book
 from relay.core.events import BookEvent
-from relay.protocols.spot_v2.wire import V2Parser, encode_subscribe
+from relay.protocols.spot_v2.wire import encode_subscribe
 from relay.sim import LineConfig, SimConfig, Simulator
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Daemon:
-    def __init__(self, proc: subprocess.Popen, config_path: Path, ws_url: str, http_url: str) -> None:
-        self.proc, self.config_path, self.ws_url, self.http_url = proc, config_path, ws_url, http_url
-
-    def http(self, path: str) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(self.http_url + path, timeout=2) as r:
-                return r.status, orjson.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, orjson.loads(e.read() or b"null")
-
-    async def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                if (await asyncio.to_thread(self.http, "/readyz"))[0] == 200:
-                    return
-            await asyncio.sleep(0.2)
-        raise AssertionError("relay never became ready")
+from tests.kit.books import V2BookVerifier
+from tests.kit.daemon import Daemon
+from tests.kit.net import free_port
+from tests.kit.paths import ROOT
 
 
 def write_config(path: Path, urls: list[str], symbols: list[str], ws_port: int, http_port: int) -> None:
@@ -107,14 +77,22 @@ class Client:
 
     def __init__(self, url: str, symbols: list[str]) -> None:
         self.url, self.symbols = url, symbols
-        self.frames = self.bad = 0
+        self.verifier = V2BookVerifier(depth=10, require_snapshot=False)
         self.close_code: int | None = None
         self.closed_at: float | None = None
         self.acks: list[dict] = []
         self.task: asyncio.Task | None = None
 
+    @property
+    def frames(self) -> int:
+        return self.verifier.frames
+
+    @property
+    def bad(self) -> int:
+        return self.verifier.bad
+
     async def run(self) -> None:
-        parser, books = V2Parser(), {}
+        parser = self.verifier.parser
         async with websockets.connect(self.url) as ws:
             await ws.send(encode_subscribe("book", self.symbols, 1, depth=10).decode())
             try:
@@ -122,14 +100,7 @@ class Client:
                     raw = raw.encode() if isinstance(raw, str) else raw
                     ev = parser.parse(raw)
                     if isinstance(ev, BookEvent):
-                        b = books.setdefault(ev.symbol, Book(ev.symbol, 10))
-                        crc = (
-                            b.load_snapshot(ev.bids, ev.asks, ev.timestamp)
-                            if ev.snapshot
-                            else b.apply(ev.bids, ev.asks, ev.timestamp, None)
-                        )
-                        self.frames += 1
-                        self.bad += crc != ev.checksum
+                        self.verifier.verify(ev)
                     elif b'"method":"subscribe"' in raw:
                         self.acks.append(orjson.loads(raw))
             except websockets.ConnectionClosed:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import FIXTURES
+from tests.kit.paths import FIXTURES
 
 CAPTURE = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN_FUTURES.ws.1.0"
 INSTRUMENTS = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN_FUTURES.0"

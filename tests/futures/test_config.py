@@ -98,11 +98,10 @@ def test_planner_matches_futures_acks_without_req_id_and_frees_its_bookkeeping()
 
 
 def test_sample_futures_config_is_valid():
-    from pathlib import Path
-
     from relay.config import load_config
+    from tests.kit.paths import ROOT
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "futures.yaml", env={})
+    cfg = load_config(ROOT / "config" / "futures.yaml", env={})
     assert {u.protocol for u in cfg.upstreams} == {"futures"}
     assert cfg.futures.channels.all_products() == ["PF_XBTUSD", "PF_ETHUSD"]
 

@@ -18,8 +18,10 @@ from websockets.asyncio.client import connect
 
 from relay.sim import LineConfig, SimConfig, Simulator
 from relay.sim.futures import FuturesSimConfig, FuturesSimulator
-from tests.daemon.test_lifecycle import ROOT, Daemon, free_port
 from tests.futures.capture import ClientView
+from tests.kit.daemon import Daemon
+from tests.kit.net import free_port
+from tests.kit.paths import ROOT
 
 pytestmark = [pytest.mark.slow]
 

@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from relay.sim.futures import CAPTURE
-from tests.futures.capture import data_frames, rebuild
+from tests.futures.capture import CAPTURE, data_frames, rebuild
 from tests.futures.harness import FuturesClient, futures_rig, until
 
 pytestmark = [pytest.mark.slow]
@@ -65,7 +64,14 @@ async def test_each_fault_on_one_line_client_sees_no_gap_no_duplicate_no_disconn
             await client.send({"event": "subscribe", "feed": "trade", "product_ids": rig.products})
             await client.send({"event": "subscribe", "feed": "heartbeat"})
             assert await until(lambda: len(client.view.snapshots) == len(rig.products), 5.0)
+
+            def both_lines_valid() -> bool:
+                return all(set(rig.merge.symbol_state(p)["upstreams"].values()) == {"valid"} for p in rig.products)
+
             for line, kind, duration, params in FAULTS:
+                # One line at a time: the next fault waits until the last one healed (a busy
+                # machine heals slower than any fixed pause), so the other line always covers.
+                assert await until(both_lines_valid, 20.0), (kind, [rig.merge.symbol_state(p) for p in rig.products])
                 params = dict(params)
                 then = params.pop("then", None)
                 rig.sim.inject(line, kind, duration, **params)

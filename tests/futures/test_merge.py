@@ -282,7 +282,7 @@ def test_unproven_line_with_a_broken_book_is_refreshed_after_stale_after():
 def test_parser_on_third_party_fixtures_pretty_printed_and_zero_qty():
     """nautilus_trader's futures messages (pretty-printed: lexemes still cut from the bytes) and
     a snapshot with zero-qty levels (dropped from the book)."""
-    from tests.conftest import FIXTURES
+    from tests.kit.paths import FIXTURES
 
     base = FIXTURES / "nautilus_trader" / "crates" / "adapters" / "kraken" / "test_data"
     p = FuturesParser()

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,9 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.kit.net import free_port
+from tests.kit.paths import ROOT
+
 DASHBOARD = ROOT / "deploy" / "grafana" / "kraken-relay.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
@@ -109,12 +110,6 @@ def metric_names(expr: str) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Prometheus:
     """A throw-away Prometheus on 127.0.0.1 scraping `targets` every `scrape_interval` seconds."""
 

@@ -11,8 +11,8 @@ import pytest
 
 from relay.cli import main as cli_main
 from relay.config import ConfigError, load_config
+from tests.kit.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 GOOD = """
 upstreams:
   - {name: a, url: "wss://ws.kraken.com/v2"}

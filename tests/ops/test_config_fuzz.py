@@ -6,10 +6,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import ConfigError, RelayConfig, parse_config
+from tests.kit.props import capped
 
 VALID: dict[str, Any] = {
     "upstreams": [
@@ -75,6 +76,7 @@ def mutate(doc: dict[str, Any], path: tuple[Any, ...], action: str, key: str, va
     return doc
 
 
+@settings(max_examples=capped(2000))  # ~3.5 ms an example
 @given(st.data())
 def test_any_mangled_config_is_valid_or_one_line_naming_a_key(data: st.DataObject) -> None:
     doc = copy.deepcopy(VALID)

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.promql import free_port
+from tests.kit.net import free_port
+from tests.kit.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ["BTC/USD", "ETH/USD"]
 
 

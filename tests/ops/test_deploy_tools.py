@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.kit.paths import ROOT
+
 PROM = ROOT / "deploy" / "prometheus"
 UNIT = ROOT / "deploy" / "systemd" / "kraken-relay.service"
 VENV_BIN = "/opt/kraken-relay/bin/kraken-relay"

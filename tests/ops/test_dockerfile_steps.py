@@ -22,8 +22,8 @@ import pytest
 
 from relay.ops.http import HttpServer
 from relay.ops.metrics import RelayMetrics
+from tests.kit.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 

@@ -1,5 +1,5 @@
 """Server test harness: a real V2Merge fed by captured frames, a LocalServer on 127.0.0.1:0, and
-small websocket clients that keep a checksum-verified book."""
+small websocket clients that keep a checksum-verified book (tests.kit.books.V2BookVerifier)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from relay.core.book import Book
 from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v2.endpoint import V2Endpoint
 from relay.protocols.spot_v2.merge import V2Merge
-from relay.protocols.spot_v2.wire import V2Parser
 from relay.server.listener import LocalServer
+from tests.kit.books import V2BookVerifier
 
 
 class Relay:
@@ -94,11 +94,20 @@ class Client:
 
     def __init__(self, ws) -> None:
         self.ws = ws
-        self.parser = V2Parser()
-        self.books: dict[str, Book] = {}
-        self.checksums_ok = 0
-        self.checksum_bad = 0
+        self.verifier = V2BookVerifier(require_snapshot=True)
         self.log: list[dict] = []
+
+    @property
+    def books(self) -> dict[str, Book]:
+        return self.verifier.books
+
+    @property
+    def checksums_ok(self) -> int:
+        return self.verifier.ok
+
+    @property
+    def checksum_bad(self) -> int:
+        return self.verifier.bad
 
     @classmethod
     async def open(cls, url: str, **kw) -> Client:
@@ -119,18 +128,7 @@ class Client:
     depth = 10
 
     def _book(self, raw: bytes, depth: int) -> None:
-        ev = self.parser.parse(raw)
-        book = self.books.get(ev.symbol)
-        if ev.snapshot or book is None:
-            assert ev.snapshot, "book update before any snapshot"
-            book = self.books[ev.symbol] = Book(ev.symbol, depth)
-            crc = book.load_snapshot(ev.bids, ev.asks, ev.timestamp)
-        else:
-            crc = book.apply(ev.bids, ev.asks, ev.timestamp, None)
-        if crc == ev.checksum:
-            self.checksums_ok += 1
-        else:
-            self.checksum_bad += 1
+        self.verifier.feed(raw, depth)
 
     async def until(self, pred, timeout: float = 5.0, limit: int = 100000) -> dict:
         deadline = asyncio.get_running_loop().time() + timeout

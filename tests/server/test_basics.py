@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import v2_wire_frames
+from tests.kit.paths import v2_wire_frames
 from tests.server.conftest import Client
 
 

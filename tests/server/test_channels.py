@@ -7,42 +7,8 @@ import time
 import orjson
 
 from relay.core.outputs import Publication
-from tests.conftest import v2_wire_frames
-
-TS = "2023-07-30T15:30:00.000000Z"
-
-
-def trade_frame(tid: int, symbol: str = "BTC/USD") -> bytes:
-    return (
-        b'{"channel":"trade","type":"update","data":[{"symbol":"'
-        + symbol.encode()
-        + b'","side":"buy","price":29430.3,"qty":0.00100000,"ord_type":"market","trade_id":'
-        + str(tid).encode()
-        + b',"timestamp":"'
-        + TS.encode()
-        + b'"}]}'
-    )
-
-
-def ticker_frame(symbol: str = "BTC/USD", last: bytes = b"29430.3", ts: str = TS) -> bytes:
-    return (
-        b'{"channel":"ticker","type":"update","data":[{"symbol":"'
-        + symbol.encode()
-        + b'","bid":29430.2,"bid_qty":0.18967538,"ask":29430.3,"ask_qty":3.16450013,"last":'
-        + last
-        + b',"volume":1234.56789000,"vwap":29400.1,"low":29300.0,"high":29500.0,"change":10.1,'
-        b'"change_pct":0.03,"timestamp":"' + ts.encode() + b'"}]}'
-    )
-
-
-def ohlc_frame(interval: int = 1, trades: int = 5) -> bytes:
-    return (
-        b'{"channel":"ohlc","type":"update","timestamp":"' + TS.encode() + b'","data":[{"symbol":"BTC/USD",'
-        b'"open":29430.0,"high":29431.0,"low":29429.0,"close":29430.3,"trades":'
-        + str(trades).encode()
-        + b',"volume":0.50000000,"vwap":29430.1,"interval_begin":"2023-07-30T15:30:00.000000000Z",'
-        b'"interval":' + str(interval).encode() + b',"timestamp":"2023-07-30T15:31:00.000000Z"}]}'
-    )
+from tests.kit.paths import v2_wire_frames
+from tests.server.helpers import ohlc_frame, ticker_frame, trade_frame
 
 
 async def test_trade_snapshot_only_when_asked_and_trades_once(make_relay, clients):

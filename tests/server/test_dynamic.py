@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.server.test_channels import ticker_frame
+from tests.server.helpers import ticker_frame
 
 
 class FakePool:
@@ -115,7 +115,7 @@ async def test_client_leaving_while_waiting_releases_the_demand(make_relay, clie
 
 
 async def test_dynamic_book_without_a_configured_book_channel(make_relay, clients):
-    from tests.conftest import v2_wire_frames
+    from tests.kit.paths import v2_wire_frames
     from tests.server.conftest import channels
 
     pool = FakePool()

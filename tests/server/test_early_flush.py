@@ -14,7 +14,7 @@ import time
 
 import orjson
 
-from tests.server.test_channels import trade_frame
+from tests.server.helpers import trade_frame
 
 
 def client_frame(payload: bytes) -> bytes:

@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import time
 
 from relay.core.outputs import Publication
-from tests.conftest import v2_wire_frames
-from tests.server.test_channels import trade_frame
+from tests.kit.paths import v2_wire_frames
+from tests.server.helpers import empty_update, open_slow, padded, trade_frame
 
 SMALL = {"client_buffer_bytes": 64 * 1024}
-
-
-def padded(frame: bytes, pad: int, stamp: float | None = None) -> bytes:
-    """An unknown extra key inside the book element: clients ignore it, checksums still hold."""
-    extra = b',"pad":"' + b"x" * pad + b'"'
-    if stamp is not None:
-        extra += b',"sent":' + repr(stamp).encode()
-    return frame[:-3] + extra + b"}]}"
-
-
-def empty_update(relay) -> bytes:
-    snap = relay.merge.book_snapshot("BTC/USD", 100)
-    head, _, _ = snap.partition(b'"bids":')
-    tail = snap[snap.index(b'"checksum"') :]
-    return head.replace(b'"snapshot"', b'"update"') + b'"bids":[],"asks":[],' + tail
-
-
-async def open_slow(clients, relay):
-    """A client whose socket buffers are tiny on both ends, so not reading shows up at once."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", relay.server.port))
-    c = await clients(relay.url, sock=sock, max_queue=1)
-    c.depth = 100
-    local = sock.getsockname()[1]
-    for conn in relay.server.open_clients:
-        peer = conn.transport.get_extra_info("peername")
-        if peer[1] == local:
-            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    return c
 
 
 async def subscribe_book(c, depth=100):

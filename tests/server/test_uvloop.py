@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from relay.core.outputs import Publication
-from tests.server.test_slow import empty_update, open_slow, padded
+from tests.server.helpers import empty_update, open_slow, padded
 
 
 def test_server_on_uvloop_serves_books_and_resets_a_slow_reader() -> None:
@@ -14,7 +14,7 @@ def test_server_on_uvloop_serves_books_and_resets_a_slow_reader() -> None:
     from relay.config import ServerConfig
     from relay.core.outputs import MergeSettings
     from relay.protocols.spot_v2.merge import V2Merge
-    from tests.conftest import v2_wire_frames
+    from tests.kit.paths import v2_wire_frames
     from tests.server.conftest import Client, build_relay, channels
 
     async def main():

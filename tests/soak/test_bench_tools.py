@@ -4,11 +4,12 @@ stream is split into reads (a bug here once dropped most frames), and the latenc
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.kit.paths import ROOT
+
+sys.path.insert(0, str(ROOT))
 
 from bench.e2e_client import Conn
 from bench.harness import deltas, longest_gap, summary_us

@@ -5,11 +5,12 @@ must see no disconnect, no bad checksum, every trade exactly once, and a flat re
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.kit.paths import ROOT
+
+sys.path.insert(0, str(ROOT))
 
 from bench.soak import KINDS, run
 

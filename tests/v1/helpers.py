@@ -13,9 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
-import pytest
 
-from tests.conftest import FIXTURES
+from tests.kit.paths import FIXTURES, need_fixture
 
 CF_BOOK = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.ws.50.0"
 CF_TRADE = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.ws.48.0"
@@ -24,14 +23,9 @@ CF_REST = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN.0"
 SDK_BOOK = FIXTURES / "python-kraken-sdk" / "tests" / "spot" / "fixture" / "orderbook-v1.json"
 
 
-def _need(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"fixture not found: {path}")
-
-
 def cryptofeed_frames(path: Path = CF_BOOK) -> list[bytes]:
     """Received frames of a cryptofeed capture, verbatim (lines `<ts>: <json>`)."""
-    _need(path)
+    need_fixture(path)
     out = []
     for line in path.read_bytes().splitlines():
         if b" <- " in line or b" <-> " in line or not line.strip():
@@ -43,13 +37,13 @@ def cryptofeed_frames(path: Path = CF_BOOK) -> list[bytes]:
 
 def sdk_frames() -> list[bytes]:
     """python-kraken-sdk's pretty-printed v1 capture, re-serialized compactly (all strings kept)."""
-    _need(SDK_BOOK)
+    need_fixture(SDK_BOOK)
     doc = json.loads(SDK_BOOK.read_text())
     return [orjson.dumps(m) for m in doc["init"] + doc["updates"]]
 
 
 def cf_rest_pairs() -> dict:
-    _need(CF_REST)
+    need_fixture(CF_REST)
     first = CF_REST.read_text().splitlines()[0]  # `<url> -> <ts>: <body>`; line 2 is cryptofeed's config
     return json.loads(first.split(": ", 1)[1])
 

@@ -17,7 +17,8 @@ import yaml
 from websockets.asyncio.client import connect
 
 from relay.sim import LineConfig, SimConfig, Simulator
-from tests.daemon.test_lifecycle import ROOT, free_port
+from tests.kit.net import free_port
+from tests.kit.paths import ROOT
 from tests.v1.conftest import client_ssl
 from tests.v1.helpers import V1Checker
 

@@ -5,11 +5,12 @@ identical content, as long as every line stays within the dedupe window."""
 from __future__ import annotations
 
 import orjson
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v1.merge import V1Merge
+from tests.kit.props import capped
 
 
 def _frame(cid: int, trades: list[bytes]) -> bytes:
@@ -34,6 +35,7 @@ def scenario(draw):
     return trades, lines, order
 
 
+@settings(max_examples=capped(2000))  # ~3 ms an example
 @given(scenario())
 def test_each_trade_once_in_order(sc):
     trades, lines, order = sc

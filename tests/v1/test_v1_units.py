@@ -383,12 +383,11 @@ def test_heartbeats_only_to_subscribed_idle_clients():
 
 
 def test_sample_config_is_valid():
-    from pathlib import Path
-
     from relay.config import load_config
     from relay.protocols.spot_v1.spec import SPOT_V1 as V1
+    from tests.kit.paths import ROOT
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "v1.yaml", env={})
+    cfg = load_config(ROOT / "config" / "v1.yaml", env={})
     assert [u.protocol for u in cfg.upstreams] == ["v1", "v1"] and cfg.v1.path == "/"
     assert len(V1.desired(cfg.v1)) == 2 + 2 + 2 + 1 + 2
 

@@ -1,0 +1,1 @@
+"""Shared test kit: repository paths, the Kraken capture fixtures, and helpers used by several test packages."""
