@@ -1,16 +1,9 @@
-"""Suite-wide test configuration: hypothesis profiles.
-
-Paths and capture loaders live in tests.kit.paths; they are re-exported here for modules that
-still import them from tests.conftest.
-"""
+"""Suite-wide test configuration: hypothesis profiles. Paths, captures and shared helpers live
+in `tests.kit`."""
 
 from __future__ import annotations
 
 import os
-
-from tests.kit.paths import FIXTURES, INSTRUMENT_SNAPSHOT, ROOT, V2_WIRE, v2_wire_frames
-
-__all__ = ["FIXTURES", "INSTRUMENT_SNAPSHOT", "ROOT", "V2_WIRE", "v2_wire_frames"]
 
 try:  # hypothesis profiles: CI runs thousands of generated cases, local runs fewer
     from hypothesis import HealthCheck, settings

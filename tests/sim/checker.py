@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,3 +88,14 @@ async def wait_for(ws, pred, timeout: float = 5.0) -> dict[str, Any]:
 
 def connect(url: str, **kw: Any):
     return websockets.connect(url, compression=None, max_size=1 << 24, open_timeout=5, close_timeout=1, **kw)
+
+
+def http_json(url: str, body: dict | None = None) -> tuple[int, dict]:
+    """GET (no body) or POST `body` as JSON; (status, parsed JSON answer), errors included."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from relay.sim import LineConfig, SimConfig, Simulator
-from tests.conftest import V2_WIRE, v2_wire_frames
+from tests.kit.paths import V2_WIRE, v2_wire_frames
 from tests.sim.checker import Checker, collect, connect, subscribe
 
 SYMBOLS = ["BTC/USD", "ETH/USD", "DOGE/USD"]

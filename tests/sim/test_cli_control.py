@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import subprocess
 import sys
-import urllib.request
-from pathlib import Path
 
 from relay.sim import LineConfig, SimConfig, Simulator
-from tests.sim.checker import connect, recv_json, subscribe, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+from tests.kit.paths import ROOT
+from tests.sim.checker import connect, http_json, recv_json, subscribe, wait_for
 
 
 async def test_control_endpoint_injects_and_reports() -> None:
@@ -37,22 +23,22 @@ async def test_control_endpoint_injects_and_reports() -> None:
             await subscribe(ws, "book", ["BTC/USD"])
             await wait_for(ws, lambda m: m.get("channel") == "book")
             status, body = await asyncio.to_thread(
-                _http, base + "/fault", {"line": 1, "kind": "maintenance", "duration": 5}
+                http_json, base + "/fault", {"line": 1, "kind": "maintenance", "duration": 5}
             )
             assert status == 200 and body["ok"]
             st = await wait_for(ws, lambda m: m.get("channel") == "status")
             assert st["data"][0]["system"] == "maintenance"
-            status, state = await asyncio.to_thread(_http, base + "/state")
+            status, state = await asyncio.to_thread(http_json, base + "/state")
             assert state["lines"][1]["system"] == "maintenance" and state["lines"][1]["connections"] == 1
             assert 0 < state["lines"][1]["faults"]["maintenance"]["remaining"] <= 5
             assert state["lines"][0]["system"] == "online"
-            status, _ = await asyncio.to_thread(_http, base + "/clear", {"line": 1})
+            status, _ = await asyncio.to_thread(http_json, base + "/clear", {"line": 1})
             assert status == 200
             st = await wait_for(ws, lambda m: m.get("channel") == "status")
             assert st["data"][0]["system"] == "online"
-        status, err = await asyncio.to_thread(_http, base + "/fault", {"line": 0, "kind": "nope"})
+        status, err = await asyncio.to_thread(http_json, base + "/fault", {"line": 0, "kind": "nope"})
         assert status == 400 and "unknown fault kind" in err["error"]
-        status, err = await asyncio.to_thread(_http, base + "/fault", {"line": 7, "kind": "drop"})
+        status, err = await asyncio.to_thread(http_json, base + "/fault", {"line": 7, "kind": "drop"})
         assert status == 400
 
 

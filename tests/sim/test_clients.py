@@ -8,6 +8,7 @@ import pytest
 
 from relay.sim import LineConfig, SimConfig, Simulator
 from tests.clients import KRAKEN_REST_CAPTURE, run_ccxt_watch_order_book, run_kraken_sdk_orderbook
+from tests.kit.paths import need_fixture
 
 pytestmark = pytest.mark.clients
 
@@ -46,8 +47,7 @@ async def test_ccxt_watch_order_book_with_simulator_rest() -> None:
 
 async def test_ccxt_watch_order_book_with_captured_markets() -> None:
     pytest.importorskip("ccxt.pro")
-    if not KRAKEN_REST_CAPTURE.exists():
-        pytest.skip("fixtures not available")
+    need_fixture(KRAKEN_REST_CAPTURE, "Kraken REST AssetPairs capture")
     async with Simulator(SimConfig(symbols=["BTC/USD", "ETH/USD"], rate=1000, seed=5)) as sim:
         r = await run_ccxt_watch_order_book(sim.urls[0], None, ["BTC/USD", "ETH/USD"], n=200, timeout=30)
     assert r.ok, r

@@ -15,9 +15,8 @@ import pytest
 from relay.sim import FaultSpec, LineConfig, SimConfig, Simulator
 from relay.sim.faults import FUTURES_FAULT_KINDS, load_schedule, parse_fault
 from relay.sim.futures import FuturesSimConfig, FuturesSimulator
-from tests.conftest import FIXTURES, INSTRUMENT_SNAPSHOT, ROOT
-from tests.sim.checker import connect
-from tests.sim.test_cli_control import _http
+from tests.kit.paths import FIXTURES, INSTRUMENT_SNAPSHOT, ROOT, need_fixture
+from tests.sim.checker import connect, http_json
 
 FUTURES_INSTRUMENTS = FIXTURES / "cryptofeed" / "sample_data" / "KRAKEN_FUTURES.0"
 
@@ -38,26 +37,28 @@ async def test_futures_control_endpoint_injects_clears_and_reports() -> None:
     cfg = FuturesSimConfig(products=["PF_XBTUSD"], rate=100, seed=2, lines=[LineConfig(), LineConfig()], control_port=0)
     async with FuturesSimulator(cfg) as sim:
         base = f"http://127.0.0.1:{sim.control_port}"
-        status, kinds = await asyncio.to_thread(_http, base + "/faults")
+        status, kinds = await asyncio.to_thread(http_json, base + "/faults")
         assert status == 200 and kinds == FUTURES_FAULT_KINDS and "skip" in kinds and "maintenance" not in kinds
         async with connect(sim.urls[1]) as ws:
             assert orjson.loads(await ws.recv()) == {"event": "info", "version": 1}
-            status, body = await asyncio.to_thread(_http, base + "/fault", {"line": 1, "kind": "stall", "duration": 5})
+            status, body = await asyncio.to_thread(
+                http_json, base + "/fault", {"line": 1, "kind": "stall", "duration": 5}
+            )
             assert status == 200 and body["ok"]
             line1 = body["state"]["lines"][1]
             assert line1["connections"] == 1 and 0 < line1["faults"]["stall"]["remaining"] <= 5
             assert body["state"]["lines"][0]["faults"] == {}
             status, body = await asyncio.to_thread(
-                _http, base + "/fault", {"line": 0, "kind": "skip", "symbol": "pf_xbtusd", "count": 3}
+                http_json, base + "/fault", {"line": 0, "kind": "skip", "symbol": "pf_xbtusd", "count": 3}
             )
             assert status == 200 and body["state"]["lines"][0]["pending_skip"] == {"PF_XBTUSD": 3}
-            status, body = await asyncio.to_thread(_http, base + "/clear", {"line": 1})
+            status, body = await asyncio.to_thread(http_json, base + "/clear", {"line": 1})
             assert status == 200 and body["state"]["lines"][1]["faults"] == {}
-        status, err = await asyncio.to_thread(_http, base + "/fault", {"line": 0, "kind": "maintenance"})
+        status, err = await asyncio.to_thread(http_json, base + "/fault", {"line": 0, "kind": "maintenance"})
         assert status == 400 and "not simulated for futures" in err["error"]
-        status, err = await asyncio.to_thread(_http, base + "/fault", {"line": 0, "kind": "nope"})
+        status, err = await asyncio.to_thread(http_json, base + "/fault", {"line": 0, "kind": "nope"})
         assert status == 400 and "unknown fault kind" in err["error"]
-        status, err = await asyncio.to_thread(_http, base + "/fault", {"line": 7, "kind": "drop"})
+        status, err = await asyncio.to_thread(http_json, base + "/fault", {"line": 7, "kind": "drop"})
         assert status == 400 and "no line 7" in err["error"]
 
 
@@ -125,8 +126,8 @@ def test_cli_replay_capture_needs_fixtures() -> None:
 
 @pytest.mark.slow
 def test_cli_fixtures_option_gives_capture_and_real_instruments() -> None:
-    if not INSTRUMENT_SNAPSHOT.exists() or not FUTURES_INSTRUMENTS.exists():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+    need_fixture(INSTRUMENT_SNAPSHOT, "v2 instrument snapshot")
+    need_fixture(FUTURES_INSTRUMENTS, "futures instruments")
     r = _cli("--fixtures", str(FIXTURES), "--replay", "capture", "--no-loop", "--duration", "0.5")
     assert r.returncode == 0, r.stderr
     assert "replay " in r.stdout and "python-kraken-sdk_orderbook-v2.wire.ndjson" in r.stdout
@@ -140,8 +141,8 @@ def test_cli_fixtures_option_gives_capture_and_real_instruments() -> None:
 async def test_instrument_files_are_explicit_options() -> None:
     with pytest.raises(ValueError, match="unknown symbols: ATOM/USD"):
         Simulator(SimConfig(symbols=["ATOM/USD"]))  # built-in table only
-    if not INSTRUMENT_SNAPSHOT.exists() or not FUTURES_INSTRUMENTS.exists():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+    need_fixture(INSTRUMENT_SNAPSHOT, "v2 instrument snapshot")
+    need_fixture(FUTURES_INSTRUMENTS, "futures instruments")
     sim = Simulator(SimConfig(symbols=["ATOM/USD"], instruments=str(INSTRUMENT_SNAPSHOT)))
     assert sim.instruments[0].price_precision == sim.instruments[0].raw["price_precision"]
 

@@ -145,10 +145,9 @@ def test_fault_schedule_parsing(tmp_path) -> None:
 
 
 def test_real_instrument_snapshot_gives_precisions_beyond_the_builtin_table() -> None:
-    from tests.conftest import INSTRUMENT_SNAPSHOT
+    from tests.kit.paths import INSTRUMENT_SNAPSHOT, need_fixture
 
-    if not INSTRUMENT_SNAPSHOT.exists():
-        pytest.skip("fixtures not available")
+    need_fixture(INSTRUMENT_SNAPSHOT, "v2 instrument snapshot")
     assert len(load_instruments()) == len(BUILTIN)  # no snapshot given: the built-in table only
     insts = load_instruments(INSTRUMENT_SNAPSHOT)
     assert len(insts) > 600
