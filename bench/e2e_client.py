@@ -37,6 +37,7 @@ SYM = b'"symbol":"'
 MAX_RECORDS = 2_000_000  # per recording connection: bounded memory
 MAX_KEPT = 256 * 1024 * 1024  # bytes kept per recording connection (bounded memory)
 CARRY = 512  # bytes kept between reads: longer than any key with its symbol
+ATTEMPT_TIMEOUT = 20.0  # one connection attempt (connect + upgrade) on a loaded machine
 
 
 def _masked(payload: bytes) -> bytes:
@@ -189,20 +190,49 @@ class Conn(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("closed before upgrade"))
 
 
+async def _connect(job: dict, record: bool, deadline: float) -> Conn:
+    """One upgraded, subscribed connection. A connection refused, reset or closed before its
+    upgrade (a loaded machine: full listen backlog, a server's handshake timeout) is retried
+    with backoff until `deadline` (CLOCK_MONOTONIC); the last error is raised after that."""
+    loop = asyncio.get_running_loop()
+    delay, attempt = 0.05, 0
+    while True:
+        attempt += 1
+        fut = loop.create_future()
+        conn: Conn | None = None
+        try:
+            # one attempt gets at most ATTEMPT_TIMEOUT: a handshake lost in a full backlog is retried
+            left = max(0.1, min(ATTEMPT_TIMEOUT, deadline - time.monotonic()))
+            t = time.monotonic()
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda f=fut: Conn(job, record, f), job["host"], job["port"]), left
+            )
+            await asyncio.wait_for(asyncio.shield(fut), max(0.1, left - (time.monotonic() - t)))
+            return conn
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            if conn is not None and conn.transport is not None:
+                conn.transport.abort()
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()  # retrieved: no "exception was never retrieved" noise
+            if time.monotonic() + delay >= deadline:
+                raise RuntimeError(f"connection not upgraded after {attempt} attempts: {exc!r}") from exc
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
 async def run(job: dict) -> None:
     loop = asyncio.get_running_loop()
     conns: list[Conn] = []
     n = job["n"]
     rec = set(job.get("record", []))
+    timeout = float(job.get("connect_timeout", 120.0))  # whole start-up; generous for a loaded machine
+    deadline = time.monotonic() + timeout
     batch = 50  # connect in batches: 1 000 handshakes at once would queue in the listen backlog
     for start in range(0, n, batch):
-        futs = []
-        for idx in range(start, min(n, start + batch)):
-            fut = loop.create_future()
-            _, c = await loop.create_connection(lambda f=fut, r=idx in rec: Conn(job, r, f), job["host"], job["port"])
-            conns.append(c)
-            futs.append(fut)
-        await asyncio.wait_for(asyncio.gather(*futs), 30)
+        idxs = range(start, min(n, start + batch))
+        conns += await asyncio.gather(*(_connect(job, idx in rec, deadline) for idx in idxs))
     print("ready", flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

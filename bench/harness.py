@@ -23,7 +23,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-START_TIMEOUT = 30.0
+# Start-up deadlines are generous: on a loaded 2-core machine a Python process can take many
+# seconds to import and bind. Read at call time, so a caller may change them for a while.
+START_TIMEOUT = float(os.environ.get("BENCH_START_TIMEOUT", "60"))  # a process's first line
+CONNECT_TIMEOUT = float(os.environ.get("BENCH_CONNECT_TIMEOUT", "120"))  # a client process's connections
+READY_TIMEOUT = float(os.environ.get("BENCH_READY_TIMEOUT", "120"))  # relay /readyz
+CONTROL_TIMEOUT = float(os.environ.get("BENCH_CONTROL_TIMEOUT", "30"))  # simulator control request
+STOP_TIMEOUT = 120.0  # a client process scanning and writing its records
+START_ATTEMPTS = 2  # a client process that fails to start is started once more
+CLIENT_PORT_OVERRIDE: int | None = None  # testing the failure path: clients connect here instead
 
 
 def cpu_seconds(pid: int) -> float:
@@ -153,7 +161,21 @@ class Sim:
 
 
 async def control_request(port: int, path: str, body: dict | None) -> dict:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    """One request to the simulator's control endpoint. Connecting is retried (nothing was sent
+    yet); the request itself is not (a fault could then apply twice), but waits CONTROL_TIMEOUT."""
+    deadline = time.monotonic() + CONTROL_TIMEOUT
+    delay = 0.1
+    while True:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), max(0.1, deadline - time.monotonic())
+            )
+            break
+        except OSError as exc:
+            if time.monotonic() + delay >= deadline:
+                raise RuntimeError(f"simulator control port {port} unreachable: {exc!r}") from exc
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
     data = orjson.dumps(body) if body is not None else b""
     method = "POST" if body is not None else "GET"
     writer.write(
@@ -161,8 +183,12 @@ async def control_request(port: int, path: str, body: dict | None) -> dict:
         f"Connection: close\r\n\r\n".encode()
         + data
     )
-    raw = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
+    try:
+        raw = await asyncio.wait_for(reader.read(), max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise TimeoutError(f"simulator control {path} {body}: no answer in {CONTROL_TIMEOUT:g} s") from None
+    finally:
+        writer.close()
     head, _, payload = raw.partition(b"\r\n\r\n")
     return orjson.loads(payload) if payload else {}
 
@@ -211,9 +237,14 @@ async def start_sim(
     control = 0
     log: list[str] = []
     assert proc.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
     try:
         while not control:
-            line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
+            try:
+                raw = await asyncio.wait_for(proc.stdout.readline(), max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                raise TimeoutError(f"simulator did not start in {START_TIMEOUT:g} s: {log[-3:]}") from None
+            line = raw.decode()
             if not line:
                 err = (await proc.stderr.read()).decode() if proc.stderr else ""
                 raise RuntimeError(f"simulator exited: {err[-2000:]}")
@@ -290,12 +321,17 @@ async def start_relay(cfg: dict, env: dict[str, str] | None = None) -> RelayProc
     proc = await _spawn(str(BENCH / "e2e_relay.py"), path, env_extra=env)
     assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        except TimeoutError:
+            raise TimeoutError(f"relay did not start in {START_TIMEOUT:g} s") from None
         if not line.startswith(b"{"):
-            err = (await proc.stderr.read()).decode() if proc.stderr else ""
+            err = (await asyncio.wait_for(proc.stderr.read(), 10)).decode() if proc.stderr else ""
             raise RuntimeError(f"relay did not start: {line!r} {err[-2000:]}")
     except BaseException:
         await _stop(proc)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         raise
     info = orjson.loads(line)
     rp = RelayProc(proc, info["port"], info["http_port"], path)
@@ -303,8 +339,9 @@ async def start_relay(cfg: dict, env: dict[str, str] | None = None) -> RelayProc
     return rp
 
 
-async def wait_relay_ready(relay: RelayProc, timeout: float = 20.0) -> None:
-    """Until /readyz says every configured symbol has valid data."""
+async def wait_relay_ready(relay: RelayProc, timeout: float | None = None) -> None:
+    """Until /readyz says every configured symbol has valid data (READY_TIMEOUT by default)."""
+    timeout = READY_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -316,8 +353,10 @@ async def wait_relay_ready(relay: RelayProc, timeout: float = 20.0) -> None:
                 return
         except (TimeoutError, OSError):
             pass
+        if relay.proc.returncode is not None:
+            raise RuntimeError(f"relay exited ({relay.proc.returncode}): " + " | ".join(relay.log[-5:]))
         await asyncio.sleep(0.2)
-    raise RuntimeError("relay not ready in time: " + " | ".join(relay.log[-5:]))
+    raise TimeoutError(f"relay not ready in {timeout:g} s: " + " | ".join(relay.log[-5:]))
 
 
 @dataclass
@@ -338,12 +377,27 @@ async def start_forwarder(upstream_port: int, sub: list[dict]) -> Forwarder:
     proc = await _spawn(str(BENCH / "e2e_forwarder.py"), str(upstream_port), orjson.dumps(sub).decode())
     assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        except TimeoutError:
+            raise TimeoutError(f"forwarder did not start in {START_TIMEOUT:g} s") from None
+        if not line.startswith(b"{"):
+            err = (await asyncio.wait_for(proc.stderr.read(), 10)).decode() if proc.stderr else ""
+            raise RuntimeError(f"forwarder did not start: {line!r} {err[-2000:]}")
         info = orjson.loads(line)
     except BaseException:
         await _stop(proc)
         raise
     return Forwarder(proc, info["port"])
+
+
+def instrument_file() -> Path | None:
+    """The real Kraken instrument snapshot from the captures (`tests.kit.paths`: ../shared beside
+    the checkout, or env KRAKEN_FIXTURES), for cases that need more pairs than the simulator's
+    built-in table."""
+    from tests.kit.paths import INSTRUMENT_SNAPSHOT
+
+    return INSTRUMENT_SNAPSHOT if INSTRUMENT_SNAPSHOT.is_file() else None
 
 
 # -- clients -----------------------------------------------------------------------------------
@@ -374,18 +428,56 @@ class ClientProc:
 async def start_clients(
     port: int, n: int, sub: list[dict], record: list[int] | tuple[int, ...] = (), path: str = "/v2"
 ) -> ClientProc:
+    """A client process with n connections, once all are upgraded and subscribed. The process
+    retries its own connections for CONNECT_TIMEOUT; a process that still fails (or does not
+    report in time) is started again, START_ATTEMPTS in all, then the last error is raised."""
+    last: BaseException | None = None
+    for _attempt in range(START_ATTEMPTS):
+        try:
+            return await _start_clients_once(port, n, sub, record, path)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            last = exc
+            await asyncio.sleep(0.5)
+    assert last is not None
+    raise last
+
+
+async def _start_clients_once(
+    port: int, n: int, sub: list[dict], record: list[int] | tuple[int, ...], path: str
+) -> ClientProc:
+    if CLIENT_PORT_OVERRIDE is not None:
+        port = CLIENT_PORT_OVERRIDE
     fd, out = tempfile.mkstemp(prefix="relay-bench-client-", suffix=".marshal")
     os.close(fd)
-    job = {"host": "127.0.0.1", "port": port, "path": path, "n": n, "subs": sub, "record": list(record), "out": out}
-    proc = await _spawn(str(BENCH / "e2e_client.py"), orjson.dumps(job).decode(), stdin=True)
-    assert proc.stdout is not None
+    job = {
+        "host": "127.0.0.1",
+        "port": port,
+        "path": path,
+        "n": n,
+        "subs": sub,
+        "record": list(record),
+        "out": out,
+        "connect_timeout": CONNECT_TIMEOUT,
+    }
+    wait = START_TIMEOUT + CONNECT_TIMEOUT
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT + n * 0.05)
-        if line.strip() != b"ready":
-            err = (await proc.stderr.read()).decode() if proc.stderr else ""
-            raise RuntimeError(f"client did not start: {line!r} {err[-2000:]}")
+        proc = await _spawn(str(BENCH / "e2e_client.py"), orjson.dumps(job).decode(), stdin=True)
+        assert proc.stdout is not None
+        try:
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), wait)
+            except TimeoutError:
+                raise TimeoutError(f"client process ({n} connections to {port}) not ready in {wait:g} s") from None
+            if line.strip() != b"ready":
+                err = (await asyncio.wait_for(proc.stderr.read(), 10)).decode() if proc.stderr else ""
+                last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "(no error output)")
+                raise RuntimeError(f"client did not start ({n} connections to {port}): {last[-600:]}")
+        except BaseException:
+            await _stop(proc)
+            raise
     except BaseException:
-        await _stop(proc)
+        with contextlib.suppress(OSError):
+            os.unlink(out)
         raise
     return ClientProc(proc, out, n)
 
@@ -397,7 +489,7 @@ async def stop_clients(cp: ClientProc) -> dict:
         cp.proc.stdin.write(b"stop\n")
         await cp.proc.stdin.drain()
         while True:
-            line = await asyncio.wait_for(cp.proc.stdout.readline(), 60)
+            line = await asyncio.wait_for(cp.proc.stdout.readline(), STOP_TIMEOUT)
             if not line or line.strip() == b"done":
                 break
         with open(cp.out, "rb") as f:
@@ -416,17 +508,29 @@ async def start_client_group(
     sizes = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
     step = max(1, n // max(1, n_record))
     rec_global = set(list(range(0, n, step))[:n_record] + ([n - 1] if n_record > 1 else []))
-    out, base = [], 0
-    for size in sizes:
-        rec = [i - base for i in rec_global if base <= i < base + size]
-        out.append(await start_clients(port, size, sub, rec))
-        base += size
+    out: list[ClientProc] = []
+    base = 0
+    try:
+        for size in sizes:
+            rec = [i - base for i in rec_global if base <= i < base + size]
+            out.append(await start_clients(port, size, sub, rec))
+            base += size
+    except BaseException:
+        for cp in out:  # the ones already started are not left running
+            await _stop(cp.proc)
+            with contextlib.suppress(OSError):
+                os.unlink(cp.out)
+        raise
     return out
 
 
 async def stop_client_group(group: list[ClientProc]) -> dict:
-    """Merged results: every connection's counters, and the recording connections' records."""
-    results = await asyncio.gather(*(stop_clients(cp) for cp in group))
+    """Merged results: every connection's counters, and the recording connections' records.
+    Every process is stopped even if one of them fails; then the first failure is raised."""
+    results = await asyncio.gather(*(stop_clients(cp) for cp in group), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
     conns: list[dict] = []
     records: list[tuple[dict, dict]] = []
     for r in results:
