@@ -1,4 +1,4 @@
-"""A strict v2 test client: keeps a book per (symbol, depth), verifies every checksum, tracks trade_ids."""
+"""A strict v2 test client: keeps a book per symbol, verifies every checksum, tracks trade_ids."""
 
 from __future__ import annotations
 
@@ -8,44 +8,44 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import websockets
 
 from relay.core.book import Book
-from relay.core.events import BookEvent
-from relay.protocols.spot_v2.wire import V2Parser
+from tests.kit.books import V2BookVerifier
 
 
-@dataclass
 class Checker:
-    depth: int = 10
-    books: dict[str, Book] = field(default_factory=dict)
-    parser: V2Parser = field(default_factory=V2Parser)
-    book_frames: int = 0
-    bad: int = 0
-    trade_ids: dict[str, list[int]] = field(default_factory=dict)
-    channels: Counter = field(default_factory=Counter)
-    messages: list[dict[str, Any]] = field(default_factory=list)  # every non-data frame, parsed
+    """Every v2 frame of a connection: books verified by `tests.kit.books.V2BookVerifier`,
+    trade ids per symbol, counts per channel, and every non-data frame kept (parsed)."""
+
+    def __init__(self, depth: int = 10) -> None:
+        self.depth = depth
+        self.verifier = V2BookVerifier(depth, require_snapshot=False)
+        self.trade_ids: dict[str, list[int]] = {}
+        self.channels: Counter[str] = Counter()
+        self.messages: list[dict[str, Any]] = []
+
+    @property
+    def books(self) -> dict[str, Book]:
+        return self.verifier.books
+
+    @property
+    def book_frames(self) -> int:
+        return self.verifier.frames
+
+    @property
+    def bad(self) -> int:
+        return self.verifier.bad
 
     def feed(self, raw: bytes) -> dict[str, Any]:
         msg = orjson.loads(raw)
         ch = msg.get("channel")
         self.channels[ch or msg.get("method")] += 1
         if ch == "book":
-            ev = self.parser.parse(raw)
-            assert isinstance(ev, BookEvent)
-            book = self.books.get(ev.symbol)
-            if ev.snapshot or book is None:
-                book = self.books[ev.symbol] = Book(ev.symbol, self.depth)
-                got = book.load_snapshot(ev.bids, ev.asks, ev.timestamp)
-            else:
-                got = book.apply(ev.bids, ev.asks, ev.timestamp, None)
-            self.book_frames += 1
-            if got != ev.checksum:
-                self.bad += 1
+            self.verifier.feed(raw)
         elif ch == "trade":
             for t in msg["data"]:
                 self.trade_ids.setdefault(t["symbol"], []).append(t["trade_id"])
