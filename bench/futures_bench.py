@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relay.protocols.futures.merge import FuturesMerge
-from tests.futures.capture import frames
+from tests.protocols.futures.capture import frames
 
 
 def per_frame(lines: int, runs: int = 5) -> float:

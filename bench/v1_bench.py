@@ -21,7 +21,7 @@ from relay.core.outputs import MergeSettings
 from relay.core.wsframe import text_frame
 from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint
 from relay.protocols.spot_v1.merge import V1Merge
-from tests.v1.helpers import cryptofeed_frames
+from tests.protocols.spot_v1.helpers import cryptofeed_frames
 
 _ID = re.compile(rb"^\[(\d+),")
 

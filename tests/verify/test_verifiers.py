@@ -52,7 +52,7 @@ def test_v2_trades_gaps_and_duplicates_are_caught_but_a_snapshot_overlap_is_not(
 
 def test_v1_endpoint_frames_verify_and_a_corrupted_checksum_is_caught():
     """Frames from the relay's own v1 endpoint (a merge fed a real capture) pass the verifier."""
-    from tests.v1.helpers import FakeSession, sdk_frames
+    from tests.protocols.spot_v1.helpers import FakeSession, sdk_frames
 
     merge = V1Merge(MergeSettings(book_depth=10))
     up = merge.add_upstream("a")

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.futures.capture import CAPTURE, data_frames, rebuild
-from tests.futures.harness import FuturesClient, futures_rig, until
+from tests.protocols.futures.capture import CAPTURE, data_frames, rebuild
+from tests.protocols.futures.harness import FuturesClient, futures_rig, until
 
 pytestmark = [pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from relay.core.outputs import MergeSettings
 from relay.protocols.futures.endpoint import FuturesEndpoint
 from relay.protocols.futures.merge import FuturesMerge
 from relay.server.listener import LocalServer
-from tests.futures.capture import ClientView, data_frames, frames, rebuild
+from tests.protocols.futures.capture import ClientView, data_frames, frames, rebuild
 
 PRODUCT = "PI_ETHUSD"
 

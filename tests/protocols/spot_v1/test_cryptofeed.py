@@ -13,8 +13,8 @@ import asyncio
 
 import pytest
 
-from tests.v1.conftest import client_ssl, v1_rig
-from tests.v1.helpers import cf_rest_pairs
+from tests.protocols.spot_v1.conftest import client_ssl, v1_rig
+from tests.protocols.spot_v1.helpers import cf_rest_pairs
 
 cryptofeed = pytest.importorskip("cryptofeed")
 

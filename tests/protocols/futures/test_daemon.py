@@ -18,10 +18,10 @@ from websockets.asyncio.client import connect
 
 from relay.sim import LineConfig, SimConfig, Simulator
 from relay.sim.futures import FuturesSimConfig, FuturesSimulator
-from tests.futures.capture import ClientView
 from tests.kit.daemon import Daemon
 from tests.kit.net import free_port
 from tests.kit.paths import ROOT
+from tests.protocols.futures.capture import ClientView
 
 pytestmark = [pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import orjson
 from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v1.endpoint import V1Endpoint
 from relay.protocols.spot_v1.merge import V1Merge
-from tests.v1.helpers import FakeSession, V1Checker, cryptofeed_frames, sdk_frames
+from tests.protocols.spot_v1.helpers import FakeSession, V1Checker, cryptofeed_frames, sdk_frames
 
 _ID = re.compile(rb"^\[(\d+),")
 

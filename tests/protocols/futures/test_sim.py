@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from relay.sim.futures import FuturesSimConfig, FuturesSimulator
 from relay.sim.server import LineConfig
-from tests.futures.capture import ClientView
+from tests.protocols.futures.capture import ClientView
 
 
 async def test_protocol_snapshot_then_contiguous_deltas_and_errors():

@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 from relay.sim import LineConfig, SimConfig, Simulator
 from tests.kit.net import free_port
 from tests.kit.paths import ROOT
-from tests.v1.conftest import client_ssl
-from tests.v1.helpers import V1Checker
+from tests.protocols.spot_v1.conftest import client_ssl
+from tests.protocols.spot_v1.helpers import V1Checker
 
 pytestmark = [pytest.mark.slow]
 

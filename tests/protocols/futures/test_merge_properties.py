@@ -14,7 +14,7 @@ import pytest
 
 from relay.core.outputs import MergeSettings
 from relay.protocols.futures.merge import FuturesMerge
-from tests.futures.capture import ClientView
+from tests.protocols.futures.capture import ClientView
 
 P = "PF_XBTUSD"
 

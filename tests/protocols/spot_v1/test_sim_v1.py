@@ -8,7 +8,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from relay.sim import LineConfig, SimConfig, Simulator
-from tests.v1.helpers import V1Checker
+from tests.protocols.spot_v1.helpers import V1Checker
 
 
 async def _collect(url: str, requests: list[dict], seconds: float) -> list[bytes]:

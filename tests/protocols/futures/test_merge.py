@@ -9,7 +9,7 @@ import orjson
 from relay.core.events import AckEvent, HeartbeatEvent, StatusEvent
 from relay.protocols.futures.merge import FuturesMerge
 from relay.protocols.futures.wire import FuturesParser, encode_request
-from tests.futures.capture import ClientView, data_frames, frames, rebuild
+from tests.protocols.futures.capture import ClientView, data_frames, frames, rebuild
 
 
 def _pair() -> tuple[FuturesMerge, int, int]:

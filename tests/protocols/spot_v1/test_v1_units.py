@@ -9,7 +9,7 @@ from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint
 from relay.protocols.spot_v1.merge import V1Merge
 from relay.protocols.spot_v1.wire import V1Parser, V1TradeEvent, encode_ping, encode_request, normalize
-from tests.v1.helpers import CF_TICKER, CF_TRADE, FakeSession, cryptofeed_frames, sdk_frames
+from tests.protocols.spot_v1.helpers import CF_TICKER, CF_TRADE, FakeSession, cryptofeed_frames, sdk_frames
 
 
 def test_connection_frames_map_to_neutral_events():

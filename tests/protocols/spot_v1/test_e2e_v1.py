@@ -13,8 +13,8 @@ import urllib.request
 import orjson
 from websockets.asyncio.client import connect
 
-from tests.v1.conftest import client_ssl, v1_rig
-from tests.v1.helpers import V1Checker
+from tests.protocols.spot_v1.conftest import client_ssl, v1_rig
+from tests.protocols.spot_v1.helpers import V1Checker
 
 
 async def _until(cond, timeout: float) -> bool:

@@ -14,7 +14,7 @@ from relay.core.outputs import MergeSettings, Publication
 from relay.protocols.spot_v1.endpoint import V1Endpoint
 from relay.protocols.spot_v1.merge import V1Merge
 from relay.server.listener import LocalServer
-from tests.v1.helpers import V1Checker, sdk_frames
+from tests.protocols.spot_v1.helpers import V1Checker, sdk_frames
 
 
 async def test_slow_v1_reader_gets_a_snapshot_reset_and_a_valid_book():

@@ -14,7 +14,7 @@ from relay.app import Relay
 from relay.config import parse_config
 from relay.sim.futures import FuturesSimConfig, FuturesSimulator
 from relay.sim.server import LineConfig
-from tests.futures.capture import ClientView
+from tests.protocols.futures.capture import ClientView
 from tests.upstream.harness import until
 
 __all__ = ["FuturesClient", "futures_rig", "until"]

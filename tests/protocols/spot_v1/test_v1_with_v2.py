@@ -14,8 +14,8 @@ from websockets.asyncio.client import connect
 from relay.app import Relay
 from relay.config import parse_config
 from relay.sim import LineConfig, SimConfig, Simulator
+from tests.protocols.spot_v1.helpers import V1Checker
 from tests.server.conftest import Client
-from tests.v1.helpers import V1Checker
 
 
 async def test_v1_and_v2_endpoints_side_by_side():

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.futures.harness import futures_rig
+from tests.protocols.futures.harness import futures_rig
 
 pytestmark = [pytest.mark.slow, pytest.mark.clients]
 
