@@ -45,9 +45,8 @@ class HttpServer:
 
     `request_timeout` bounds the time to send a request, the keep-alive idle time and the time
     to take a response; `max_request_bytes` bounds the request line, each header and the body.
-    `max_connections` is kept for compatibility and no longer limits anything: aiohttp has no
-    connection slots, and a connection that sends nothing is closed after `request_timeout`
-    (counted in `refused`).
+    There are no connection slots to exhaust: aiohttp closes a connection that sends nothing,
+    or stays idle between requests, after `request_timeout` (its keep-alive timeout).
     """
 
     def __init__(
@@ -59,7 +58,6 @@ class HttpServer:
         loop_monitor: LoopLagMonitor | None = None,
         *,
         lag_threshold: float | None = None,
-        max_connections: int = 64,
         request_timeout: float = 5.0,
         max_request_bytes: int = 8192,
         metrics_cache_seconds: float = 0.5,
@@ -70,17 +68,14 @@ class HttpServer:
         self.ready = ready
         self.loop_monitor = loop_monitor
         self.lag_threshold = lag_threshold
-        self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.max_request_bytes = max_request_bytes
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._silent: set[Any] = set()  # connections (aiohttp handlers) that have not sent a request yet
         self.metrics_cache_seconds = metrics_cache_seconds
         self._metrics_lock = asyncio.Lock()
         self._metrics_cache: tuple[float, str, bytes] = (float("-inf"), "", b"")
         self.requests = 0
-        self.refused = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -97,16 +92,6 @@ class HttpServer:
             shutdown_timeout=1.0,
         )
         await runner.setup()
-        server = runner.server
-        assert server is not None
-        connection_made = server.connection_made
-
-        def on_connection(handler: Any, transport: asyncio.Transport) -> None:
-            connection_made(handler, transport)
-            self._silent.add(handler)
-            asyncio.get_running_loop().call_later(self.request_timeout, self._drop_if_silent, handler)
-
-        server.connection_made = on_connection  # type: ignore[method-assign]
         site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
         try:
             await site.start()
@@ -128,20 +113,8 @@ class HttpServer:
         return int(addresses[0][1]) if addresses else self._port
 
     # -- request handling --------------------------------------------------------------------
-    def _drop_if_silent(self, handler: Any) -> None:
-        """A connection that has not sent a complete request head within `request_timeout`."""
-        if handler not in self._silent:
-            return
-        self._silent.discard(handler)
-        transport = handler.transport
-        if transport is None or transport.is_closing():
-            return
-        self.refused += 1
-        handler.force_close()
-        transport.close()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self._silent.discard(request.protocol)
         self.requests += 1
         extra: dict[str, str] = {}
         if request.method not in ("GET", "HEAD"):

@@ -48,7 +48,7 @@ async def server():
     mon.start()
     metrics = RelayMetrics(DegradedRelay(), mon, process_metrics=False)
     ready = Ready()
-    srv = HttpServer("127.0.0.1", 0, metrics.registry, ready, mon, max_connections=4, request_timeout=0.5)
+    srv = HttpServer("127.0.0.1", 0, metrics.registry, ready, mon, request_timeout=0.5)
     await srv.start()
     srv.test_ready = ready  # type: ignore[attr-defined]
     yield srv
@@ -133,7 +133,7 @@ async def test_oversized_request_head_is_refused(server: HttpServer) -> None:
 
 
 async def test_idle_connections_neither_lock_out_probes_nor_linger(server: HttpServer) -> None:
-    # far more idle connections than max_connections (4): there are no slots to exhaust
+    # 100 idle connections: there are no connection slots to exhaust
     idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(100)]
     try:
         await asyncio.sleep(0.05)
@@ -146,7 +146,6 @@ async def test_idle_connections_neither_lock_out_probes_nor_linger(server: HttpS
                 assert await asyncio.wait_for(r.read(), 3) == b""
             except ConnectionResetError:
                 pass  # just as closed
-        assert server.refused > 0
         # a keep-alive connection gets several answers, then is dropped once idle
         r, w = await asyncio.open_connection("127.0.0.1", server.port)
         for _ in range(2):
