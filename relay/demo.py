@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from pathlib import Path
+from importlib import resources
 
 from relay.app import Relay, run_loop
 from relay.config import load_config, parse_config
@@ -20,7 +20,7 @@ from relay.ops.logging import configure_logging
 from relay.sim import LineConfig, SimConfig, Simulator
 from relay.verify import V2Verifier, VerifyingClient
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+DEFAULT_CONFIG = resources.files("relay") / "demo.yaml"  # package data: present in any install
 FAULT_CYCLE = [  # (line, kind, duration seconds, params)
     (0, "drop", None, {}),
     (1, "corrupt_checksum", None, {"symbol": "BTC/USD"}),
@@ -32,7 +32,7 @@ FAULT_CYCLE = [  # (line, kind, duration seconds, params)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="relay config (default: config/demo.yaml)")
+    parser.add_argument("--config", default=None, help="relay config (default: the bundled relay/demo.yaml)")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until Ctrl-C)")
     parser.add_argument("--fault-every", type=float, default=8.0, help="seconds between injected faults")
     parser.add_argument("--rate", type=float, default=400.0, help="simulated book updates per second")
@@ -51,7 +51,11 @@ def status_line(relay: Relay, client: VerifyingClient, note: str) -> str:
 
 
 async def demo(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config) if args.config else load_config(DEFAULT_CONFIG)
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        with resources.as_file(DEFAULT_CONFIG) as path:
+            cfg = load_config(path)
     ports = [int(u.url.rsplit(":", 1)[1].split("/")[0]) for u in cfg.upstreams]
     symbols = cfg.channels.all_symbols()
     sim = Simulator(

@@ -42,9 +42,9 @@ def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.mark.parametrize("name", ["relay.yaml", "demo.yaml"])
-def test_sample_configs_pass(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli_main(["check-config", str(ROOT / "config" / name)])
+@pytest.mark.parametrize("path", ["config/relay.yaml", "relay/demo.yaml"])
+def test_sample_configs_pass(path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(["check-config", str(ROOT / path)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert len(out.strip().splitlines()) == 1 and out.startswith("config ok:")
@@ -61,7 +61,7 @@ def test_real_config_targets_kraken_and_beta_with_depth_100() -> None:
 
 
 def test_demo_config_uses_two_local_simulator_lines() -> None:
-    cfg = load_config(ROOT / "config" / "demo.yaml", env={})
+    cfg = load_config(ROOT / "relay" / "demo.yaml", env={})
     assert [u.url for u in cfg.upstreams] == ["ws://127.0.0.1:18001/v2", "ws://127.0.0.1:18002/v2"]
     assert cfg.server.listen == "127.0.0.1:8765" and cfg.http.listen == "127.0.0.1:9100"
 
@@ -139,7 +139,7 @@ def test_console_entry_point_exit_codes(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD + "bogus: 1\n")
     ok = subprocess.run(
-        [sys.executable, "-m", "relay", "check-config", str(ROOT / "config" / "demo.yaml")],
+        [sys.executable, "-m", "relay", "check-config", str(ROOT / "relay" / "demo.yaml")],
         capture_output=True,
         text=True,
         timeout=60,
