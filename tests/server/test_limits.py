@@ -10,6 +10,7 @@ from websockets.exceptions import InvalidStatus
 
 import relay.server.client as client_mod
 from relay.protocols.spot_v2.requests import Rejection, Subscription, parse_request
+from tests.kit.tls import self_signed
 
 
 async def test_request_burst_gets_rate_errors_and_others_keep_being_served(make_relay, clients):
@@ -163,36 +164,9 @@ def test_trade_snapshot_defaults_false_others_true():
 
 
 async def test_tls_endpoint(make_relay, tmp_path):
-    import shutil
     import ssl
-    import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not available")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    cert, key = self_signed(tmp_path)
     relay = await make_relay({"tls": {"cert": str(cert), "key": str(key)}})
     assert relay.server.url.startswith("wss://127.0.0.1:")
     ctx = ssl.create_default_context(cafile=str(cert))

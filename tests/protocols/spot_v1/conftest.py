@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 from relay.app import Relay
 from relay.config import parse_config
 from relay.sim import LineConfig, SimConfig, Simulator
+from tests.kit.tls import self_signed
 
 PAIRS = ["XBT/USD", "ETH/USD"]
 
@@ -22,34 +21,7 @@ PAIRS = ["XBT/USD", "ETH/USD"]
 @pytest.fixture(scope="session")
 def tls_cert(tmp_path_factory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (openssl CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not available")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def client_ssl(cert: Path) -> ssl.SSLContext:
