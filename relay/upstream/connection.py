@@ -26,10 +26,12 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.config import RelayConfig, UpstreamConfig
 from relay.core.events import AckEvent, StatusEvent, UnknownEvent
+from relay.core.keys import SubKey
+from relay.protocols.interfaces import ProtocolMerge
 from relay.protocols.spec import ProtocolSpec
 from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of
-from relay.upstream.subscriptions import SubKey, SubscriptionPlanner
+from relay.upstream.subscriptions import SubscriptionPlanner
 from relay.upstream.transport import classify_error, close_reason, open_connection
 
 log = structlog.get_logger("relay.upstream")
@@ -59,7 +61,7 @@ class UpstreamConnection:
         index: int,
         up: UpstreamConfig,
         cfg: RelayConfig,
-        merge: Any,
+        merge: ProtocolMerge,
         publish: Publish,
         budget: AttemptBudget,
         stagger: Stagger,

@@ -24,6 +24,7 @@ import orjson
 
 from relay.core.wsframe import text_frame
 from relay.protocols.futures.wire import INFO, encode_event, encode_heartbeat
+from relay.protocols.interfaces import Session
 
 log = logging.getLogger("relay.server")
 
@@ -85,12 +86,12 @@ class FuturesEndpoint:
         return cfg
 
     # -- connection lifecycle ------------------------------------------------------------------
-    def opened(self, conn: Any, now: float) -> None:
+    def opened(self, conn: Session, now: float) -> None:
         conn.ep_state = ClientState()
         self.clients.add(conn)
         conn.queue(INFO)
 
-    def closed(self, conn: Any, now: float) -> None:
+    def closed(self, conn: Session, now: float) -> None:
         self.clients.discard(conn)
         st: ClientState | None = conn.ep_state
         if st is None:
@@ -103,13 +104,13 @@ class FuturesEndpoint:
                     del self.subs[key]
         st.subs.clear()
 
-    def reject(self, conn: Any, reason: str, data: bytes | None) -> None:
+    def reject(self, conn: Session, reason: str, data: bytes | None) -> None:
         self.errors += 1
         text = {"rate": "Exceeded msg rate", "binary": ERR_JSON, "too_big": ERR_JSON}.get(reason, ERR_JSON)
         conn.queue(encode_event("error", message=text))
 
     # -- requests ------------------------------------------------------------------------------
-    def message(self, conn: Any, data: bytes, now: float) -> None:
+    def message(self, conn: Session, data: bytes, now: float) -> None:
         self.requests += 1
         try:
             msg = orjson.loads(data)
@@ -154,11 +155,11 @@ class FuturesEndpoint:
             else:
                 self._unsubscribe(conn, st, feed, product)
 
-    def _error(self, conn: Any, text: str) -> None:
+    def _error(self, conn: Session, text: str) -> None:
         self.errors += 1
         conn.queue(encode_event("error", message=text))
 
-    def _subscribe(self, conn: Any, st: ClientState, feed: str, product: str) -> None:
+    def _subscribe(self, conn: Session, st: ClientState, feed: str, product: str) -> None:
         key = (feed, product)
         if key in st.subs:
             conn.queue(encode_event("alert", message="Already subscribed to feed, re-requesting"))
@@ -172,7 +173,7 @@ class FuturesEndpoint:
         conn.queue(encode_event("subscribed", feed, [product]))
         self._snapshot(conn, feed, product)
 
-    def _snapshot(self, conn: Any, feed: str, product: str) -> None:
+    def _snapshot(self, conn: Session, feed: str, product: str) -> None:
         src = self.source
         if feed == "book":
             conn.open_book(("book", product, 0), True)
@@ -185,7 +186,7 @@ class FuturesEndpoint:
             if snap is not None:
                 conn.queue(snap)
 
-    def _unsubscribe(self, conn: Any, st: ClientState, feed: str, product: str) -> None:
+    def _unsubscribe(self, conn: Session, st: ClientState, feed: str, product: str) -> None:
         key = (feed, product)
         if key not in st.subs:
             conn.queue(encode_event("unsubscribed_failed", feed, [product]))
@@ -200,7 +201,7 @@ class FuturesEndpoint:
             conn.stop_book(("book", product, 0))
         conn.queue(encode_event("unsubscribed", feed, [product]))
 
-    def _relay(self, conn: Any, st: ClientState, event: str, products: Any) -> None:
+    def _relay(self, conn: Session, st: ClientState, event: str, products: Any) -> None:
         if event == "unsubscribe":
             st.relay = None
             conn.queue(encode_event("unsubscribed", "relay"))

@@ -27,6 +27,7 @@ import orjson
 from relay.core.keys import SubKey
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.core.wsframe import text_frame
+from relay.protocols.interfaces import Session
 from relay.protocols.spot_v1.wire import (
     HEARTBEAT,
     encode_error,
@@ -247,27 +248,27 @@ class V1Endpoint:
         """First frame on a new connection, as Kraken sends it."""
         return encode_system_status(self.merge.system_status(), connection_id, self.version)
 
-    def add_client(self, client: Any) -> None:
+    def add_client(self, client: Session) -> None:
         self.clients.add(client)
 
-    def remove_client(self, client: Any, now: float = 0.0) -> None:
+    def remove_client(self, client: Session, now: float = 0.0) -> None:
         self.clients.discard(client)
         for key in list(client.subs):
             self._unregister(client, key)
 
     # -- listener `Endpoint` interface ------------------------------------------------------
-    def opened(self, conn: Any, now: float) -> None:
+    def opened(self, conn: Session, now: float) -> None:
         self.add_client(conn)
         conn.queue(self.hello(getattr(conn, "connection_id", 0)))
 
-    def closed(self, conn: Any, now: float) -> None:
+    def closed(self, conn: Session, now: float) -> None:
         self.remove_client(conn, now)
 
-    def message(self, conn: Any, data: bytes, now: float) -> None:
+    def message(self, conn: Session, data: bytes, now: float) -> None:
         if not self.handle_message(conn, data, now):
             conn.count_error()
 
-    def reject(self, conn: Any, reason: str, data: bytes | None) -> None:
+    def reject(self, conn: Session, reason: str, data: bytes | None) -> None:
         """A message refused before parsing (size, binary, rate): Kraken-style `error` event."""
         rid = None
         if data:
@@ -287,7 +288,7 @@ class V1Endpoint:
         return sum(len(s) for s in self.subs.values())
 
     # -- requests -------------------------------------------------------------------------
-    def handle_message(self, client: Any, raw: bytes, now: float = 0.0) -> bool:
+    def handle_message(self, client: Session, raw: bytes, now: float = 0.0) -> bool:
         """Answer one text message. Returns False when it was rejected (an error reply)."""
         req = parse_request(raw, self.max_subs)
         if isinstance(req, V1Ping):
@@ -303,7 +304,7 @@ class V1Endpoint:
             self._subscribe(client, req)
         return True
 
-    def _status(self, client: Any, req: V1Subscribe, pair: str, status: str, error: str | None = None) -> None:
+    def _status(self, client: Session, req: V1Subscribe, pair: str, status: str, error: str | None = None) -> None:
         name = channel_name(req.channel, req.key)
         cid = self.ids.get(name, pair) if error is None else None
         client.queue(
@@ -312,7 +313,7 @@ class V1Endpoint:
             )
         )
 
-    def _subscribe(self, client: Any, req: V1Subscribe) -> None:
+    def _subscribe(self, client: Session, req: V1Subscribe) -> None:
         channel = req.channel
         for pair in req.pairs:
             key = SubKey(channel, pair, req.key)
@@ -329,7 +330,7 @@ class V1Endpoint:
             else:
                 self._subscribe_one(client, req, key)
 
-    def _subscribe_one(self, client: Any, req: V1Subscribe, key: SubKey) -> None:
+    def _subscribe_one(self, client: Session, req: V1Subscribe, key: SubKey) -> None:
         """Register, ack, snapshot in one synchronous step: no publication can fall between."""
         channel, pair, k = key
         client.subs.add(key)
@@ -353,7 +354,7 @@ class V1Endpoint:
         if snap is not None:
             client.queue(self.ids.stamp(key, snap))
 
-    def _unsubscribe(self, client: Any, req: V1Subscribe) -> None:
+    def _unsubscribe(self, client: Session, req: V1Subscribe) -> None:
         if req.channel == "*":
             for pair in req.pairs:
                 keys = sorted(k for k in client.subs if k[1] == pair)
@@ -377,7 +378,7 @@ class V1Endpoint:
             self._unregister(client, key)
             self._status(client, req, pair, "unsubscribed")
 
-    def _unregister(self, client: Any, key: SubKey) -> None:
+    def _unregister(self, client: Session, key: SubKey) -> None:
         client.subs.discard(key)
         clients = self.subs.get(key)
         if clients is not None:
