@@ -159,6 +159,10 @@ class UpstreamConnection:
                 delay = self.policy.next_delay(now, reason, self._maintenance)
                 if reason == RATE_LIMITED:  # per address: every line leaving from it backs off
                     self.budget.block(now + delay)
+                    # ...and the line that drew the 429 retries one stagger slot after the
+                    # others waiting on that address, so it cannot starve them by winning
+                    # every race for the first attempt once the block ends.
+                    delay += self.stagger.interval
                 log.warning("upstream connect failed", upstream=self.name, reason=reason, retry_in=round(delay, 3))
                 continue
             self.connects += 1
