@@ -68,7 +68,7 @@ class ChannelIds:
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str], int] = {}
         self._next = itertools.count(1)
-        self._stamps: dict[SubKey, tuple[bytes, bytes]] = {}
+        self._stamps: dict[tuple[str, str, int], tuple[bytes, bytes]] = {}
 
     def get(self, name: str, pair: str) -> int:
         cid = self._ids.get((name, pair))
@@ -76,7 +76,7 @@ class ChannelIds:
             cid = self._ids[(name, pair)] = next(self._next)
         return cid
 
-    def stamp(self, key: SubKey, frame: bytes) -> bytes:
+    def stamp(self, key: tuple[str, str, int], frame: bytes) -> bytes:
         """`frame` (from the merge: any id, any channel name) as sent on subscription `key`."""
         parts = self._stamps.get(key)
         if parts is None:
@@ -216,7 +216,7 @@ class V1Endpoint:
         self.max_subs = max_subscriptions_per_client
         self.trade_snapshot_count = trade_snapshot_count
         self.version = version
-        self.subs: dict[SubKey, set[Any]] = {}
+        self.subs: dict[tuple[str, str, int], set[Any]] = {}  # SubKey -> subscribers
         self.clients: set[Any] = set()
         self.published = 0
         self.delivered = 0
@@ -407,7 +407,7 @@ class V1Endpoint:
                 c.deliver(wire)
             self.delivered += len(self.clients)
             return
-        key = SubKey(channel, pub.symbol, pub.key)
+        key = (channel, pub.symbol, pub.key)  # a plain tuple on the hot path: equal to the SubKey
         clients = self.subs.get(key)
         if not clients:
             return

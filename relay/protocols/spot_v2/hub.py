@@ -76,7 +76,7 @@ class Hub:
         self.demand = DemandTracker(dynamic or DynamicSubscriptionsConfig(), demand)
         self.demand_timeout = demand_timeout
         self.trade_snapshot_count = trade_snapshot_count
-        self.subs: dict[SubKey, set[Session]] = {}
+        self.subs: dict[tuple[str, str, int], set[Session]] = {}  # SubKey -> subscribers
         self.relay_clients: set[Session] = set()
         self.clients: set[Session] = set()
         self.pending: list[_Pending] = []
@@ -147,7 +147,7 @@ class Hub:
         subs = self.subs
         channel = pub.channel
         if channel == "book":
-            key = SubKey("book", pub.symbol, pub.key)
+            key = ("book", pub.symbol, pub.key)  # a plain tuple on the hot path: equal to the SubKey
             clients = subs.get(key)
             if clients:
                 wire, snap = text_frame(pub.frame), pub.snapshot
@@ -166,7 +166,7 @@ class Hub:
                     c.deliver(wire)
                     self.delivered += 1
         else:
-            clients = subs.get(SubKey(channel, "" if channel == "instrument" else pub.symbol, pub.key))
+            clients = subs.get((channel, "" if channel == "instrument" else pub.symbol, pub.key))
             if clients:
                 wire = text_frame(pub.frame)
                 for c in tuple(clients):
