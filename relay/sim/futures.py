@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -58,7 +58,7 @@ from relay.protocols.futures.wire import (
     encode_heartbeat,
     encode_trade_snapshot,
 )
-from relay.sim.common import CLOSE_REASONS, LineConfig, json_response, select_lines
+from relay.sim.common import CLOSE_REASONS, LineConfig, json_response, select_lines, serve_line
 from relay.sim.control import ControlServer
 from relay.sim.faults import FUTURES_FAULT_KINDS, FaultSpec, check_kind, run_schedule
 from relay.sim.tasks import background as _background
@@ -562,17 +562,7 @@ class FuturesSimulator:
                     return conn.respond(HTTPStatus.TOO_MANY_REQUESTS, "error code: 1015\n")
             return None
 
-        return await serve(
-            handler,
-            self.config.host,
-            port,
-            process_request=process_request,
-            compression=None,
-            ping_interval=None,
-            max_size=1 << 20,
-            max_queue=64,
-            close_timeout=2,
-        )
+        return await serve_line(handler, self.config.host, port, process_request)
 
     def _rest(self, conn: ServerConnection, name: str) -> Response:
         if name == "instruments":

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -47,7 +47,7 @@ from relay.protocols.spot_v2.wire import (
     now_rfc3339,
 )
 from relay.sim import v1 as simv1
-from relay.sim.common import CLOSE_REASONS, LineConfig, select_lines
+from relay.sim.common import CLOSE_REASONS, LineConfig, select_lines, serve_line
 from relay.sim.common import json_response as _json_response
 from relay.sim.control import ControlServer
 from relay.sim.faults import FAULT_KINDS, FaultSpec, check_kind, run_schedule
@@ -503,17 +503,7 @@ class Simulator:
         def process_request(conn: ServerConnection, request: Request) -> Response | None:
             return self._process_request(conn, request, line)
 
-        return await serve(
-            handler,
-            self.config.host,
-            port,
-            process_request=process_request,
-            compression=None,
-            ping_interval=None,
-            max_size=1 << 20,
-            max_queue=64,
-            close_timeout=2,
-        )
+        return await serve_line(handler, self.config.host, port, process_request)
 
     # -- tasks ------------------------------------------------------------------------------
     async def _market_loop(self) -> None:
