@@ -66,7 +66,13 @@ async def test_each_fault_on_one_line_client_sees_no_gap_no_duplicate_no_disconn
             assert await until(lambda: len(client.view.snapshots) == len(rig.products), 5.0)
 
             def both_lines_valid() -> bool:
-                return all(set(rig.merge.symbol_state(p)["upstreams"].values()) == {"valid"} for p in rig.products)
+                """Both lines valid and proven in the published seq space (a reconnected line is
+                "valid" with its own book before that, and could not yet cover the other's fault)."""
+                return all(
+                    set(rig.merge.symbol_state(p)["upstreams"].values()) == {"valid"}
+                    and all(lb.aligned for lb in rig.merge.books[p].lines)
+                    for p in rig.products
+                )
 
             for line, kind, duration, params in FAULTS:
                 # One line at a time: the next fault waits until the last one healed (a busy
