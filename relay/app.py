@@ -81,6 +81,7 @@ class Stack:
             lag_sampler=metrics.lag_sampler,
             budgets=budgets,  # attempt budgets and stagger are per relay, whatever the protocol
             stagger=stagger,
+            on_rejected=self.endpoint.upstream_rejected,
         )
 
     @property

@@ -242,10 +242,30 @@ class TlsConfig(_Strict):
 
 
 class DynamicSubscriptionsConfig(_Strict):
-    enabled: bool = False
-    allow: list[str] = Field(default_factory=list)  # empty = any symbol Kraken accepts
-    max_symbols: int = Field(default=20, ge=0, le=1000)
+    """On-demand upstream subscriptions, per protocol (each protocol has its own cap).
+
+    Whatever a client asks for beyond the configured (warm) set is subscribed upstream on every
+    line, shared with every client asking for the same, and released `release_after` seconds
+    after the last client left. `allow` / `deny` are shell-style patterns on the symbol or
+    product (`*/USD`, `PF_*`); empty `allow` means any symbol Kraken lists.
+    """
+
+    enabled: bool = True
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    max_subscriptions: int = Field(default=200, ge=0, le=10000)  # on-demand upstream subscriptions
     release_after: float = Field(default=60.0, ge=0)
+    timeout: float = Field(default=15.0, gt=0)  # a client waits this long for the first data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        """`max_symbols` (before 0.3) is the old name of `max_subscriptions`."""
+        if isinstance(data, dict) and "max_symbols" in data:
+            data = dict(data)
+            old = data.pop("max_symbols")
+            data.setdefault("max_subscriptions", old)
+        return data
 
 
 class ServerConfig(_Strict):
@@ -345,8 +365,8 @@ class RelayConfig(_Strict):
         if "v2" in protocols:
             if "channels" not in self.model_fields_set:
                 raise ValueError("channels: is required (an upstream has protocol v2)")
-            if not self.channels.all_symbols():
-                raise ValueError("channels: no symbols configured in any channel")
+            if not self.channels.all_symbols() and not self.server.dynamic_subscriptions.enabled:
+                raise ValueError("channels: no symbols configured in any channel (and on-demand serving is off)")
         elif "channels" in self.model_fields_set and self.channels.all_symbols():
             raise ValueError("channels: configured but no upstream has protocol v2")
         for proto in ("v1", "futures"):
@@ -356,10 +376,11 @@ class RelayConfig(_Strict):
                 raise ValueError(f"{proto}: is required (upstreams[{i}] has protocol {proto})")
             if section is not None and proto not in protocols:
                 raise ValueError(f"{proto}: configured but no upstream has protocol {proto}")
-        if self.futures is not None and not self.futures.channels.all_products():
-            raise ValueError("futures.channels: no products configured in any feed")
-        if self.v1 is not None and not self.v1.channels.all_symbols():
-            raise ValueError("v1.channels: no pairs configured in any channel")
+        on_demand = self.server.dynamic_subscriptions.enabled
+        if self.futures is not None and not self.futures.channels.all_products() and not on_demand:
+            raise ValueError("futures.channels: no products configured in any feed (and on-demand serving is off)")
+        if self.v1 is not None and not self.v1.channels.all_symbols() and not on_demand:
+            raise ValueError("v1.channels: no pairs configured in any channel (and on-demand serving is off)")
         paths = [("server.path", self.server.path)]
         for proto in ("v1", "futures"):
             section = getattr(self, proto, None)

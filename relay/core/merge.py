@@ -84,11 +84,13 @@ class Merge(MergeBase):
         self._update_system()
         self._publish_relay_states()
 
-    def line_status(self, up: int, system: str, now: float) -> None:
+    def line_status(self, up: int, system: str, now: float, version: str = "") -> None:
         """Engine status on one line. A line in maintenance feeds nothing; on its return every
         book it held is resynced (its state may have missed changes while it was frozen)."""
         line = self.lines[up]
         line.connected = True
+        if version:
+            line.version = version
         was_blocked = self._blocked[up]
         line.status = system
         blocked = system in BLOCKING_STATUS

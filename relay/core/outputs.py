@@ -73,6 +73,7 @@ class Line:
     name: str
     connected: bool = False
     status: str = ""
+    version: str = ""  # what the line's status frame reports (Kraken's engine version)
 
 
 class Parser(Protocol):
@@ -155,6 +156,13 @@ class MergeBase:
     def upstream_up(self, up: int, now: float) -> None:
         """A connection is established (its data starts with fresh snapshots)."""
         self.lines[up].connected = True
+
+    def upstream_version(self) -> str:
+        """The engine version a connected line reported (clients see Kraken's, not ours)."""
+        for line in self.lines:
+            if line.connected and getattr(line, "version", ""):
+                return str(line.version)
+        return next((str(ln.version) for ln in self.lines if getattr(ln, "version", "")), "")
 
     def take(self) -> list[Publication]:
         out = self.outbox

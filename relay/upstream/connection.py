@@ -72,8 +72,10 @@ class UpstreamConnection:
         max_queue: int = 64,
         lag_sampler: Any = None,
         protocol: ProtocolSpec,
+        on_rejected: Callable[[SubKey, str, float], None] | None = None,
     ) -> None:
         self.protocol = protocol  # requests, pings, liveness
+        self.on_rejected = on_rejected  # Kraken refused one of our subscriptions
         self.frame_timeout = self.protocol.frame_timeout(cfg)
         self.ws_ping_interval = self.protocol.ws_ping_interval(cfg)
         self.index = index
@@ -298,7 +300,7 @@ class UpstreamConnection:
         if isinstance(ev, StatusEvent):
             self.system = ev.system
             self._maintenance = ev.system == "maintenance"
-            self.merge.line_status(self.index, ev.system, now)
+            self.merge.line_status(self.index, ev.system, now, ev.version)
             if not self._status_seen:
                 self._status_seen = True
                 self.planner.reset()
@@ -310,6 +312,8 @@ class UpstreamConnection:
             for key, error in res.rejected:
                 self.rejections[key.label()] = error
                 log.warning("subscription rejected", upstream=self.name, subscription=key.label(), error=error)
+                if self.on_rejected is not None:
+                    self.on_rejected(key, error, now)
             for key in res.accepted:
                 self.rejections.pop(key.label(), None)
             warnings = ev.result.get("warnings") if ev.success else None

@@ -43,8 +43,11 @@ class UpstreamPool:
         lag_sampler: Callable[[str], Any] | None = None,
         budgets: BudgetRegistry | None = None,
         stagger: Stagger | None = None,
+        on_rejected: Callable[[SubKey, str, float], None] | None = None,
     ) -> None:
-        """`budgets`/`stagger`: share another pool's (one per relay, whatever the protocol)."""
+        """`budgets`/`stagger`: share another pool's (one per relay, whatever the protocol);
+        `on_rejected(key, error, now)`: a line's subscription was refused by Kraken (the endpoint
+        answers clients waiting for an on-demand subscription)."""
         self.protocol = protocol  # only the upstreams of this protocol are ours
         self.config = config
         self.merge = merge
@@ -56,6 +59,7 @@ class UpstreamPool:
         self.lag_sampler = lag_sampler  # e.g. RelayMetrics.lag_sampler: name -> sampler
         self.budgets = budgets or BudgetRegistry(config.budget)
         self.stagger = stagger or Stagger(config.reconnect.stagger)
+        self.on_rejected = on_rejected
         self.connections: list[UpstreamConnection] = []
         self.resync_requests = 0
         self.resync_ignored = 0
@@ -85,6 +89,7 @@ class UpstreamPool:
                 max_queue=self.max_queue,
                 lag_sampler=self.lag_sampler(up.name) if self.lag_sampler else None,
                 protocol=self.protocol,
+                on_rejected=self.on_rejected,
             )
             self.connections.append(conn)
         for conn in self.connections:

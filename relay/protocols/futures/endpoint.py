@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from relay.core.keys import SubKey
 from relay.core.wsframe import text_frame
 from relay.protocols.futures.wire import INFO, encode_event, encode_heartbeat
 from relay.protocols.interfaces import Session
@@ -74,6 +75,9 @@ class FuturesEndpoint:
 
     def set_products(self, products: Mapping[str, Iterable[str]]) -> None:
         self.products = {feed: frozenset(p) for feed, p in products.items()}
+
+    def upstream_rejected(self, key: SubKey, error: str, now: float) -> None:
+        """Kraken refused one of our subscriptions (nothing waits on it here yet)."""
 
     def demanded_subscriptions(self) -> None:
         return None  # the configured products only

@@ -563,9 +563,11 @@ class FuturesMerge(MergeBase):
         self._update_system()
         self._publish_relay_states()
 
-    def line_status(self, up: int, system: str, now: float) -> None:
+    def line_status(self, up: int, system: str, now: float, version: str = "") -> None:
         line = self.lines[up]
         line.connected = True
+        if version and hasattr(line, "version"):
+            line.version = version
         line.status = system
         self._update_system()
         self._publish_relay_states()

@@ -222,6 +222,9 @@ class V1Endpoint:
         self.delivered = 0
         self.dispatch_errors = 0
 
+    def upstream_rejected(self, key: SubKey, error: str, now: float) -> None:
+        """Kraken refused one of our subscriptions (nothing waits on it here yet)."""
+
     def demanded_subscriptions(self) -> None:
         return None  # the configured pairs only
 

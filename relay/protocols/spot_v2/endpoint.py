@@ -133,6 +133,10 @@ class V2Endpoint:
         self.hub.set_channels(new)
         return cfg
 
+    def upstream_rejected(self, key: SubKey, error: str, now: float) -> None:
+        """Kraken refused an upstream subscription: clients waiting on it get Kraken's error."""
+        self.hub.demand_failed(key.channel, key.symbol, error, now)
+
     def demand_ready(self, channel: str, symbol: str, now: float) -> None:
         """Upstream subscribed a demanded pair (the first published data counts too)."""
         self.hub.demand_ready(channel, symbol, now)
