@@ -20,8 +20,8 @@ trap 'rm -rf "$WHEELS"' EXIT
 
 # smoke test: the console script runs, the compiled deps import, the sample config validates
 "$VENV/bin/kraken-relay" --version
-"$VENV/bin/python" -c "import uvloop, orjson, websockets, pydantic, prometheus_client, structlog, yaml; \
-import relay.ops.http, relay.ops.metrics, relay.ops.systemd, relay.ops.logging"
+"$VENV/bin/python" -c "import uvloop, orjson, websockets, pydantic, prometheus_client, structlog, yaml, cryptography.x509; \
+import relay.ops.http, relay.ops.metrics, relay.ops.systemd, relay.ops.logging, relay.ops.cert"
 if [ -f "$SRC/config/relay.yaml" ]; then
     "$VENV/bin/kraken-relay" check-config --quiet "$SRC/config/relay.yaml"
 fi
