@@ -35,9 +35,10 @@ MODE_NAMES = {NONE: "down", FOLLOW: "valid", OWN: "valid", INVALID: "resyncing"}
 class LineBook:
     """One upstream's view of one symbol's book."""
 
-    __slots__ = ("mode", "pos", "book", "behind_since", "stale")
+    __slots__ = ("mode", "pos", "book", "behind_since", "stale", "snap_depth")
 
     def __init__(self) -> None:
+        self.snap_depth = 0  # the held depth when this line's current snapshot arrived
         self.mode = NONE
         self.pos = 0  # FOLLOW: index of the published state equal to this line's state
         self.book: Book | None = None  # OWN: this line's own book
@@ -67,6 +68,8 @@ class BookArbiter:
         self.depth = depth
         self.history_len = history
         self.pub = Book(symbol, depth)
+        self.full_depth = depth  # the published book is complete to this depth (see set_depth)
+        self.target_depth = depth
         self.ready = False  # a published state exists
         self.orphaned = True  # no upstream currently holds a valid state
         self.seq = 0
@@ -128,7 +131,7 @@ class BookArbiter:
             if book is None:
                 self._invalidate(up, lb, "gap")
                 return
-            lb.mode, lb.book = OWN, book
+            lb.mode, lb.book, lb.snap_depth = OWN, book, 0
         elif mode != OWN:
             self.merge.counters.book_dropped += 1  # no snapshot yet on this line, or resyncing
             return
@@ -154,11 +157,14 @@ class BookArbiter:
         lb.pos = self.seq
 
     def _snapshot(self, up: int, lb: LineBook, ev: BookEvent, now: float) -> None:
+        if self.target_depth > self.depth:
+            self._deepen(up)
         book = Book(self.symbol, self.depth)
         crc = book.load_snapshot(ev.bids, ev.asks, ev.timestamp)
         if ev.checksum is not None and crc != ev.checksum:
             self._invalidate(up, lb, "checksum")
             return
+        lb.snap_depth = self.depth
         if not self.ready or (self.orphaned and book.timestamp >= self.pub.timestamp):
             self._publish_snapshot(book, ev.raw, now, up)
             lb.mode, lb.pos, lb.book, lb.behind_since, lb.stale = FOLLOW, self.seq, None, None, False
@@ -169,6 +175,11 @@ class BookArbiter:
 
     def _consider_own(self, up: int, lb: LineBook, now: float) -> None:
         """A line with its own book: rejoin the published state, overtake it, or wait."""
+        self._rejoin(up, lb, now)
+        if lb.mode == FOLLOW and lb.snap_depth >= self.depth:
+            self.full_depth = self.depth  # a snapshot taken at the held depth is merged now
+
+    def _rejoin(self, up: int, lb: LineBook, now: float) -> None:
         book = lb.book
         assert book is not None
         pub = self.pub
@@ -245,6 +256,7 @@ class BookArbiter:
                 merge.seen.pop(entry.raw, None)
         self.hist.clear()
         self.pub = book.copy()
+        self.full_depth = self.depth
         self.seq += 1
         self.ready = True
         self.orphaned = False
@@ -326,12 +338,11 @@ class BookArbiter:
         return "ok"
 
     # -- depth views ----------------------------------------------------------------------------
+    # `view_refs` counts subscribers per depth (any depth); `views` exist for those below the
+    # held depth (the held depth itself is the main stream).
     def want_depth(self, depth: int) -> None:
-        if depth >= self.depth:
-            return
-        n = self.view_refs.get(depth, 0)
-        self.view_refs[depth] = n + 1
-        if n == 0:
+        self.view_refs[depth] = self.view_refs.get(depth, 0) + 1
+        if depth < self.depth and depth not in self.views:
             self.views[depth] = DepthView(self.pub, depth)
 
     def release_depth(self, depth: int) -> None:
@@ -341,6 +352,53 @@ class BookArbiter:
             self.views.pop(depth, None)
         else:
             self.view_refs[depth] = n - 1
+
+    def set_depth(self, depth: int) -> None:
+        """Hold the book at another depth (its upstream subscriptions change with it).
+
+        Deeper, once the book is published: nothing changes until a line's first snapshot after
+        this call (its subscription at the new depth) arrives; the book switches depth then
+        (`_deepen`), so current subscribers see no break and lines still at the old depth never
+        feed the deeper book. Shallower: at once; the book is truncated, views at or beyond the
+        new depth end (a deeper stream truncated is still exact).
+        """
+        self.target_depth = depth
+        if depth == self.depth or (depth > self.depth and self.ready):
+            return
+        self._resize(depth)
+
+    def _resize(self, depth: int) -> None:
+        old = self.depth
+        self.depth = depth
+        self.pub.depth = depth
+        for lb in self.lines:
+            if lb.book is not None:
+                lb.book.depth = depth
+        if depth < old:
+            self.pub.bids.truncate(depth, None)
+            self.pub.asks.truncate(depth, None)
+            self.full_depth = min(self.full_depth, depth)
+        for d in [d for d in self.views if d >= depth]:
+            del self.views[d]
+        for d in self.view_refs:
+            if d < depth and d not in self.views:
+                self.views[d] = DepthView(self.pub, d)
+        self._snapshots.clear()
+
+    def _deepen(self, up: int) -> None:
+        """Line `up` sent the first snapshot since `set_depth` asked for a deeper book: hold the
+        book at that depth now. The other lines are still at the old depth (resubscribing):
+        their updates are dropped until their own new snapshot. The published book stays as it
+        is (valid to the old depth) until line `up` overtakes it with a diff."""
+        self._resize(self.target_depth)
+        for i, lb in enumerate(self.lines):
+            if i != up and lb.mode != INVALID:
+                lb.mode, lb.book, lb.behind_since, lb.stale = NONE, None, None, False
+        self.orphaned = False  # the published book is still a valid state to diff from
+
+    def complete_to(self, depth: int) -> bool:
+        """Whether the published book is valid and holds every level down to `depth`."""
+        return self.ready and depth <= self.full_depth
 
 
 __all__ = ["BookArbiter", "LineBook", "Level", "NONE", "FOLLOW", "OWN", "INVALID"]

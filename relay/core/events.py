@@ -45,6 +45,7 @@ class TickerEvent:
     timestamp: str
     element: bytes
     raw: bytes
+    trade_mark: Any = None  # what changes with every trade (v2: last price and 24 h volume)
 
 
 @dataclass(slots=True)

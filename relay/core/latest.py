@@ -56,12 +56,38 @@ class NewestWins:
         return None if self.element is None else self.merge.codec.elements(self.channel, True, [self.element])
 
 
+TICKER_TRADES, TICKER_BBO = 0, 1  # publication keys of the two v2 ticker streams (event_trigger)
+
+
 class TickerArbiter(NewestWins):
+    """A symbol's ticker, published as two streams from one upstream subscription per line.
+
+    Upstream the relay subscribes one trigger per symbol on a line (Kraken's frames do not say
+    which trigger produced them): `bbo` while any client wants it, else `trades`. Every newer
+    record goes out on the `bbo` key; the `trades` key gets the records whose trade fields (last
+    price, 24 h volume) changed, which is Kraken's `trades` stream (a trade moves them). Both
+    forward the upstream bytes unchanged.
+    """
+
     def __init__(self, merge: ArbiterHost, symbol: str) -> None:
-        super().__init__(merge, "ticker", symbol)
+        super().__init__(merge, "ticker", symbol, TICKER_BBO)
+        self.trade_mark: Any = None
+        self.trade_element: bytes | None = None  # the last record published on the trades key
 
     def on_event(self, up: int, ev: TickerEvent, now: float) -> None:
+        published = self.published
         self.offer(up, ev.timestamp, ev.element, ev.snapshot, ev.raw, now)
+        if self.published == published:
+            return
+        if ev.trade_mark is None or ev.trade_mark != self.trade_mark or self.trade_element is None:
+            self.trade_mark, self.trade_element = ev.trade_mark, ev.element
+            outbox = self.merge.outbox
+            last = outbox[-1]
+            outbox.append(Publication("ticker", self.symbol, TICKER_TRADES, last.frame, False))
+
+    def snapshot_frame_for(self, key: int) -> bytes | None:
+        element = self.element if key == TICKER_BBO else self.trade_element
+        return None if element is None else self.merge.codec.elements(self.channel, True, [element])
 
 
 class OhlcArbiter(NewestWins):

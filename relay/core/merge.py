@@ -183,6 +183,61 @@ class Merge(MergeBase):
         arb = self.books.get(symbol) or self._book_arbiter(symbol)
         arb.want_depth(depth)
 
+    def set_book_depth(self, symbol: str, depth: int) -> None:
+        """Hold `symbol`'s book at `depth` (its upstream subscription depth; see
+        `BookArbiter.set_depth`). New books start at `settings.book_depth`."""
+        arb = self.books.get(symbol)
+        if arb is None:
+            arb = self.books[symbol] = BookArbiter(self, symbol, depth, self.settings.history)
+        arb.set_depth(depth)
+
+    def book_depth(self, symbol: str) -> int:
+        arb = self.books.get(symbol)
+        return self.settings.book_depth if arb is None else arb.depth
+
+    def book_complete(self, symbol: str, depth: int) -> bool:
+        """A valid published book holding every level down to `depth` (on-demand readiness)."""
+        arb = self.books.get(symbol)
+        return arb is not None and arb.complete_to(depth)
+
+    def drop_stream(self, channel: str, symbol: str, key: int = 0) -> None:
+        """Forget one stream's state (it is no longer subscribed upstream), so that nothing is
+        held for what nobody subscribed and a later subscription starts from fresh data."""
+        owner: Any
+        if channel == "book":
+            owner = self.books.pop(symbol, None)
+        elif channel == "trade":
+            owner = self.trades.pop(symbol, None)
+        elif channel == "ticker":
+            owner = self.tickers.pop(symbol, None)
+        elif channel == "ohlc":
+            owner = self.ohlc.pop((symbol, key), None)
+        else:
+            return
+        if owner is not None:
+            self.forget_owner(owner)
+        if symbol not in self.books and symbol not in self.trades and symbol not in self.tickers:
+            self._relay_states.pop(symbol, None)
+
+    def has_data(self, channel: str, symbol: str, key: int = 0) -> bool:
+        """Whether a stream has data to serve a new subscriber (on-demand readiness)."""
+        if channel == "book":
+            return self.book_complete(symbol, key)
+        if channel == "trade":
+            return symbol in self.trades
+        if channel == "ticker":
+            return self.ticker_snapshot(symbol, key) is not None
+        if channel == "ohlc":
+            return (symbol, key) in self.ohlc and self.ohlc[(symbol, key)].element is not None
+        return False
+
+    def knows_symbol(self, symbol: str) -> bool | None:
+        """Whether the followed instrument list has `symbol` (None: no list yet)."""
+        pairs = self.instrument.pairs
+        if not pairs:
+            return None
+        return symbol in pairs
+
     def release_book_depth(self, symbol: str, depth: int) -> None:
         arb = self.books.get(symbol)
         if arb is not None:
@@ -198,9 +253,10 @@ class Merge(MergeBase):
         tarb = self.trades.get(symbol)
         return None if tarb is None else tarb.snapshot_frame(count)
 
-    def ticker_snapshot(self, symbol: str) -> bytes | None:
+    def ticker_snapshot(self, symbol: str, key: int = 0) -> bytes | None:
+        """The latest record of the `trades` (key 0) or `bbo` (key 1) stream."""
         kar = self.tickers.get(symbol)
-        return None if kar is None else kar.snapshot_frame()
+        return None if kar is None else kar.snapshot_frame_for(key)
 
     def ohlc_snapshot(self, symbol: str, interval: int) -> bytes | None:
         oar = self.ohlc.get((symbol, interval))

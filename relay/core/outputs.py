@@ -143,6 +143,14 @@ class MergeBase:
         if len(ring) > self.SEEN_RING:
             self.seen.pop(ring.popleft(), None)
 
+    def forget_owner(self, owner: Any) -> None:
+        """Drop every remembered frame of an arbiter that is being discarded (a frame equal to
+        one of them must reach the arbiter that replaces it, not be taken for a duplicate)."""
+        seen = self.seen
+        for raw, hit in list(seen.items()):
+            if hit[0] is owner:
+                del seen[raw]
+
     def request_resync(self, up: int, channel: str, symbol: str, reason: str) -> None:
         self.requests.append(ResyncRequest(up, channel, symbol, reason))
         resyncs = self.upstream_stats[up].resyncs

@@ -248,8 +248,31 @@ def test_ticker_newest_wins() -> None:
     m.feed(a, tick("2026-01-01T00:00:02.000000Z", "2.0"), 0)
     m.feed(a, tick("2026-01-01T00:00:01.500000Z", "1.5"), 0)  # older: dropped
     pubs = [p for p in m.take() if p.channel == "ticker"]
-    assert len(pubs) == 2
+    assert [p.key for p in pubs] == [1, 0, 1, 0]  # bbo and trades streams, each record once
+    assert pubs[0].frame is pubs[1].frame  # the same bytes on both streams
     assert b'"last":2.0' in (m.ticker_snapshot("BTC/USD") or b"")
+
+
+def test_ticker_trades_stream_skips_quote_only_records() -> None:
+    """Upstream `bbo` feeds both streams: records without a trade reach only bbo subscribers."""
+    m, (a,) = new_merge(1)
+
+    def tick(ts: str, bid: str, last: str, volume: str) -> bytes:
+        el = b'{"symbol":"BTC/USD","bid":%s,"last":%s,"volume":%s,"timestamp":"%s"}' % (
+            bid.encode(),
+            last.encode(),
+            volume.encode(),
+            ts.encode(),
+        )
+        return encode_elements("ticker", False, [el])
+
+    m.feed(a, tick("2026-01-01T00:00:01.000000Z", "1.0", "1.1", "5"), 0)
+    m.feed(a, tick("2026-01-01T00:00:02.000000Z", "1.05", "1.1", "5"), 0)  # quote moved, no trade
+    m.feed(a, tick("2026-01-01T00:00:03.000000Z", "1.05", "1.2", "6"), 0)  # a trade
+    keys = [p.key for p in m.take() if p.channel == "ticker"]
+    assert keys == [1, 0, 1, 1, 0]
+    assert b'"last":1.2' in (m.ticker_snapshot("BTC/USD", 0) or b"")
+    assert b'"last":1.2' in (m.ticker_snapshot("BTC/USD", 1) or b"")
 
 
 def test_depth_views_are_valid_kraken_streams() -> None:

@@ -144,7 +144,8 @@ async def test_sighup_adds_a_symbol_without_disconnecting_anyone(tmp_path: Path)
         cfg = yaml.safe_load(daemon.config_path.read_text())
         before = Client(daemon.ws_url, ["ETH/USD"]).start()
         await wait_for(lambda: before.acks, 5, "ETH/USD answered before the reload")
-        assert before.acks[0]["success"] is False  # not configured yet: a Kraken-style rejection
+        assert before.acks[0]["success"] is True  # not configured yet: served on demand
+        await wait_for(lambda: before.frames > 5, 10, "ETH/USD on demand streaming")
         cfg["channels"]["book"]["symbols"] = ["BTC/USD", "ETH/USD"]
         daemon.config_path.write_text(yaml.safe_dump(cfg))
         daemon.proc.send_signal(signal.SIGHUP)
@@ -156,8 +157,10 @@ async def test_sighup_adds_a_symbol_without_disconnecting_anyone(tmp_path: Path)
         frames_then = old.frames
         await wait_for(lambda: old.frames > frames_then + 5, 10, "first client still streaming")
         assert new.acks and new.acks[0]["success"] is True
-        assert old.close_code is None and new.close_code is None
-        assert old.bad == new.bad == 0
+        frames_then = before.frames
+        await wait_for(lambda: before.frames > frames_then + 5, 10, "the on-demand client kept streaming")
+        assert old.close_code is None and new.close_code is None and before.close_code is None
+        assert old.bad == new.bad == before.bad == 0
         assert daemon.proc.poll() is None
 
 

@@ -58,8 +58,8 @@ def channels(**kw) -> ChannelsConfig:
 
 def build_relay(cfg: ServerConfig, merge: V2Merge, chans: ChannelsConfig, **kw) -> Relay:
     """A v2 endpoint for `merge` on a LocalServer bound to 127.0.0.1:0 (not started). `kw`: the
-    endpoint's `demand`/`demand_timeout`, the rest the server's."""
-    ep_kw = {k: kw.pop(k) for k in ("demand", "demand_timeout") if k in kw}
+    endpoint's `resubscribe`, the rest the server's."""
+    ep_kw = {k: kw.pop(k) for k in ("resubscribe",) if k in kw}
     endpoint = V2Endpoint(
         merge,
         chans,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import orjson
+
 TS = "2023-07-30T15:30:00.000000Z"
 
 
@@ -71,3 +73,19 @@ async def open_slow(clients, relay):
         if peer[1] == local:
             conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     return c
+
+
+def instrument_frame(*symbols: str) -> bytes:
+    """A v2 `instrument` snapshot listing `symbols` (BTC/USD precisions: 1 dp price, 8 dp qty)."""
+    pairs = [
+        {
+            "symbol": s,
+            "base": s.split("/")[0],
+            "quote": s.split("/")[1],
+            "status": "online",
+            "price_precision": 1,
+            "qty_precision": 8,
+        }
+        for s in symbols
+    ]
+    return orjson.dumps({"channel": "instrument", "type": "snapshot", "data": {"assets": [], "pairs": pairs}})

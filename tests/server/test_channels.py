@@ -80,8 +80,12 @@ async def test_ticker_ohlc_instrument_snapshots(make_relay, clients):
     await c.send(
         {"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD"], "event_trigger": "bbo"}}
     )
-    err = await c.until(lambda m: m.get("method") == "subscribe")
-    assert err["success"] is False and "event_trigger" in err["error"]
+    ack = await c.until(lambda m: m.get("method") == "subscribe")
+    assert ack["success"] is True
+    assert ack["result"] == {"channel": "ticker", "event_trigger": "bbo", "snapshot": True, "symbol": "BTC/USD"}
+    snap = await c.until(lambda m: m.get("channel") == "ticker")
+    assert snap["type"] == "snapshot" and snap["data"][0]["last"] == 29431.0
+    assert relay.endpoint.demanded_subscriptions()[-1] == ("ticker", "BTC/USD", 1)  # upstream: bbo now
 
 
 async def test_status_update_reaches_every_client(make_relay, clients):
@@ -166,11 +170,14 @@ async def test_direct_publications_fan_out_unchanged(make_relay, clients):
 async def test_reload_adds_symbols_without_dropping_clients(make_relay, clients):
     from tests.server.conftest import channels
 
-    relay = await make_relay()
+    relay = await make_relay({"dynamic_subscriptions": {"enabled": False}})  # a fixed set
     c = await clients(relay.url)
     await c.recv()
     await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})
-    assert (await c.recv())["error"] == "Currency pair not supported ETH/USD"
+    err = await c.recv()
+    assert (
+        err["error"] == "Currency pair not served by this relay ETH/USD (server.dynamic_subscriptions.enabled is false)"
+    )
     relay.endpoint.hub.set_channels(channels(ticker={"symbols": ["BTC/USD", "ETH/USD"]}))
     relay.feed(ticker_frame("ETH/USD"))
     await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})

@@ -3,8 +3,9 @@
 `V2Endpoint` is what the listener (`relay.server.listener.LocalServer`) routes the v2 path to,
 exactly like the v1 and futures endpoints: it greets a client with `status`, answers each text
 message (ping, subscribe, unsubscribe; Kraken's error texts), fans merge publications out through
-the `Hub`, and follows the symbols clients demand beyond the configured set (`DemandedSymbols`),
-which it hands back to its stack as extra upstream subscriptions.
+the `Hub`, and turns what clients demand beyond the configured (warm) set into upstream
+subscriptions (`upstream_plan`): one book subscription per symbol at the deepest depth any client
+needs, one ticker trigger per symbol (`bbo` while a client wants it), every ohlc interval asked.
 """
 
 from __future__ import annotations
@@ -14,69 +15,16 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from relay.config import BookChannelConfig, ChannelsConfig, RelayConfig, SymbolsChannelConfig
+from relay.config import ChannelsConfig, RelayConfig
 from relay.core.keys import SubKey
 from relay.core.outputs import Publication
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
-from relay.protocols.spot_v2.demand import DemandHandler
 from relay.protocols.spot_v2.hub import Hub, Source
 from relay.protocols.spot_v2.plan import desired_from_channels
 from relay.protocols.spot_v2.wire import HEARTBEAT, encode_error, encode_pong, encode_status, now_rfc3339
 
 log = logging.getLogger("relay.server")
-
-
-class DemandedSymbols:
-    """The (channel, symbol) pairs clients made the relay fetch upstream, and which await data.
-
-    The hub decides *when* (allowlist, limit, release delay); this adds them to the upstream
-    subscriptions (through `resubscribe`) and tells the hub once the merge has data for them.
-    """
-
-    def __init__(self, merge: Any, resubscribe: Callable[[], None]) -> None:
-        self.merge = merge
-        self.resubscribe = resubscribe
-        self.extra: dict[str, set[str]] = {}  # channel -> symbols added on demand
-        self.waiting: set[tuple[str, str]] = set()
-
-    def on_demand(self, channel: str, symbol: str) -> None:
-        self.extra.setdefault(channel, set()).add(symbol)
-        self.waiting.add((channel, symbol))
-        self.resubscribe()
-
-    def on_release(self, channel: str, symbol: str) -> None:
-        self.extra.get(channel, set()).discard(symbol)
-        self.waiting.discard((channel, symbol))
-        self.resubscribe()
-
-    def channels(self, base: ChannelsConfig) -> ChannelsConfig:
-        """`base` with the demanded symbols added (book depth: the merge's)."""
-        update: dict[str, Any] = {}
-        for channel, symbols in self.extra.items():
-            current = getattr(base, channel, None)
-            if not symbols:
-                continue
-            if current is None:
-                if channel == "book":
-                    current = BookChannelConfig(symbols=[], depth=self.merge.settings.book_depth)
-                else:
-                    current = SymbolsChannelConfig(symbols=[])
-            merged = list(dict.fromkeys([*current.symbols, *sorted(symbols)]))
-            update[channel] = current.model_copy(update={"symbols": merged})
-        return base.model_copy(update=update) if update else base
-
-    def arrived(self) -> list[tuple[str, str]]:
-        """The waiting pairs whose data the merge now has (no longer waiting)."""
-        merge = self.merge
-        have: dict[str, Callable[[str], Any]] = {
-            "book": lambda s: merge.book_snapshot(s, 10),
-            "trade": lambda s: merge.trades.get(s),
-            "ticker": merge.ticker_snapshot,
-        }
-        done = [(c, s) for c, s in self.waiting if have.get(c, lambda _s: True)(s)]
-        self.waiting.difference_update(done)
-        return done
 
 
 class V2Endpoint:
@@ -94,31 +42,70 @@ class V2Endpoint:
         max_subscriptions_per_client: int = 200,
         dynamic: Any = None,
         resubscribe: Callable[[], None] | None = None,
-        demand: DemandHandler | None = None,
-        demand_timeout: float = 15.0,
         heartbeat_interval: float = 1.0,
     ) -> None:
-        """`resubscribe`: called when the demanded set changes (`demanded_subscriptions`);
-        `demand`: another handler of demanded symbols instead (tests)."""
+        """`version`: the relay's own (its `relay` channel); clients' `status` carries Kraken's.
+        `resubscribe()`: the upstream set changed (`demanded_subscriptions`)."""
         self.path = path
         self.source = merge
         self.version = version
         self.max_subs = max_subscriptions_per_client
         self.heartbeat_interval = heartbeat_interval
-        self.demanded = DemandedSymbols(merge, resubscribe or (lambda: None))
+        self.resubscribe = resubscribe or (lambda: None)
         self.hub = Hub(
             merge,
             channels,
             max_subscriptions_per_client=max_subscriptions_per_client,
             dynamic=dynamic,
-            demand=demand if demand is not None else self.demanded if resubscribe is not None else None,
-            demand_timeout=demand_timeout,
+            on_demand_change=self._demand_changed,
+            identity={"name": "kraken-relay", "version": version},
         )
+        self._streams: set[tuple[str, str, int]] = set()  # upstream (channel, symbol, ohlc interval)
+        self._plan = self.upstream_plan()
+        self._apply_plan()
 
     # -- the stack's view: upstream subscriptions and config reloads ------------------------
     def demanded_subscriptions(self) -> list[SubKey]:
         """The configured channels plus what clients demanded (the pool's desired set)."""
-        return desired_from_channels(self.demanded.channels(self.hub.channels))
+        return list(self._plan)
+
+    def upstream_plan(self) -> list[SubKey]:
+        """The warm set's subscriptions merged with the on-demand keys: per symbol one book
+        subscription (the deepest depth needed) and one ticker trigger (bbo if any client)."""
+        warm = desired_from_channels(self.hub.channels)
+        depth: dict[str, int] = {}
+        trigger: dict[str, int] = {}
+        rest: dict[SubKey, None] = {}
+        for key in [*warm, *self.hub.demand.keys()]:
+            channel, symbol, param = key
+            if channel == "book":
+                depth[symbol] = max(depth.get(symbol, 0), param)
+            elif channel == "ticker":
+                trigger[symbol] = max(trigger.get(symbol, 0), param)
+            else:
+                rest[SubKey(channel, symbol, param)] = None
+        books = [SubKey("book", s, d) for s, d in depth.items()]
+        tickers = [SubKey("ticker", s, t) for s, t in trigger.items()]
+        return [*rest, *books, *tickers]
+
+    def _demand_changed(self) -> None:
+        self._plan = self.upstream_plan()
+        self._apply_plan()
+        self.resubscribe()
+
+    def _apply_plan(self) -> None:
+        """Books held at their upstream depth; streams no longer subscribed are forgotten (and
+        leftovers of a stream subscribed again), so nothing stale is served to a new client."""
+        merge: Any = self.source
+        streams = {(c, s, p if c == "ohlc" else 0) for c, s, p in self._plan if c != "instrument"}
+        if hasattr(merge, "drop_stream"):
+            for channel, symbol, key in (self._streams - streams) | (streams - self._streams):
+                merge.drop_stream(channel, symbol, key)
+        self._streams = streams
+        if hasattr(merge, "set_book_depth"):
+            for channel, symbol, param in self._plan:
+                if channel == "book":
+                    merge.set_book_depth(symbol, param)
 
     def reload(self, cfg: RelayConfig) -> RelayConfig:
         """SIGHUP: serve the new symbol set. The book depth is fixed for the life of the merge, so
@@ -131,15 +118,13 @@ class V2Endpoint:
             new = new.model_copy(update={"book": book})
             cfg = cfg.model_copy(update={"channels": new})
         self.hub.set_channels(new)
+        self._plan = self.upstream_plan()
+        self._apply_plan()
         return cfg
 
     def upstream_rejected(self, key: SubKey, error: str, now: float) -> None:
         """Kraken refused an upstream subscription: clients waiting on it get Kraken's error."""
         self.hub.demand_failed(key.channel, key.symbol, error, now)
-
-    def demand_ready(self, channel: str, symbol: str, now: float) -> None:
-        """Upstream subscribed a demanded pair (the first published data counts too)."""
-        self.hub.demand_ready(channel, symbol, now)
 
     def demand_failed(self, channel: str, symbol: str, error: str, now: float) -> None:
         """Upstream refused a demanded pair: waiting clients get `error`."""
@@ -148,7 +133,8 @@ class V2Endpoint:
     # -- listener `Endpoint` interface ------------------------------------------------------
     def opened(self, conn: Session, now: float) -> None:
         self.hub.add_client(conn)
-        conn.queue(encode_status(self.source.system_status(), self.version, conn.connection_id))
+        src = self.source
+        conn.queue(encode_status(src.system_status(), src.upstream_version(), conn.connection_id))
 
     def closed(self, conn: Session, now: float) -> None:
         self.hub.remove_client(conn, now)
@@ -190,8 +176,6 @@ class V2Endpoint:
         for c in tuple(self.hub.clients):
             if (c.subs or c.relay_subscribed) and c.idle(now) >= after:
                 c.queue(HEARTBEAT)
-        for channel, symbol in self.demanded.arrived():
-            self.hub.demand_ready(channel, symbol, now)
         self.hub.tick(now)
 
     def stats(self) -> dict[str, Any]:
@@ -201,6 +185,12 @@ class V2Endpoint:
             "published": hub.published,
             "dispatch_errors": hub.dispatch_errors,
             "delivered": hub.delivered,
-            "dynamic_symbols": sorted(hub.demand.symbols()),
+            "dynamic_symbols": sorted({k.symbol for k in hub.demand.keys()}),
+            "on_demand": {
+                "held": len(hub.demand.entries),
+                "demanded": hub.demand.demanded,
+                "released": hub.demand.released,
+                "refused": hub.demand.refused,
+            },
             "pending_subscriptions": len(hub.pending),
         }

@@ -20,10 +20,10 @@ import orjson
 from relay.config import ChannelsConfig, DynamicSubscriptionsConfig
 from relay.core.keys import SubKey
 from relay.core.wsframe import text_frame
+from relay.protocols.demand import DemandTracker
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
-from relay.protocols.spot_v2.demand import DemandHandler, DemandTracker
-from relay.protocols.spot_v2.wire import encode_ack, encode_error, now_rfc3339
+from relay.protocols.spot_v2.wire import encode_ack, encode_error, encode_status, now_rfc3339
 
 log = logging.getLogger("relay.server")
 
@@ -35,7 +35,10 @@ class Source(Protocol):
     def release_book_depth(self, symbol: str, depth: int) -> None: ...
     def book_snapshot(self, symbol: str, depth: int) -> bytes | None: ...
     def trade_snapshot(self, symbol: str, count: int = 50) -> bytes | None: ...
-    def ticker_snapshot(self, symbol: str) -> bytes | None: ...
+    def ticker_snapshot(self, symbol: str, key: int = 0) -> bytes | None: ...
+    def has_data(self, channel: str, symbol: str, key: int = 0) -> bool: ...
+    def knows_symbol(self, symbol: str) -> bool | None: ...
+    def upstream_version(self) -> str: ...
     def ohlc_snapshot(self, symbol: str, interval: int) -> bytes | None: ...
     def instrument_snapshot(self) -> bytes | None: ...
     def system_status(self) -> str: ...
@@ -44,18 +47,23 @@ class Source(Protocol):
 
 @dataclass(slots=True)
 class _Pending:
-    """A subscribe waiting for a dynamically demanded symbol to produce data."""
+    """A subscribe waiting for an on-demand subscription's first data."""
 
     client: Session
     sub: rq.Subscription
     symbol: str
+    key: SubKey
     time_in: str
     deadline: float
 
 
-def encode_relay(snapshot: bool, states: Iterable[dict[str, Any]]) -> bytes:
-    """The opt-in `relay` channel frame: one element per symbol (`symbol`, `book`, `upstreams`, ...)."""
-    return orjson.dumps({"channel": "relay", "type": "snapshot" if snapshot else "update", "data": list(states)})
+def encode_relay(snapshot: bool, states: Iterable[dict[str, Any]], identity: dict[str, str] | None = None) -> bytes:
+    """The opt-in `relay` channel frame: one element per symbol (`symbol`, `book`, `upstreams`, ...);
+    snapshots also name the relay (`relay`: name and version), which Kraken's frames never do."""
+    msg: dict[str, Any] = {"channel": "relay", "type": "snapshot" if snapshot else "update", "data": list(states)}
+    if identity is not None:
+        msg["relay"] = identity
+    return orjson.dumps(msg)
 
 
 class Hub:
@@ -66,27 +74,26 @@ class Hub:
         *,
         max_subscriptions_per_client: int = 200,
         dynamic: DynamicSubscriptionsConfig | None = None,
-        demand: DemandHandler | None = None,
-        demand_timeout: float = 15.0,
+        on_demand_change: Any = None,
         trade_snapshot_count: int = 50,
+        identity: dict[str, str] | None = None,
     ) -> None:
+        """`on_demand_change()`: the on-demand upstream set changed (the endpoint replans)."""
         self.source = source
         self.channels = channels
         self.max_subs = max_subscriptions_per_client
-        self.demand = DemandTracker(dynamic or DynamicSubscriptionsConfig(), demand)
-        self.demand_timeout = demand_timeout
+        cfg = dynamic or DynamicSubscriptionsConfig()
+        self.demand: DemandTracker[SubKey] = DemandTracker(cfg, on_demand_change)
+        self.demand_timeout = cfg.timeout
         self.trade_snapshot_count = trade_snapshot_count
+        self.identity = identity
         self.subs: dict[tuple[str, str, int], set[Session]] = {}  # SubKey -> subscribers
         self.relay_clients: set[Session] = set()
         self.clients: set[Session] = set()
         self.pending: list[_Pending] = []
-        self._pending_keys: set[tuple[str, str]] = set()
+        self._pending_streams: set[tuple[str, str]] = set()  # (channel, symbol) of pending keys
         self.static: dict[str, frozenset[str]] = {}
         self.set_channels(channels)
-        # The depth the merge holds books at; with no book channel configured (dynamic-only
-        # books) it is the merge's own setting.
-        merge_depth = getattr(getattr(source, "settings", None), "book_depth", 0)
-        self.book_depth = channels.book.depth if channels.book else merge_depth
         self.published = 0
         self.delivered = 0
         self.dispatch_errors = 0
@@ -100,7 +107,21 @@ class Hub:
             "ticker": frozenset(channels.ticker.symbols if channels.ticker else ()),
             "ohlc": frozenset(channels.ohlc.symbols if channels.ohlc else ()),
         }
-        self.ohlc_intervals = frozenset(channels.ohlc.intervals if channels.ohlc else (1,))  # Kraken's default
+        self.ohlc_intervals = frozenset(channels.ohlc.intervals if channels.ohlc else ())
+        self.warm_depth = channels.book.depth if channels.book else 0
+
+    def is_warm(self, key: SubKey) -> bool:
+        """Part of the configured set, always subscribed upstream (no on-demand step)."""
+        channel, symbol, param = key
+        if symbol not in self.static.get(channel, ()):
+            return False
+        if channel == "book":
+            return param <= self.warm_depth
+        if channel == "ohlc":
+            return param in self.ohlc_intervals
+        if channel == "ticker":
+            return param == 0  # the configured ticker streams use Kraken's default trigger
+        return True
 
     # -- clients --------------------------------------------------------------------------
     def add_client(self, client: Session) -> None:
@@ -124,7 +145,7 @@ class Hub:
         seen: dict[str, None] = {}
         for syms in self.static.values():
             seen.update(dict.fromkeys(sorted(syms)))
-        seen.update(dict.fromkeys(sorted(self.demand.symbols())))
+        seen.update(dict.fromkeys(sorted({k.symbol for k in self.demand.keys()})))
         return list(seen)
 
     # -- publications ---------------------------------------------------------------------
@@ -134,6 +155,8 @@ class Hub:
         Called from the upstream readers: a bug while serving one publication is logged and
         counted, never raised into the upstream connection that delivered the data.
         """
+        pending = self._pending_streams
+        arrived: set[tuple[str, str]] = set()
         for pub in pubs:
             self.published += 1
             try:
@@ -142,6 +165,12 @@ class Hub:
                 self.dispatch_errors += 1
                 if self.dispatch_errors <= 10:
                     log.exception("dispatch of a %s publication failed", pub.channel)
+            if pending and (pub.channel, pub.symbol) in pending:
+                arrived.add((pub.channel, pub.symbol))
+        # After the whole batch: a subscriber joining mid-batch would get a snapshot and then
+        # the rest of the batch the snapshot already holds.
+        for channel, symbol in arrived:
+            self._check_pending(channel, symbol, now)
 
     def _dispatch(self, pub: Any, now: float) -> None:
         subs = self.subs
@@ -155,9 +184,10 @@ class Hub:
                     c.deliver_book(key, wire, snap)
                 self.delivered += len(clients)
         elif channel == "status":
-            wire = text_frame(pub.frame)
+            # Rare: encoded per client, each keeps its own connection_id (as on Kraken).
+            system, version = self.source.system_status(), self.source.upstream_version()
             for c in tuple(self.clients):
-                c.deliver(wire)
+                c.deliver(text_frame(encode_status(system, version, c.connection_id)))
             self.delivered += len(self.clients)
         elif channel == "relay":
             wire, sym = text_frame(pub.frame), pub.symbol
@@ -172,8 +202,6 @@ class Hub:
                 for c in tuple(clients):
                     c.deliver(wire)
                 self.delivered += len(clients)
-        if self._pending_keys and (channel, pub.symbol) in self._pending_keys:
-            self.demand_ready(channel, pub.symbol, now)
 
     # -- requests -------------------------------------------------------------------------
     def handle(self, client: Session, sub: rq.Subscription, now: float, time_in: str) -> None:
@@ -194,43 +222,38 @@ class Hub:
                 return
             self._subscribe_one(client, sub, "", time_in)
             return
-        # Per-request checks that Kraken answers once, without a symbol.
-        if channel == "book" and sub.depth > self.book_depth:
-            client.queue(encode_error("subscribe", rq.ERR_DEPTH, sub.req_id, time_in, now_rfc3339()))
-            return
-        if channel == "ohlc" and sub.interval not in self.ohlc_intervals:
-            client.queue(encode_error("subscribe", rq.ERR_INTERVAL, sub.req_id, time_in, now_rfc3339()))
-            return
-        if channel == "ticker" and sub.event_trigger != "trades":
-            client.queue(encode_error("subscribe", rq.ERR_TRIGGER, sub.req_id, time_in, now_rfc3339()))
-            return
-        static = self.static[channel]
         for symbol in sub.symbols:
-            err = None
-            key = SubKey(channel, symbol, sub.key)
-            if key in client.subs or any(
-                p.client is client and p.symbol == symbol and p.sub.key == sub.key and p.sub.channel == channel
-                for p in self.pending
-            ):
-                err = rq.ERR_ALREADY
-            elif len(client.subs) >= self.max_subs:
-                err = rq.ERR_LIMIT
-            elif symbol in static or self.demand.is_ready(channel, symbol):
-                if self.demand.known(channel, symbol):
-                    self.demand.acquire(channel, symbol)
-                self._subscribe_one(client, sub, symbol, time_in)
-                continue
-            elif not self.demand.enabled or not self.demand.allowed(symbol):
-                err = rq.err_pair(symbol)
-            elif not self.demand.can_add(channel, symbol):
-                err = rq.ERR_DYNAMIC_LIMIT
-            if err is not None:
-                client.queue(encode_error("subscribe", err, sub.req_id, time_in, now_rfc3339(), symbol=symbol))
-                continue
-            self.demand.acquire(channel, symbol)
-            self.pending.append(_Pending(client, sub, symbol, time_in, now + self.demand_timeout))
-            self._pending_keys.add((channel, symbol))
-            self._check_pending_now(channel, symbol, now)
+            self._subscribe_symbol(client, sub, symbol, now, time_in)
+
+    def _subscribe_symbol(self, client: Session, sub: rq.Subscription, symbol: str, now: float, time_in: str) -> None:
+        """One symbol of a subscribe: served at once (warm, or on-demand data already there),
+        refused with Kraken's text, or demanded upstream and answered when its data arrives."""
+        key = SubKey(sub.channel, symbol, sub.key)
+        demand = self.demand
+        err = None
+        if key in client.subs or any(p.client is client and p.key == key for p in self.pending):
+            err = rq.ERR_ALREADY
+        elif len(client.subs) >= self.max_subs:
+            err = rq.ERR_LIMIT
+        elif self.is_warm(key) or demand.is_ready(key):
+            if demand.known(key):
+                demand.acquire(key)
+            self._subscribe_one(client, sub, symbol, time_in)
+            return
+        elif self.source.knows_symbol(symbol) is False:
+            err = rq.err_pair(symbol)  # Kraken does not list it: refused at once, as Kraken does
+        elif not demand.enabled:
+            err = rq.err_not_served(symbol, key, symbol in self.static.get(sub.channel, ()))
+        else:
+            err = demand.refusal(key, symbol)
+        if err is not None:
+            client.count_error()
+            client.queue(encode_error("subscribe", err, sub.req_id, time_in, now_rfc3339(), symbol=symbol))
+            return
+        demand.acquire(key)
+        self.pending.append(_Pending(client, sub, symbol, key, time_in, now + self.demand_timeout))
+        self._pending_streams.add((sub.channel, symbol))
+        self._check_pending(sub.channel, symbol, now)
 
     def _subscribe_one(self, client: Session, sub: rq.Subscription, symbol: str, time_in: str) -> None:
         """Register, ack, snapshot: all in this one synchronous step."""
@@ -254,7 +277,7 @@ class Hub:
         if channel == "trade":
             snap = src.trade_snapshot(symbol, self.trade_snapshot_count)
         elif channel == "ticker":
-            snap = src.ticker_snapshot(symbol)
+            snap = src.ticker_snapshot(symbol, sub.key)
         elif channel == "ohlc":
             snap = src.ohlc_snapshot(symbol, sub.interval)
         else:
@@ -270,7 +293,7 @@ class Hub:
             encode_ack("subscribe", {"channel": "relay", "snapshot": True}, sub.req_id, time_in, now_rfc3339())
         )
         symbols = sub.symbols if sub.symbol_given else self.symbols()
-        client.queue(encode_relay(True, self.relay_states(symbols)))
+        client.queue(encode_relay(True, self.relay_states(symbols), self.identity))
 
     def relay_states(self, symbols: Iterable[str]) -> list[dict[str, Any]]:
         out = []
@@ -298,11 +321,7 @@ class Hub:
         symbols = sub.symbols if channel != "instrument" else [""]
         for symbol in symbols:
             key = SubKey(channel, symbol, sub.key)
-            pend = [
-                p
-                for p in self.pending
-                if p.client is client and p.sub.channel == channel and p.symbol == symbol and p.sub.key == sub.key
-            ]
+            pend = [p for p in self.pending if p.client is client and p.key == key]
             if key in client.subs:
                 self._unregister(client, key, now)
             elif pend:
@@ -327,62 +346,58 @@ class Hub:
         if channel == "book":
             client.stop_book(key)
             self.source.release_book_depth(symbol, k)
-        if self.demand.known(channel, symbol):
-            self.demand.release(channel, symbol, now)
+        if self.demand.known(key):
+            self.demand.release(key, now)
 
     def _drop_pending(self, pend: list[_Pending], now: float) -> None:
         for p in pend:
             self.pending.remove(p)
-            self.demand.release(p.sub.channel, p.symbol, now)
-        self._pending_keys = {(p.sub.channel, p.symbol) for p in self.pending}
+            self.demand.release(p.key, now)
+        self._pending_streams = {(p.sub.channel, p.symbol) for p in self.pending}
 
-    # -- dynamic subscriptions ------------------------------------------------------------
-    def _has_data(self, channel: str, symbol: str) -> bool:
-        src = self.source
-        if channel == "book":
-            return src.book_snapshot(symbol, self.book_depth) is not None
-        if channel == "ticker":
-            return src.ticker_snapshot(symbol) is not None
-        if channel == "trade":
-            return src.trade_snapshot(symbol, 1) is not None
-        if channel == "ohlc":
-            return any(src.ohlc_snapshot(symbol, i) is not None for i in self.ohlc_intervals)
-        return False
+    # -- on-demand subscriptions ----------------------------------------------------------
+    def _check_pending(self, channel: str, symbol: str, now: float) -> None:
+        """Complete the pending subscribes of this stream whose data is there now."""
+        has_data = self.source.has_data
+        for key in {p.key for p in self.pending if p.sub.channel == channel and p.symbol == symbol}:
+            if has_data(channel, symbol, key.param):
+                self.demand_ready(key, now)
 
-    def _check_pending_now(self, channel: str, symbol: str, now: float) -> None:
-        if self._has_data(channel, symbol):
-            self.demand_ready(channel, symbol, now)
+    def demand_ready(self, key: SubKey, now: float) -> None:
+        """Data for an on-demand key is available: complete the waiting subscribes."""
+        self.demand.mark_ready(key)
+        done = [p for p in self.pending if p.key == key]
+        if not done:
+            return
+        self.pending = [p for p in self.pending if p.key != key]
+        self._pending_streams = {(p.sub.channel, p.symbol) for p in self.pending}
+        for p in done:
+            self._subscribe_one(p.client, p.sub, p.symbol, p.time_in)
 
-    def demand_ready(self, channel: str, symbol: str, now: float) -> None:
-        """Data for a demanded pair is available: complete the waiting subscribes."""
-        self.demand.mark_ready(channel, symbol)
+    def demand_failed(self, channel: str, symbol: str, error: str, now: float) -> None:
+        """Kraken refused an upstream subscription of this stream: waiting subscribes get its error."""
         done = [p for p in self.pending if p.sub.channel == channel and p.symbol == symbol]
         if not done:
             return
         self.pending = [p for p in self.pending if not (p.sub.channel == channel and p.symbol == symbol)]
-        self._pending_keys.discard((channel, symbol))
+        self._pending_streams = {(p.sub.channel, p.symbol) for p in self.pending}
+        for key in {p.key for p in done}:
+            if not self.demand.is_ready(key):
+                self.demand.forget(key)
         for p in done:
-            self._subscribe_one(p.client, p.sub, symbol, p.time_in)
-
-    def demand_failed(self, channel: str, symbol: str, error: str, now: float) -> None:
-        """Upstream refused the pair: every waiting subscribe gets that error."""
-        done = [p for p in self.pending if p.sub.channel == channel and p.symbol == symbol]
-        self.pending = [p for p in self.pending if not (p.sub.channel == channel and p.symbol == symbol)]
-        self._pending_keys.discard((channel, symbol))
-        if not self.demand.is_ready(channel, symbol):
-            self.demand.forget(channel, symbol)
-        for p in done:
-            p.client.queue(encode_error("subscribe", error, p.sub.req_id, p.time_in, now_rfc3339(), symbol=symbol))
+            p.client.count_error()
+            p.client.queue(encode_error("subscribe", error, p.sub.req_id, p.time_in, now_rfc3339(), symbol=p.symbol))
 
     def tick(self, now: float) -> None:
         """Timers: pending subscribes that found data or timed out, upstream releases."""
         if self.pending:
-            for channel, symbol in list(self._pending_keys):
-                self._check_pending_now(channel, symbol, now)
+            for channel, symbol in list(self._pending_streams):
+                self._check_pending(channel, symbol, now)
             expired = [p for p in self.pending if p.deadline <= now]
             if expired:
                 self._drop_pending(expired, now)
                 for p in expired:
+                    p.client.count_error()
                     p.client.queue(
                         encode_error(
                             "subscribe", rq.ERR_TIMEOUT, p.sub.req_id, p.time_in, now_rfc3339(), symbol=p.symbol

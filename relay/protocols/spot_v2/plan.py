@@ -30,4 +30,6 @@ def request_params(channel: str, param: int) -> dict[str, Any]:
         return {"depth": param, "snapshot": True}
     if channel == "ohlc":
         return {"interval": param, "snapshot": True}
+    if channel == "ticker":  # param: the trigger (0 trades, 1 bbo: relay.core.latest)
+        return {"event_trigger": "bbo" if param == 1 else "trades", "snapshot": True}
     return {"snapshot": True}

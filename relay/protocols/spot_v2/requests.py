@@ -23,7 +23,7 @@ from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 # `heartbeat` is accepted for clients that follow Kraken's reconnection guide (heartbeats are
 # sent anyway). `status` cannot be requested on Kraken either.
 DATA_CHANNELS = ("book", "trade", "ticker", "ohlc", "instrument")
-CHANNELS = DATA_CHANNELS + ("relay", "heartbeat")
+CHANNELS = DATA_CHANNELS + ("relay", "heartbeat", "level3")
 SYMBOL_CHANNELS = ("book", "trade", "ticker", "ohlc")
 
 # Error texts (one place, so tests and docs can refer to them).
@@ -47,6 +47,18 @@ ERR_NOT_SUBSCRIBED = "Subscription Not Found"
 ERR_LIMIT = "Subscription limit exceeded"
 ERR_DYNAMIC_LIMIT = "Relay symbol limit reached"
 ERR_TIMEOUT = "Timed out waiting for market data"
+# level3 on the public endpoint: Kraken's answer to a level3 subscribe that carries no token.
+ERR_TOKEN = "Token required"
+ERR_OPTION = "Field 'include_tokenized_assets' must be a boolean"
+ERR_VENUE = "Unsupported execution_venue"
+EXECUTION_VENUES = ("international", "bitnomial-exchange")
+
+
+def err_not_served(symbol: str, key: tuple[str, str, int], warm_symbol: bool) -> str:
+    """On-demand serving is off and `key` is outside the configured set: say so (this is the
+    relay's config, not Kraken's list), naming the switch."""
+    what = f"{key[0]} {symbol}" if warm_symbol else symbol
+    return f"Currency pair not served by this relay {what} (server.dynamic_subscriptions.enabled is false)"
 
 
 def err_pair(symbol: str) -> str:
@@ -76,11 +88,14 @@ class Subscription:
 
     @property
     def key(self) -> int:
-        """Publication key: depth for book, interval for ohlc, 0 otherwise."""
+        """Publication key: depth for book, interval for ohlc, the trigger for ticker (0 trades,
+        1 bbo: `relay.core.latest.TICKER_TRADES` / `TICKER_BBO`), 0 otherwise."""
         if self.channel == "book":
             return self.depth
         if self.channel == "ohlc":
             return self.interval
+        if self.channel == "ticker":
+            return 1 if self.event_trigger == "bbo" else 0
         return 0
 
     def result(self, symbol: str | None) -> dict[str, Any]:
@@ -97,6 +112,7 @@ class Subscription:
             res["snapshot"] = self.snapshot
         if symbol is not None:
             res["symbol"] = symbol
+        res.update(self.extra)  # instrument options, echoed as given
         return res
 
 
@@ -144,9 +160,7 @@ def parse_request(raw: bytes | str, max_symbols: int = 1000) -> Request:
     if not isinstance(method, str):
         return Rejection(None, ERR_METHOD, req_id)
     if method == "ping":
-        if "params" in msg:
-            return Rejection(method, "Unsupported field: 'params' for the given msg type: ping", req_id)
-        return Ping(req_id)
+        return Ping(req_id)  # with or without `params` (some libraries always send one)
     if method not in ("subscribe", "unsubscribe"):
         return Rejection(method, ERR_METHOD, req_id)
     params = msg.get("params")
@@ -159,6 +173,8 @@ def _subscription(method: str, params: dict[str, Any], req_id: int | None, max_s
     channel = params.get("channel")
     if not isinstance(channel, str) or channel not in CHANNELS:
         return Rejection(method, ERR_CHANNEL, req_id)
+    if channel == "level3":
+        return Rejection(method, ERR_TOKEN, req_id)  # public endpoint, no token: as Kraken answers
     sub = Subscription(method, channel, [], req_id)
 
     raw_symbols = params.get("symbol")
@@ -201,4 +217,11 @@ def _subscription(method: str, params: dict[str, Any], req_id: int | None, max_s
         if trigger not in ("trades", "bbo"):
             return Rejection(method, ERR_TRIGGER, req_id)
         sub.event_trigger = trigger
+    elif channel == "instrument":
+        tokenized = params.get("include_tokenized_assets")
+        if tokenized is not None and not isinstance(tokenized, bool):
+            return Rejection(method, ERR_OPTION, req_id)
+        venue = params.get("execution_venue")
+        if venue is not None and venue not in EXECUTION_VENUES:
+            return Rejection(method, ERR_VENUE, req_id)
     return sub

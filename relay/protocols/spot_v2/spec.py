@@ -31,7 +31,7 @@ def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> V
         path=cfg.server.path,
         version=ctx.version,
         max_subscriptions_per_client=cfg.server.max_subscriptions_per_client,
-        dynamic=cfg.server.dynamic_subscriptions,
+        dynamic=cfg.server.dynamic_subscriptions,  # its own tracker and cap: per protocol
         resubscribe=ctx.resubscribe,
         heartbeat_interval=cfg.server.heartbeat_interval,
     )

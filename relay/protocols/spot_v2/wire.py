@@ -192,6 +192,7 @@ class V2Parser:
             str(item.get("timestamp") or ""),
             elements[0],
             raw,
+            (item.get("last"), item.get("volume")),
         )
 
     def _ohlc(self, msg: dict, raw: bytes) -> Event:
