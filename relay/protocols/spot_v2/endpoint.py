@@ -61,6 +61,7 @@ class V2Endpoint:
             identity={"name": "kraken-relay", "version": version},
         )
         self._streams: set[tuple[str, str, int]] = set()  # upstream (channel, symbol, ohlc interval)
+        self._next_sweep = 0.0
         self._plan = self.upstream_plan()
         self._apply_plan()
 
@@ -106,6 +107,20 @@ class V2Endpoint:
             for channel, symbol, param in self._plan:
                 if channel == "book":
                     merge.set_book_depth(symbol, param)
+
+    def _sweep(self) -> None:
+        """Forget state that frames still in flight after an unsubscribe created again (once a
+        second; the merge only holds what is subscribed)."""
+        merge: Any = self.source
+        if not hasattr(merge, "drop_stream"):
+            return
+        streams = self._streams
+        tables = (("book", merge.books), ("trade", merge.trades), ("ticker", merge.tickers))
+        for channel, table in tables:
+            for symbol in [s for s in table if (channel, s, 0) not in streams]:
+                merge.drop_stream(channel, symbol)
+        for symbol, interval in [k for k in merge.ohlc if ("ohlc", k[0], k[1]) not in streams]:
+            merge.drop_stream("ohlc", symbol, interval)
 
     def reload(self, cfg: RelayConfig) -> RelayConfig:
         """SIGHUP: serve the new symbol set. The book depth is fixed for the life of the merge, so
@@ -177,6 +192,9 @@ class V2Endpoint:
             if (c.subs or c.relay_subscribed) and c.idle(now) >= after:
                 c.queue(HEARTBEAT)
         self.hub.tick(now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            self._sweep()
 
     def stats(self) -> dict[str, Any]:
         hub = self.hub

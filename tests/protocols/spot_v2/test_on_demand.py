@@ -1,0 +1,201 @@
+"""Spot v2 on demand, end to end: the daemon's stack against the simulator (2 lines).
+
+With a warm set of one symbol, a client asking for book (depth 10 and 1000), trade, ticker
+(trades and bbo) and ohlc (every interval) of three other symbols gets its acks within 2 s and
+verified data; an invalid symbol is refused within 1 s with Kraken's text; everything demanded is
+unsubscribed upstream after the last client left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from relay.app import Relay
+from relay.config import parse_config
+from relay.core.spot import OHLC_INTERVALS
+from relay.sim import LineConfig, SimConfig, Simulator
+from relay.verify.crc import book_crc, is_zero, truncate
+
+pytestmark = [pytest.mark.slow]
+
+WARM = "BTC/USD"
+OTHERS = ["ETH/USD", "SOL/USD", "ADA/USD"]
+
+
+async def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def stack() -> AsyncIterator[tuple[Relay, Simulator]]:
+    sim = Simulator(
+        SimConfig(
+            symbols=[WARM, *OTHERS],
+            rate=200.0,
+            trade_rate=40.0,
+            seed=21,
+            levels=1000,
+            lines=[LineConfig(latency=0.0005), LineConfig(latency=0.001)],
+        )
+    )
+    await sim.start()
+    cfg = parse_config(
+        {
+            "upstreams": [{"name": f"line{i}", "url": url} for i, url in enumerate(sim.urls)],
+            "channels": {"book": {"symbols": [WARM], "depth": 10}, "trade": {"symbols": [WARM]}},
+            "server": {"dynamic_subscriptions": {"release_after": 0.5}},
+            "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.02},
+            "subscribe": {"requests_per_second": 20.0},
+        },
+        env={},
+    )
+    relay = Relay(cfg, server_port=0, http_port=0)
+    await relay.start()
+    try:
+        merge: Any = relay.stack("v2").merge
+        await wait_for(lambda: merge.instrument.pairs and merge.book_snapshot(WARM, 10), 15, "the warm set")
+        yield relay, sim
+    finally:
+        await relay.stop()
+        await sim.stop()
+
+
+class Probe:
+    """A plain websocket client: sends requests, times each ack, verifies books at one depth."""
+
+    def __init__(self, url: str, depth: int = 10) -> None:
+        self.url, self.depth = url, depth
+        self.sent: dict[int, float] = {}
+        self.acks: list[tuple[float, dict[str, Any]]] = []  # (seconds after the request, ack)
+        self.books: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        self.book_ok: dict[str, int] = {}
+        self.book_bad = 0
+        self.trades: dict[str, list[int]] = {}
+        self.tickers: dict[str, int] = {}
+        self.ohlc: set[tuple[str, int]] = set()
+        self.ws: Any = None
+        self.task: asyncio.Task | None = None
+
+    async def open(self) -> Probe:
+        self.ws = await connect(self.url, max_size=None, compression=None)
+        self.task = asyncio.create_task(self._read())
+        return self
+
+    async def send(self, req_id: int, **params: Any) -> None:
+        self.sent[req_id] = time.monotonic()
+        await self.ws.send(json.dumps({"method": "subscribe", "params": params, "req_id": req_id}))
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            msg = json.loads(raw, parse_float=str, parse_int=str)
+            if "method" in msg:
+                req_id = int(msg.get("req_id", -1))
+                self.acks.append((time.monotonic() - self.sent.get(req_id, time.monotonic()), msg))
+            elif msg.get("channel") == "book":
+                for item in msg["data"]:
+                    self._book(msg["type"] == "snapshot", item)
+            elif msg.get("channel") == "trade":
+                for t in msg["data"]:
+                    self.trades.setdefault(t["symbol"], []).append(int(t["trade_id"]))
+            elif msg.get("channel") == "ticker":
+                sym = msg["data"][0]["symbol"]
+                self.tickers[sym] = self.tickers.get(sym, 0) + 1
+            elif msg.get("channel") == "ohlc":
+                for c in msg["data"]:
+                    self.ohlc.add((c["symbol"], int(c["interval"])))
+
+    def _book(self, snapshot: bool, item: dict[str, Any]) -> None:
+        sym = item["symbol"]
+        if snapshot:
+            self.books[sym] = ({}, {})
+        asks, bids = self.books[sym]
+        for side, levels in ((asks, item["asks"]), (bids, item["bids"])):
+            for lv in levels:
+                if is_zero(lv["qty"]):
+                    side.pop(lv["price"], None)
+                else:
+                    side[lv["price"]] = lv["qty"]
+        truncate(asks, bids, self.depth)
+        if book_crc(asks, bids) == int(item["checksum"]):
+            self.book_ok[sym] = self.book_ok.get(sym, 0) + 1
+        else:
+            self.book_bad += 1
+
+    def ok(self, method: str = "subscribe") -> list[tuple[float, dict[str, Any]]]:
+        return [(t, a) for t, a in self.acks if a.get("method") == method and a.get("success") is True]
+
+
+def upstream_symbols(sim: Simulator) -> set[str]:
+    """Symbols some relay connection is subscribed to on the simulator."""
+    return {key[1] for line in sim.lines for conn in line.conns for key in conn.subs}
+
+
+async def test_any_symbol_channel_depth_and_interval_is_served_on_demand_and_released() -> None:
+    async with stack() as (relay, sim):
+        url = relay.server.url_for("/v2")
+        shallow, deep, bbo = [await Probe(url, d).open() for d in (10, 1000, 10)]
+        await shallow.send(1, channel="book", symbol=OTHERS, depth=10)
+        await shallow.send(2, channel="trade", symbol=OTHERS, snapshot=True)
+        await shallow.send(3, channel="ticker", symbol=OTHERS)
+        for i, interval in enumerate(OHLC_INTERVALS):
+            await shallow.send(10 + i, channel="ohlc", symbol=OTHERS, interval=interval)
+        await deep.send(4, channel="book", symbol=OTHERS, depth=1000)
+        await bbo.send(5, channel="ticker", symbol=OTHERS, event_trigger="bbo")
+        expected = 3 * (3 + len(OHLC_INTERVALS))
+        await wait_for(lambda: len(shallow.ok()) == expected, 10, "the shallow client's acks")
+        await wait_for(lambda: len(deep.ok()) == 3 and len(bbo.ok()) == 3, 10, "the deep and bbo acks")
+        slowest = max(t for p in (shallow, deep, bbo) for t, _ in p.ok())
+        assert slowest < 2.0, f"an on-demand ack took {slowest:.2f} s"
+        assert not [a for p in (shallow, deep, bbo) for _, a in p.acks if a.get("success") is False]
+        assert {a["result"]["event_trigger"] for _, a in bbo.ok()} == {"bbo"}
+
+        # verified data on every stream
+        await wait_for(
+            lambda: all(p.book_ok.get(s, 0) >= 20 for p in (shallow, deep) for s in OTHERS), 20, "verified books"
+        )
+        assert shallow.book_bad == deep.book_bad == 0
+        assert all(len(deep.books[s][1]) > 100 for s in OTHERS)  # depth 1000: more than any shallower depth
+        await wait_for(lambda: all(len(shallow.trades.get(s, [])) > 50 for s in OTHERS), 20, "trades")
+        for s in OTHERS:
+            ids = shallow.trades[s]
+            live = ids[ids.index(max(ids[:50])) + 1 :] if len(ids) > 50 else []  # after the snapshot
+            assert live == list(range(live[0], live[0] + len(live))) if live else True
+        await wait_for(lambda: all(bbo.tickers.get(s, 0) > 2 for s in OTHERS), 20, "bbo tickers")
+        assert all(shallow.tickers.get(s, 0) >= 1 for s in OTHERS)
+        assert shallow.ohlc >= {(s, i) for s in OTHERS for i in OHLC_INTERVALS}
+
+        # an invalid symbol: Kraken's text, at once
+        started = time.monotonic()
+        await shallow.send(99, channel="book", symbol=["FOO/USD"])
+        await wait_for(lambda: any(a.get("req_id") == "99" for _, a in shallow.acks), 5, "the refusal")
+        err = next(a for _, a in shallow.acks if a.get("req_id") == "99")
+        assert time.monotonic() - started < 1.0
+        assert err["success"] is False and err["error"] == "Currency pair not supported FOO/USD"
+        assert err["symbol"] == "FOO/USD"
+
+        # released upstream once the last client left (release_after 0.5 s)
+        assert set(OTHERS) <= upstream_symbols(sim)
+        for p in (shallow, deep, bbo):
+            await p.close()
+        await wait_for(lambda: not set(OTHERS) & upstream_symbols(sim), 15, "the upstream release")
+        assert upstream_symbols(sim) == {WARM, "*"}  # "*": the instrument channel
+        merge: Any = relay.stack("v2").merge
+        await wait_for(lambda: not set(OTHERS) & set(merge.books), 5, "the merge forgetting them")
