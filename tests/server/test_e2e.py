@@ -41,10 +41,13 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(**sim_kw: Any) -> AsyncIterator[Rig]:
+async def rig(warm: list[str] | None = None, **sim_kw: Any) -> AsyncIterator[Rig]:
+    """`warm`: the configured symbols (default SYMBOLS); the clients' SYMBOLS outside it are
+    served on demand."""
+    warm = warm or SYMBOLS
     sim = Simulator(
         SimConfig(
-            symbols=SYMBOLS,
+            symbols=list(dict.fromkeys([*SYMBOLS, *warm])),
             rate=sim_kw.pop("rate", 300.0),
             trade_rate=20.0,
             seed=11,
@@ -58,19 +61,21 @@ async def rig(**sim_kw: Any) -> AsyncIterator[Rig]:
     ups = [{"name": f"line{i}", "url": url} for i, url in enumerate(sim.urls)]
     cfg = small_config(
         ups,
-        SYMBOLS,
-        channels={"book": {"symbols": SYMBOLS, "depth": 100}, "ticker": {"symbols": SYMBOLS}, "instrument": True},
+        warm,
+        channels={"book": {"symbols": warm, "depth": 100}, "ticker": {"symbols": warm}, "instrument": True},
     )
     merge = make_merge(cfg)
     relay = build_relay(cfg.server, merge, cfg.channels)
     server = relay.server
     await server.start()
     pool = UpstreamPool(cfg, merge, relay.publish, protocol=SPOT_V2, planner_options=PLANNER, stable_after=0.5)
+    relay.endpoint.resubscribe = lambda: pool.set_desired(relay.endpoint.demanded_subscriptions())  # as app.Stack
+    pool.on_rejected = relay.endpoint.upstream_rejected
     await pool.start()
     try:
         r = Rig(sim, pool, server)
         assert await r.all_live()
-        assert await until(lambda: all(merge.book_snapshot(s, 100) for s in SYMBOLS), 8.0)
+        assert await until(lambda: all(merge.book_snapshot(s, 100) for s in warm), 8.0)
         yield r
     finally:
         await pool.stop()
@@ -210,10 +215,12 @@ async def sdk_ws_client(base_url: str, seconds: float) -> dict[str, Any]:
     return seen
 
 
-async def test_real_clients_against_the_relay_while_one_line_fails():
+@pytest.mark.parametrize("warm", [None, ["SOL/USD"]], ids=["configured", "on-demand"])
+async def test_real_clients_against_the_relay_while_one_line_fails(warm):
+    """The clients' symbols configured, or all of them outside the warm set (served on demand)."""
     from tests.clients import run_ccxt_watch_order_book, run_kraken_sdk_orderbook
 
-    async with rig() as r:
+    async with rig(warm) as r:
 
         async def faults() -> None:
             await asyncio.sleep(1.0)
