@@ -29,6 +29,7 @@ class NewestWins:
         self.key = key  # the publication key: 0, or the ohlc interval
         self.order: Any = None
         self.element: bytes | None = None
+        self.last_raw = b""  # ohlc: the frame-level `timestamp` of snapshots comes from it
         self.published = 0
         self.last_update = 0.0
 
@@ -41,6 +42,8 @@ class NewestWins:
             merge.counters.duplicates += 1
             return
         self.order, self.element = order, element
+        if self.channel == "ohlc":
+            self.last_raw = raw
         if snapshot:
             extra = _ohlc_ts(raw) if self.channel == "ohlc" else b""
             frame = merge.codec.elements(self.channel, False, [element], extra)
@@ -53,7 +56,10 @@ class NewestWins:
         self.last_update = now
 
     def snapshot_frame(self) -> bytes | None:
-        return None if self.element is None else self.merge.codec.elements(self.channel, True, [self.element])
+        if self.element is None:
+            return None
+        extra = _ohlc_ts(self.last_raw) if self.last_raw else b""
+        return self.merge.codec.elements(self.channel, True, [self.element], extra)
 
 
 TICKER_TRADES, TICKER_BBO = 0, 1  # publication keys of the two v2 ticker streams (event_trigger)

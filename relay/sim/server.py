@@ -663,11 +663,11 @@ class Simulator:
 
         params = msg.get("params")
         if not isinstance(params, dict):
-            error("Malformed request")
+            error("Missing field: params")
             return
         channel = params.get("channel")
         if not isinstance(channel, str):
-            error("Malformed request")
+            error("Channel not found")
             return
         symbols = params.get("symbol")
         if not self._rate_ok(conn):
@@ -679,7 +679,7 @@ class Simulator:
             return
         snapshot = params.get("snapshot", channel != "trade")
         if not isinstance(snapshot, bool):
-            error("Malformed request")
+            error("Field 'snapshot' must be a boolean")
             return
         if channel == "heartbeat":
             conn.put(encode_ack(method, {"channel": "heartbeat"}, req_id, time_in, now_rfc3339()))
@@ -696,11 +696,17 @@ class Simulator:
                 error,
             )
             return
-        if channel not in ("book", "trade", "ticker", "ohlc"):
-            error(f"Channel {channel} not supported")
+        if channel == "level3":  # the public endpoint, no token
+            error("Token required")
             return
-        if not isinstance(symbols, list) or not symbols or not all(isinstance(s, str) for s in symbols):
-            error("Malformed request")
+        if channel not in ("book", "trade", "ticker", "ohlc"):
+            error("Channel not found")
+            return
+        if symbols is None:
+            error("Missing field: symbol")
+            return
+        if not isinstance(symbols, list) or not symbols or not all(isinstance(s, str) and s for s in symbols):
+            error("Field 'symbol' must be a list of strings")
             return
         for symbol in symbols:
             result: dict[str, Any] = {"channel": channel}
@@ -721,13 +727,14 @@ class Simulator:
             elif channel == "ticker":
                 trigger = params.get("event_trigger", "trades")
                 if trigger not in ("trades", "bbo"):
-                    error("Malformed request", symbol)
+                    error("Subscription event_trigger not supported", symbol)
                     continue
                 key = TICKER_BBO if trigger == "bbo" else TICKER_TRADES
                 result["event_trigger"] = trigger
             else:
                 key = 0
-            result["snapshot"] = snapshot
+            if method == "subscribe":  # unsubscribe acks do not echo `snapshot`
+                result["snapshot"] = snapshot
             result["symbol"] = symbol
             if symbol not in self.market.symbols:
                 error(f"Currency pair not supported {symbol}", symbol)

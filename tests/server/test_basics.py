@@ -91,12 +91,12 @@ async def test_ping_pong_echoes_req_id(make_relay, clients):
         (
             {"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 27}, "req_id": 4},
             "Subscription depth not supported",
-            None,
+            "BTC/USD",
         ),
         (
             {"method": "subscribe", "params": {"channel": "ohlc", "symbol": ["BTC/USD"], "interval": 7}, "req_id": 6},
             "Subscription ohlc interval not supported",
-            None,
+            "BTC/USD",
         ),
         (
             {"method": "unsubscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"]}, "req_id": 8},

@@ -141,7 +141,10 @@ async def test_handshake_timeout_drops_idle_sockets(make_relay):
 @pytest.mark.parametrize(
     ("raw", "expect"),
     [
-        (b'{"method":"subscribe","params":{"channel":"book","symbol":"BTC/USD"}}', Subscription),
+        (
+            b'{"method":"subscribe","params":{"channel":"book","symbol":"BTC/USD"}}',
+            Rejection,
+        ),  # a list is required, as on Kraken
         (b'{"method":"subscribe","params":{"channel":"book","symbol":[]}}', Rejection),
         (b'{"method":"subscribe","params":{"channel":"book","symbol":[1]}}', Rejection),
         (b'{"method":"subscribe","params":{"channel":"trade"}}', Rejection),

@@ -50,7 +50,7 @@ async def test_error_replies_in_kraken_shape() -> None:
             assert e["error"] == "Malformed request" and e["success"] is False
             await ws.send(orjson.dumps({"method": "subscribe", "params": {"channel": "book"}, "req_id": 4}).decode())
             e = await recv_json(ws)
-            assert e["error"] == "Malformed request" and e["req_id"] == 4
+            assert e["error"] == "Missing field: symbol" and e["req_id"] == 4
     assert [r for _, r in sim.requests[0] if r.get("req_id") == 2][0]["params"]["depth"] == 50
 
 

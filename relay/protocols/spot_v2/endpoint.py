@@ -172,7 +172,9 @@ class V2Endpoint:
             conn.queue(encode_pong(req.req_id, time_in, now_rfc3339()))
         elif isinstance(req, rq.Rejection):
             conn.count_error()
-            conn.queue(encode_error(req.method, req.error, req.req_id, time_in, now_rfc3339(), symbol=req.symbol))
+            symbols: list[str | None] = [*req.symbols] or [req.symbol]  # per symbol where Kraken answers so
+            for symbol in symbols:
+                conn.queue(encode_error(req.method, req.error, req.req_id, time_in, now_rfc3339(), symbol=symbol))
         else:
             try:
                 self.hub.handle(conn, req, now, time_in)

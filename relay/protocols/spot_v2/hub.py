@@ -325,6 +325,9 @@ class Hub:
             if key in client.subs:
                 self._unregister(client, key, now)
             elif pend:
+                # Kraken would have acked the subscribe by now: the client gets that ack first
+                for p in pend:
+                    client.queue(encode_ack("subscribe", p.sub.result(symbol), p.sub.req_id, p.time_in, now_rfc3339()))
                 self._drop_pending(pend, now)
             else:
                 client.queue(

@@ -124,6 +124,7 @@ class Rejection:
     error: str
     req_id: int | None
     symbol: str | None = None
+    symbols: list[str] = field(default_factory=list)  # a parameter refused per symbol: one error each
 
 
 Request = Ping | Subscription | Rejection
@@ -181,8 +182,6 @@ def _subscription(method: str, params: dict[str, Any], req_id: int | None, max_s
     if channel in SYMBOL_CHANNELS or (channel == "relay" and raw_symbols is not None):
         if raw_symbols is None:
             return Rejection(method, ERR_SYMBOL_MISSING, req_id)
-        if isinstance(raw_symbols, str):  # lenient: Kraken wants a list
-            raw_symbols = [raw_symbols]
         if (
             not isinstance(raw_symbols, list)
             or not raw_symbols
@@ -205,17 +204,17 @@ def _subscription(method: str, params: dict[str, Any], req_id: int | None, max_s
     if channel == "book":
         depth = params.get("depth", 10)
         if not _is_int(depth) or depth not in BOOK_DEPTHS:
-            return Rejection(method, ERR_DEPTH, req_id)
+            return Rejection(method, ERR_DEPTH, req_id, symbols=sub.symbols)
         sub.depth = depth
     elif channel == "ohlc":
         interval = params.get("interval", 1)
         if not _is_int(interval) or interval not in OHLC_INTERVALS:
-            return Rejection(method, ERR_INTERVAL, req_id)
+            return Rejection(method, ERR_INTERVAL, req_id, symbols=sub.symbols)
         sub.interval = interval
     elif channel == "ticker":
         trigger = params.get("event_trigger", "trades")
         if trigger not in ("trades", "bbo"):
-            return Rejection(method, ERR_TRIGGER, req_id)
+            return Rejection(method, ERR_TRIGGER, req_id, symbols=sub.symbols)
         sub.event_trigger = trigger
     elif channel == "instrument":
         tokenized = params.get("include_tokenized_assets")
