@@ -270,10 +270,16 @@ class Relay:
             "rejected": {"rate_limit": s["rate_limited"], "bad_request": s["error_replies"], **s["refused"]},
         }
         ok, _ = self.ready()
+        on_demand = []
+        for stack in self.stacks:
+            od = stack.endpoint.stats().get("on_demand")
+            if od:
+                on_demand.append({"protocol": stack.name, **od})
         return {
             "upstreams": upstreams,
             "symbols": symbols,
             "clients": clients,
+            "on_demand": on_demand,
             "system_status": _best_status([m.system_status() for m in self.merges()]),
             "ready": int(ok),
         }

@@ -208,6 +208,8 @@ class RelayCollector:
         clients = snap.get("clients")
         if clients:
             self._clients(f, clients)
+        for od in snap.get("on_demand") or ():
+            self._on_demand(f, od)
         status = snap.get("system_status")
         if isinstance(status, str):
             _enum(
@@ -333,6 +335,20 @@ class RelayCollector:
             f.counter("trades_late", "Trades that arrived after their gap was reported (not published).", L),
             labels,
             s.get("late_trades"),
+        )
+
+    def _on_demand(self, f: _Families, od: Mapping[str, Any]) -> None:
+        """On-demand upstream subscriptions per protocol (beyond the configured warm set)."""
+        p = [str(od.get("protocol", "?"))]
+        L = ("protocol",)
+        _add(f.gauge("on_demand_subscriptions", "On-demand upstream subscriptions held now.", L), p, od.get("held"))
+        _add(f.gauge("on_demand_pending", "Client subscribes waiting for on-demand data.", L), p, od.get("pending"))
+        _add(f.counter("on_demand_added", "On-demand upstream subscriptions added.", L), p, od.get("demanded"))
+        _add(f.counter("on_demand_released", "On-demand upstream subscriptions released.", L), p, od.get("released"))
+        _add(
+            f.counter("on_demand_refused", "Client requests refused by the on-demand cap or patterns.", L),
+            p,
+            od.get("refused"),
         )
 
     def _clients(self, f: _Families, c: Mapping[str, Any]) -> None:

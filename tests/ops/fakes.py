@@ -115,6 +115,7 @@ class DegradedRelay:
                 "slow_closes": n,
                 "rejected": {"rate_limit": n, "bad_request": 0},
             },
+            "on_demand": [{"protocol": "v2", "held": 3, "pending": 1, "demanded": 5 * n, "released": 2, "refused": n}],
             "system_status": "online",
             "ready": 0,
         }

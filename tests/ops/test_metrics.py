@@ -47,6 +47,9 @@ def test_snapshot_is_exported_with_labels_and_prefix() -> None:
     assert val(s, "kraken_relay_client_rejected_requests_total", reason="rate_limit") == 1
     assert val(s, "kraken_relay_event_loop_lag_seconds") == 0.8
     assert val(s, "kraken_relay_ready") == 0
+    assert val(s, "kraken_relay_on_demand_subscriptions", protocol="v2") == 3
+    assert val(s, "kraken_relay_on_demand_added_total", protocol="v2") == 5
+    assert val(s, "kraken_relay_on_demand_refused_total", protocol="v2") == 1
     assert val(s, "kraken_relay_system_status", status="online") == 1
     # counters move between scrapes because the snapshot is re-read every time
     assert val(scrape(m), "kraken_relay_upstream_checksum_mismatches_total", upstream="primary") == 20

@@ -211,6 +211,7 @@ class V2Endpoint:
                 "demanded": hub.demand.demanded,
                 "released": hub.demand.released,
                 "refused": hub.demand.refused,
+                "pending": len(hub.pending),
             },
             "pending_subscriptions": len(hub.pending),
         }
