@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 
+from relay.config import parse_config
 from relay.core.keys import SubKey
 from relay.protocols.demand import limit_text
 from tests.core.streams import book_stream
@@ -213,3 +214,18 @@ async def test_status_carries_each_connection_s_id_and_kraken_s_version(make_rel
         upd = (await c.until(lambda m: m.get("channel") == "status"))["data"][0]
         assert upd["system"] == "maintenance"
         assert upd["connection_id"] == st["connection_id"] and upd["version"] == "2.0.10"
+
+
+async def test_reload_changes_the_warm_depth_like_an_on_demand_depth(make_relay, clients):
+    relay = await make_relay(chans=channels(book={"symbols": ["BTC/USD"], "depth": 10}))
+    assert ("book", "BTC/USD", 10) in plan(relay)
+    cfg = parse_config(
+        {
+            "upstreams": [{"name": "a", "url": "ws://127.0.0.1:1/v2"}],
+            "channels": {"book": {"symbols": ["BTC/USD"], "depth": 100}},
+        },
+        env={},
+    )
+    assert relay.endpoint.reload(cfg).channels.book.depth == 100  # applied, not vetoed
+    assert ("book", "BTC/USD", 100) in plan(relay) and ("book", "BTC/USD", 10) not in plan(relay)
+    assert relay.merge.book_depth("BTC/USD") == 100  # no published book yet: at once

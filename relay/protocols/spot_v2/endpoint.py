@@ -123,16 +123,9 @@ class V2Endpoint:
             merge.drop_stream("ohlc", symbol, interval)
 
     def reload(self, cfg: RelayConfig) -> RelayConfig:
-        """SIGHUP: serve the new symbol set. The book depth is fixed for the life of the merge, so
-        a changed `channels.book.depth` is reverted (with a warning) in the config returned."""
-        old = self.hub.channels
-        new = cfg.channels
-        if new.book and old.book and new.book.depth != old.book.depth:
-            log.warning("reload: book depth changes need a restart; keeping the old depth")
-            book = new.book.model_copy(update={"depth": old.book.depth})
-            new = new.model_copy(update={"book": book})
-            cfg = cfg.model_copy(update={"channels": new})
-        self.hub.set_channels(new)
+        """SIGHUP: serve the new warm set. A changed `channels.book.depth` is applied like an
+        on-demand depth change (the lines resubscribe; subscribers see no break)."""
+        self.hub.set_channels(cfg.channels)
         self._plan = self.upstream_plan()
         self._apply_plan()
         return cfg
