@@ -229,3 +229,15 @@ async def test_reload_changes_the_warm_depth_like_an_on_demand_depth(make_relay,
     assert relay.endpoint.reload(cfg).channels.book.depth == 100  # applied, not vetoed
     assert ("book", "BTC/USD", 100) in plan(relay) and ("book", "BTC/USD", 10) not in plan(relay)
     assert relay.merge.book_depth("BTC/USD") == 100  # no published book yet: at once
+
+
+async def test_transient_upstream_refusals_keep_the_client_waiting(make_relay, clients):
+    relay = await make_relay(DYN)
+    c = await clients(relay.url)
+    await c.recv()
+    await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}, "req_id": 2})
+    await wait_for(lambda: ("ticker", "ETH/USD", 0) in plan(relay))
+    relay.endpoint.upstream_rejected(SubKey("ticker", "ETH/USD", 0), "Exceeded msg rate", 0.0)
+    relay.feed(ticker_frame("ETH/USD"))  # the line's retry succeeded
+    ack = await c.recv()
+    assert ack["success"] is True and ack["req_id"] == 2

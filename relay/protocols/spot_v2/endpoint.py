@@ -27,6 +27,12 @@ from relay.protocols.spot_v2.wire import HEARTBEAT, encode_error, encode_pong, e
 log = logging.getLogger("relay.server")
 
 
+def is_transient(error: str) -> bool:
+    """An upstream refusal that a retry resolves (the planner retries those by itself)."""
+    text = error.lower()
+    return "msg rate" in text or "already" in text or "acknowledgement" in text
+
+
 class V2Endpoint:
     """Spot v2 clients on `path`: the listener's `Endpoint` for the v2 protocol."""
 
@@ -131,7 +137,11 @@ class V2Endpoint:
         return cfg
 
     def upstream_rejected(self, key: SubKey, error: str, now: float) -> None:
-        """Kraken refused an upstream subscription: clients waiting on it get Kraken's error."""
+        """Kraken refused an upstream subscription: clients waiting on it get Kraken's error.
+        Refusals about our pace or state (`Exceeded msg rate`, `Already subscribed`) are the
+        relay's business, not the client's: the line retries, the client keeps waiting."""
+        if is_transient(error):
+            return
         self.hub.demand_failed(key.channel, key.symbol, error, now)
 
     def demand_failed(self, channel: str, symbol: str, error: str, now: float) -> None:
