@@ -37,6 +37,13 @@ def denied_text(symbol: str) -> str:
     return f"Currency pair not served by this relay {symbol} (server.dynamic_subscriptions)"
 
 
+def is_transient(error: str) -> bool:
+    """An upstream refusal that a retry resolves (`Exceeded msg rate`, `Already subscribed`, no
+    acknowledgement): the line's planner retries it; a waiting client keeps waiting."""
+    text = error.lower()
+    return "msg rate" in text or "already" in text or "acknowledgement" in text
+
+
 @dataclass(slots=True)
 class _Entry:
     refs: int = 0

@@ -18,6 +18,7 @@ from typing import Any
 from relay.config import ChannelsConfig, RelayConfig
 from relay.core.keys import SubKey
 from relay.core.outputs import Publication
+from relay.protocols.demand import is_transient
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
 from relay.protocols.spot_v2.hub import Hub, Source
@@ -25,12 +26,6 @@ from relay.protocols.spot_v2.plan import desired_from_channels
 from relay.protocols.spot_v2.wire import HEARTBEAT, encode_error, encode_pong, encode_status, now_rfc3339
 
 log = logging.getLogger("relay.server")
-
-
-def is_transient(error: str) -> bool:
-    """An upstream refusal that a retry resolves (the planner retries those by itself)."""
-    text = error.lower()
-    return "msg rate" in text or "already" in text or "acknowledgement" in text
 
 
 class V2Endpoint:
