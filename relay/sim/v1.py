@@ -10,7 +10,14 @@ within one dispatch, so all v1 clients of a line share the bytes):
 * book levels are `[price, volume, time]` with the v2 wire text, checksum `"c"` in the last
   payload object (the v2 checksum: same texts, same CRC), snapshots `as`/`bs` without checksum;
 * trades `[price, volume, time, "b"|"s", "l"|"m", ""]`; ticker the v1 object; `spread`
-  `[bid, ask, time, bidVolume, askVolume]` from the bbo ticker; ohlc the v1 array.
+  `[bid, ask, time, bidVolume, askVolume]` from the bbo ticker; ohlc the v1 array, whose `time`
+  is the time of the candle's last update (the trade's), never its `endTime`.
+
+Requests are answered as Kraken answers them: `subscriptionStatus` per pair with Kraken's
+`subscription` key order (alphabetical), no trade snapshot after a `trade` subscribe (the real
+captures show none), `Currency pair not in ISO 4217-A3 format X` for a malformed pair and
+`Currency pair not supported X` for one it does not list, unsubscribe by pair + subscription or
+by `channelID`.
 
 Faults act on the v2 frames before translation, so every fault kind works on v1 too (a
 corrupted v2 checksum becomes a corrupted `"c"`).
@@ -30,12 +37,31 @@ from relay.core.book import LevelTuple
 from relay.core.events import BookEvent
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.protocols.spot_v1.wire import (
+    ERR_ALREADY,
+    ERR_DEPTH,
+    ERR_EVENT,
+    ERR_INTERVAL,
+    ERR_MALFORMED,
+    ERR_NAME,
+    ERR_NO_EVENT,
+    ERR_NOT_SUBSCRIBED,
+    ERR_PAIR_FIELD,
+    ERR_RATE,
+    ERR_REQID,
+    ERR_SUB_FIELD,
     HEARTBEAT,
+    V1_VERSION,
     encode_data,
     encode_error,
     encode_pong,
+    encode_request_error,
     encode_subscription_status,
     encode_system_status,
+    err_pair,
+    err_pair_format,
+    pair_format_ok,
+    subscription_echo,
+    valid_reqid,
 )
 from relay.protocols.spot_v2.wire import V2Parser
 from relay.sim.instruments import Instrument, rest_asset_pairs
@@ -72,6 +98,7 @@ class V1Session(Protocol):
 __all__ = ["V1Conn", "V1Framer", "V1Session", "HEARTBEAT", "hello", "on_message", "translate_for"]
 
 _NUM = re.compile(rb'"(\w+)":(-?[0-9][0-9.eE+-]*)')
+_FRAME_TS = re.compile(rb'"timestamp":"([^"]+)"\}$')  # a v2 ohlc frame's own time (the update's)
 _STR = re.compile(rb'"(\w+)":"([^"]*)"')
 _FLAT_OBJECT_RE = re.compile(rb"\{[^{}]*\}")
 _ts_cache: dict[str, bytes] = {}
@@ -117,6 +144,7 @@ class V1Framer:
         self.base = 100 + 1000 * line_idx
         self.v1_name: dict[str, str] = {}
         self.v2_name: dict[str, str] = {}
+        self.candle_time: dict[tuple[bytes, bytes], bytes] = {}  # (symbol, interval_begin) -> last update
         for inst in instruments:
             sym = inst.symbol
             info = next(iter(rest_asset_pairs([inst])["result"].values()))
@@ -242,16 +270,23 @@ class V1Framer:
                 + b'"]'
             )
         if channel == "ohlc":
-            begin = float(epoch(f[b"interval_begin"].decode()))
+            begin_text = f[b"interval_begin"]
+            begin = float(epoch(begin_text.decode()))
             end = b"%.6f" % (begin + 60 * int(f[b"interval"]))
-            now = epoch(f[b"timestamp"].decode()) if b"timestamp" in f else end
+            ck = (f[b"symbol"], begin_text)
+            if b'"type":"update"' in raw and (m := _FRAME_TS.search(raw)) is not None:
+                now = self.candle_time[ck] = epoch(m.group(1).decode())  # the trade that changed it
+            else:  # a snapshot: the candle's last update, else its start (no trade seen here)
+                now = self.candle_time.get(ck) or b"%.6f" % begin
+            if len(self.candle_time) > 4096:
+                self.candle_time.clear()
             parts = [now, end] + [f[k] for k in (b"open", b"high", b"low", b"close", b"vwap", b"volume")]
             return b"[" + b",".join(b'"' + p + b'"' for p in parts) + b"," + f[b"trades"] + b"]"
         return None
 
 
 def hello(line_system: str, cid: int) -> bytes:
-    return encode_system_status(line_system, cid, "1.9.1")
+    return encode_system_status(line_system, cid, V1_VERSION)
 
 
 def market_key(channel: str, sym: str, sub_key: int) -> tuple[str, str, int]:
@@ -273,48 +308,73 @@ def on_message(conn: V1Session, state: V1Conn, framer: V1Framer, raw: bytes) -> 
     reqs.append((time.time(), msg if isinstance(msg, dict) else {"_raw": raw[:200].decode("utf-8", "replace")}))
     del reqs[:-10_000]
     if not isinstance(msg, dict):
-        conn.put(encode_error("Malformed request"))
+        conn.put(encode_error(ERR_MALFORMED))
+        return
+    event = msg.get("event")
+    if "reqid" in msg and not valid_reqid(msg["reqid"]):
+        conn.put(
+            encode_request_error(ERR_REQID, msg["reqid"], "pingStatus" if event == "ping" else "subscriptionStatus")
+        )
         return
     rid = msg.get("reqid")
-    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
-    event = msg.get("event")
     if event == "ping":
         conn.put(encode_pong(rid))
         return
+    if event is None:
+        conn.put(encode_request_error(ERR_NO_EVENT, rid))
+        return
     if event not in ("subscribe", "unsubscribe"):
-        conn.put(encode_error("Unsupported event", rid))
+        conn.put(encode_request_error(ERR_EVENT, rid))
+        return
+    if not conn.rate_ok():
+        pairs = msg.get("pair")
+        names = [p for p in pairs if isinstance(p, str)] if isinstance(pairs, list) else []
+        sub = msg.get("subscription")
+        echo = subscription_echo(sub) if isinstance(sub, dict) else {}
+        for p in names:
+            conn.put(encode_subscription_status("error", p, echo, rid, error=ERR_RATE))
+        if not names:
+            conn.put(encode_error(ERR_RATE, rid))
+        return
+    if event == "unsubscribe" and "channelID" in msg:
+        _unsubscribe_id(conn, state, framer, msg["channelID"], rid)
         return
     sub = msg.get("subscription")
+    if not isinstance(sub, dict):
+        conn.put(encode_error(ERR_SUB_FIELD, rid))
+        return
     pairs = msg.get("pair")
-    if not isinstance(sub, dict) or not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
-        conn.put(encode_error("Malformed request", rid))
+    if not isinstance(pairs, list) or not pairs or not all(isinstance(p, str) for p in pairs):
+        conn.put(encode_error(ERR_PAIR_FIELD, rid))
         return
     name = sub.get("name")
-    echo: dict[str, Any] = {"name": name}
-    if not conn.rate_ok():
-        for p in pairs:
-            conn.put(encode_subscription_status("error", p, echo, rid, error="Exceeded msg rate"))
-        return
+    given: dict[str, Any] = {"name": name}
     key = 0
     if name == "book":
-        key = echo["depth"] = sub.get("depth", 10)
-        ok = key in BOOK_DEPTHS
-        err = "Subscription depth not supported"
+        key = sub.get("depth", 10)
+        given["depth"] = key
+        ok = key in BOOK_DEPTHS and not isinstance(key, bool)
+        err = ERR_DEPTH
     elif name == "ohlc":
-        key = echo["interval"] = sub.get("interval", 1)
-        ok = key in OHLC_INTERVALS
-        err = "Subscription ohlc interval not supported"
+        key = sub.get("interval", 1)
+        given["interval"] = key
+        ok = key in OHLC_INTERVALS and not isinstance(key, bool)
+        err = ERR_INTERVAL
     else:
         ok = name in ("trade", "ticker", "spread")
-        err = "Subscription name invalid"
+        err = ERR_NAME
+    echo = subscription_echo(given)
     channel = name if isinstance(name, str) else ""  # == name whenever `ok`
-    for pair in pairs:
+    for pair in dict.fromkeys(pairs):
         if not ok:
             conn.put(encode_subscription_status("error", pair, echo, rid, error=err))
             continue
+        if not pair_format_ok(pair):
+            conn.put(encode_subscription_status("error", pair, echo, rid, error=err_pair_format(pair)))
+            continue
         sym = framer.v2_name.get(pair)
         if sym is None:
-            conn.put(encode_subscription_status("error", pair, echo, rid, error=f"Currency pair not supported {pair}"))
+            conn.put(encode_subscription_status("error", pair, echo, rid, error=err_pair(pair)))
             continue
         cname = f"{channel}-{key}" if channel in ("book", "ohlc") else channel
         mkey = market_key(channel, sym, key)
@@ -322,13 +382,13 @@ def on_message(conn: V1Session, state: V1Conn, framer: V1Framer, raw: bytes) -> 
         streams = state.streams.get(mkey, [])
         if event == "subscribe":
             if stream in streams:
-                conn.put(encode_subscription_status("error", pair, echo, rid, error="Already subscribed"))
+                conn.put(encode_subscription_status("error", pair, echo, rid, error=ERR_ALREADY))
                 continue
             conn.put(encode_subscription_status("subscribed", pair, echo, rid, cname, framer.channel_id(cname, pair)))
             if not streams:
                 conn.market_subscribe(mkey)
             state.streams.setdefault(mkey, []).append(stream)
-            if sub.get("snapshot", True) and channel != "spread":
+            if channel in ("book", "ticker", "ohlc"):  # no snapshot for trade (the captures) or spread
                 snap = conn.market_snapshot(mkey)
                 if snap is not None:
                     f = framer.frame(channel, cname, pair, snap)
@@ -336,13 +396,40 @@ def on_message(conn: V1Session, state: V1Conn, framer: V1Framer, raw: bytes) -> 
                         conn.put(f)
         else:
             if stream not in streams:
-                conn.put(encode_subscription_status("error", pair, echo, rid, error="Subscription Not Found"))
+                conn.put(encode_subscription_status("error", pair, echo, rid, error=ERR_NOT_SUBSCRIBED))
                 continue
-            streams.remove(stream)
-            if not streams:
-                state.streams.pop(mkey, None)
-                conn.market_unsubscribe(mkey)
+            _drop_stream(conn, state, mkey, stream)
             conn.put(encode_subscription_status("unsubscribed", pair, echo, rid, cname, framer.channel_id(cname, pair)))
+
+
+def _drop_stream(conn: V1Session, state: V1Conn, mkey: MarketKey, stream: tuple[str, str, str]) -> None:
+    streams = state.streams.get(mkey, [])
+    if stream in streams:
+        streams.remove(stream)
+    if not streams:
+        state.streams.pop(mkey, None)
+        conn.market_unsubscribe(mkey)
+
+
+def _unsubscribe_id(conn: V1Session, state: V1Conn, framer: V1Framer, cid: Any, rid: Any) -> None:
+    """`{"event":"unsubscribe","channelID":N}`: the stream this connection has under that id."""
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        conn.put(encode_error(ERR_MALFORMED, rid))
+        return
+    for mkey, streams in list(state.streams.items()):
+        for stream in list(streams):
+            channel, cname, pair = stream
+            if framer.channel_id(cname, pair) != cid:
+                continue
+            _drop_stream(conn, state, mkey, stream)
+            echo: dict[str, Any] = {"name": channel}
+            if channel == "book":
+                echo["depth"] = mkey[2]
+            elif channel == "ohlc":
+                echo["interval"] = mkey[2]
+            conn.put(encode_subscription_status("unsubscribed", pair, subscription_echo(echo), rid, cname, cid))
+            return
+    conn.put(encode_request_error(ERR_NOT_SUBSCRIBED, rid, channel_id=cid))
 
 
 def translate_for(

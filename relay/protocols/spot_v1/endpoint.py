@@ -11,55 +11,100 @@ a client keeps the same id across upstream failovers. The merge publishes frames
 the bare channel name; `stamp()` rewrites the leading id and the trailing channel name once per
 publication (not per client), so frames are still encoded once.
 
-Only configured pairs are served (no dynamic upstream subscriptions on v1).
+On-demand subscriptions (`server.dynamic_subscriptions`, on by default): the configured
+channels (`v1.channels`) are the warm set, always subscribed upstream. Any other valid request
+(another pair, a deeper book, another ohlc interval) acquires its upstream subscription in a
+`DemandTracker` (keyed by the upstream `SubKey`): the stack subscribes it on every line, the
+client is answered `subscribed` once it is live (the first upstream ack, or for a book a
+complete snapshot at its depth), every client asking for the same shares it, and it is released
+`release_after` seconds after the last one left. A pair's book is subscribed once, at the
+deepest depth any client needs (at least the configured depth); shallower depths are views of
+it. v1 has no instrument list to validate pairs against: a malformed pair is refused here with
+Kraken's text, anything else is left to Kraken, whose refusal (`upstream_rejected`) reaches the
+waiting client verbatim. With on-demand serving off, only the warm set is served.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from relay.config import DynamicSubscriptionsConfig
 from relay.core.keys import SubKey
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.core.wsframe import text_frame
+from relay.protocols.demand import DemandTracker
 from relay.protocols.interfaces import Session
+from relay.protocols.spot_v1.merge import ACK
 from relay.protocols.spot_v1.wire import (
+    ERR_ALREADY,
+    ERR_DEPTH,
+    ERR_EVENT,
+    ERR_INTERVAL,
+    ERR_MALFORMED,
+    ERR_NAME,
+    ERR_NO_EVENT,
+    ERR_NOT_SUBSCRIBED,
+    ERR_PAIR_FIELD,
+    ERR_REQID,
+    ERR_SUB_FIELD,
     HEARTBEAT,
+    V1_VERSION,
     encode_error,
     encode_pong,
+    encode_request_error,
     encode_subscription_status,
     encode_system_status,
+    err_pair,
+    err_pair_format,
+    pair_format_ok,
     split_frame,
+    subscription_echo,
+    valid_reqid,
 )
 
 log = logging.getLogger("relay.server")
 
-ERR_MALFORMED = "Malformed request"
-ERR_EVENT = "Unsupported event"
-ERR_PAIR_FIELD = "Pair field must be an array"
-ERR_SUB_FIELD = "Subscription field must be an object"
-ERR_NAME = "Subscription name invalid"
-ERR_DEPTH = "Subscription depth not supported"
-ERR_INTERVAL = "Subscription ohlc interval not supported"
-ERR_ALREADY = "Already subscribed"
-ERR_NOT_SUBSCRIBED = "Subscription Not Found"
 ERR_LIMIT = "Subscription limit exceeded"
 ERR_TOO_MANY = "Too many pairs in one request"
-ERR_REQID = "Reqid field must be an integer"
+ERR_TIMEOUT = "Timed out waiting for market data"
 CHANNELS = ("book", "trade", "ticker", "spread", "ohlc")
+# Upstream refusals that say "not now" rather than "no": the planner retries them, and a waiting
+# client keeps waiting (within `timeout`).
+TRANSIENT = ("msg rate", "already subscribed", "no acknowledgement")
 
-
-def err_pair(pair: str) -> str:
-    return f"Currency pair not supported {pair}"
+__all__ = [
+    "CHANNELS",
+    "ChannelIds",
+    "StampedSource",
+    "V1Endpoint",
+    "V1Ping",
+    "V1Reject",
+    "V1Subscribe",
+    "V1UnsubscribeId",
+    "channel_name",
+    "err_pair",
+    "parse_request",
+]
 
 
 def channel_name(channel: str, key: int) -> str:
     return f"{channel}-{key}" if channel in ("book", "ohlc") else channel
+
+
+def key_echo(key: SubKey) -> dict[str, Any]:
+    """The `subscription` object Kraken echoes for a subscription, in Kraken's key order."""
+    channel, _, k = key
+    if channel == "book":
+        return {"depth": k, "name": channel}
+    if channel == "ohlc":
+        return {"interval": k, "name": channel}
+    return {"name": channel}
 
 
 class ChannelIds:
@@ -67,6 +112,7 @@ class ChannelIds:
 
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str], int] = {}
+        self._names: dict[int, tuple[str, str]] = {}
         self._next = itertools.count(1)
         self._stamps: dict[tuple[str, str, int], tuple[bytes, bytes]] = {}
 
@@ -74,7 +120,12 @@ class ChannelIds:
         cid = self._ids.get((name, pair))
         if cid is None:
             cid = self._ids[(name, pair)] = next(self._next)
+            self._names[cid] = (name, pair)
         return cid
+
+    def lookup(self, cid: int) -> tuple[str, str] | None:
+        """(channelName, pair) of a channelID the relay gave out."""
+        return self._names.get(cid)
 
     def stamp(self, key: tuple[str, str, int], frame: bytes) -> bytes:
         """`frame` (from the merge: any id, any channel name) as sent on subscription `key`."""
@@ -120,6 +171,14 @@ class V1Subscribe:
 
 
 @dataclass(slots=True)
+class V1UnsubscribeId:
+    """`{"event":"unsubscribe","channelID":N}` (Kraken's legacy v1 form)."""
+
+    channel_id: int
+    req_id: int | None
+
+
+@dataclass(slots=True)
 class V1Ping:
     req_id: int | None
 
@@ -128,10 +187,10 @@ class V1Ping:
 class V1Reject:
     error: str
     req_id: int | None
-    frames: list[bytes] = field(default_factory=list)  # per-pair errors, when the pairs are known
+    frames: list[bytes] = field(default_factory=list)  # the replies, when not one `error` event
 
 
-def parse_request(raw: bytes, max_pairs: int = 200) -> V1Subscribe | V1Ping | V1Reject:
+def parse_request(raw: bytes, max_pairs: int = 200) -> V1Subscribe | V1UnsubscribeId | V1Ping | V1Reject:
     """One client message -> a typed request, or a rejection in Kraken's v1 shapes."""
     try:
         msg = orjson.loads(raw)
@@ -139,14 +198,22 @@ def parse_request(raw: bytes, max_pairs: int = 200) -> V1Subscribe | V1Ping | V1
         return V1Reject(ERR_MALFORMED, None)
     if not isinstance(msg, dict):
         return V1Reject(ERR_MALFORMED, None)
-    rid = msg.get("reqid")
-    if rid is not None and (not isinstance(rid, int) or isinstance(rid, bool)):
-        return V1Reject(ERR_REQID, None)
     event = msg.get("event")
+    if "reqid" in msg and not valid_reqid(msg["reqid"]):
+        status = "pingStatus" if event == "ping" else "subscriptionStatus"
+        return V1Reject(ERR_REQID, None, [encode_request_error(ERR_REQID, msg["reqid"], status)])
+    rid = msg.get("reqid")
     if event == "ping":
         return V1Ping(rid)
+    if event is None:
+        return V1Reject(ERR_NO_EVENT, rid, [encode_request_error(ERR_NO_EVENT, rid)])
     if event not in ("subscribe", "unsubscribe"):
-        return V1Reject(ERR_EVENT, rid)
+        return V1Reject(ERR_EVENT, rid, [encode_request_error(ERR_EVENT, rid)])
+    if event == "unsubscribe" and "channelID" in msg:
+        cid = msg["channelID"]
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            return V1Reject(ERR_MALFORMED, rid)
+        return V1UnsubscribeId(cid, rid)
     sub = msg.get("subscription")
     if not isinstance(sub, dict):
         return V1Reject(ERR_SUB_FIELD, rid)
@@ -157,9 +224,14 @@ def parse_request(raw: bytes, max_pairs: int = 200) -> V1Subscribe | V1Ping | V1
         return V1Reject(ERR_TOO_MANY, rid)
     name = sub.get("name")
     echo: dict[str, Any] = {"name": name}
+    if name == "book" and "depth" in sub:
+        echo["depth"] = sub["depth"]
+    elif name == "ohlc" and "interval" in sub:
+        echo["interval"] = sub["interval"]
 
     def per_pair(error: str) -> V1Reject:
-        return V1Reject(error, rid, [encode_subscription_status("error", p, echo, rid, error=error) for p in pairs])
+        e = subscription_echo(echo)
+        return V1Reject(error, rid, [encode_subscription_status("error", p, e, rid, error=error) for p in pairs])
 
     if name == "*" and event == "unsubscribe":  # every subscription of these pairs
         return V1Subscribe(event, "*", list(dict.fromkeys(pairs)), 0, False, rid, echo)
@@ -179,7 +251,35 @@ def parse_request(raw: bytes, max_pairs: int = 200) -> V1Subscribe | V1Ping | V1
     snapshot = sub.get("snapshot", True)
     if not isinstance(snapshot, bool):
         return per_pair(ERR_MALFORMED)
-    return V1Subscribe(event, name, list(dict.fromkeys(pairs)), key, snapshot, rid, echo)
+    return V1Subscribe(event, name, list(dict.fromkeys(pairs)), key, snapshot, rid, subscription_echo(echo))
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A subscribe waiting for its on-demand upstream subscription to go live."""
+
+    client: Session
+    req: V1Subscribe
+    key: SubKey  # the client's subscription
+    dkey: SubKey  # the upstream subscription it waits for
+    deadline: float
+
+
+class _ClientState:
+    """Per client (`Session.ep_state`): its on-demand references and waiting subscribes."""
+
+    __slots__ = ("demands", "waiting")
+
+    def __init__(self) -> None:
+        self.demands: dict[SubKey, SubKey] = {}  # client subscription -> demanded upstream key
+        self.waiting: dict[SubKey, _Waiter] = {}
+
+
+def _state(client: Session) -> _ClientState:
+    st = client.ep_state
+    if not isinstance(st, _ClientState):
+        st = client.ep_state = _ClientState()
+    return st
 
 
 class V1Endpoint:
@@ -200,11 +300,17 @@ class V1Endpoint:
         ohlc_intervals: Iterable[int] = (1,),
         *,
         max_subscriptions_per_client: int = 200,
-        trade_snapshot_count: int = 50,
-        version: str = "relay",
         path: str = "/",
         heartbeat_interval: float = 1.0,
+        dynamic: DynamicSubscriptionsConfig | None = None,
+        resubscribe: Callable[[], None] | None = None,
+        fallback_version: str = V1_VERSION,
     ) -> None:
+        """`static`: the warm pairs per channel, `book_depth` their book depth (the merge's),
+        `ohlc_intervals` their intervals; `dynamic`: on-demand serving (default: on, with the
+        config defaults); `resubscribe`: called when the upstream set changes
+        (`demanded_subscriptions`); `fallback_version`: the `version` clients are told until a
+        line reported Kraken's."""
         self.path = path
         self.heartbeat_interval = heartbeat_interval
         self.merge = merge
@@ -214,23 +320,86 @@ class V1Endpoint:
         self.book_depth = book_depth
         self.ohlc_intervals = frozenset(ohlc_intervals)
         self.max_subs = max_subscriptions_per_client
-        self.trade_snapshot_count = trade_snapshot_count
-        self.version = version
+        self.fallback_version = fallback_version
+        self.resubscribe = resubscribe
+        self.dynamic = dynamic if dynamic is not None else DynamicSubscriptionsConfig()
+        self.demand: DemandTracker[SubKey] = DemandTracker(self.dynamic, self._demand_changed)
+        self.waiting: dict[SubKey, list[_Waiter]] = {}  # demanded upstream key -> waiting subscribes
+        self._book_waiting: dict[str, int] = {}  # pair -> waiting book subscribes
+        self._upstream: dict[tuple[str, str, int], int] = {}  # stream -> param, as last synced
+        self._quiet = False
         self.subs: dict[tuple[str, str, int], set[Any]] = {}  # SubKey -> subscribers
         self.clients: set[Any] = set()
         self.published = 0
         self.delivered = 0
         self.dispatch_errors = 0
+        self.timeouts = 0
+        self.rejected_upstream = 0
+        self._sync_merge()
+
+    # -- the upstream set -------------------------------------------------------------------
+    def warm_keys(self) -> list[SubKey]:
+        """The configured upstream subscriptions (what `spec.desired` lists)."""
+        keys = [SubKey("book", p, self.book_depth) for p in sorted(self.static["book"])]
+        for name in ("trade", "ticker", "spread"):
+            keys += [SubKey(name, p, 0) for p in sorted(self.static[name])]
+        keys += [SubKey("ohlc", p, i) for p in sorted(self.static["ohlc"]) for i in sorted(self.ohlc_intervals)]
+        return keys
+
+    def demanded_subscriptions(self) -> list[SubKey]:
+        """The warm set plus what clients demanded: one book subscription per pair, at the
+        deepest depth any of them needs."""
+        books: dict[str, int] = {}
+        out: dict[SubKey, None] = {}
+        for key in (*self.warm_keys(), *self.demand.keys()):
+            if key.channel == "book":
+                books[key.symbol] = max(books.get(key.symbol, 0), key.param)
+            else:
+                out[key] = None
+        return [SubKey("book", p, d) for p, d in books.items()] + list(out)
+
+    def _sync_merge(self) -> None:
+        """Tell the merge which streams are subscribed upstream, and each book's depth."""
+        merge = self.merge
+        if not hasattr(merge, "set_book_target"):
+            return
+        now = {
+            (("book", k.symbol, 0) if k.channel == "book" else (k.channel, k.symbol, k.param)): k.param
+            for k in self.demanded_subscriptions()
+        }
+        for stream in self._upstream.keys() - now.keys():
+            merge.retire(*stream)
+        for stream, param in now.items():
+            merge.activate(*stream)
+            if stream[0] == "book":
+                merge.set_book_target(stream[1], param)
+        self._upstream = now
+
+    def _demand_changed(self) -> None:
+        self._sync_merge()
+        if self.resubscribe is not None and not self._quiet:
+            self.resubscribe()
 
     def upstream_rejected(self, key: SubKey, error: str, now: float) -> None:
-        """Kraken refused one of our subscriptions (nothing waits on it here yet)."""
-
-    def demanded_subscriptions(self) -> None:
-        return None  # the configured pairs only
+        """Kraken refused an upstream subscription: the clients waiting for it get Kraken's text."""
+        if any(t in error.lower() for t in TRANSIENT):
+            return  # retried by the planner; waiting clients keep waiting (until `timeout`)
+        demand = self.demand
+        if not demand.known(key) or demand.is_ready(key):
+            return  # not on demand, or live already (a line's resubscription: retried)
+        self.rejected_upstream += 1
+        for w in self.waiting.pop(key, []):
+            self._unwait(w)
+            st = _state(w.client)
+            st.demands.pop(w.key, None)
+            self._status(w.client, w.req, w.key[1], "error", error)
+            w.client.count_error()
+        demand.forget(key)
 
     def reload(self, cfg: Any) -> Any:
-        """SIGHUP: serve the new pair set. The book depth is fixed for the life of the merge, so a
-        changed `v1.channels.book.depth` is reverted (with a warning) in the config returned."""
+        """SIGHUP: serve the new pair set. The configured book depth is fixed for the life of the
+        merge, so a changed `v1.channels.book.depth` is reverted (with a warning) in the config
+        returned. Clients of pairs that left the warm set keep them, on demand."""
         section = getattr(cfg, "v1", None)
         if section is None:
             return cfg
@@ -244,12 +413,33 @@ class V1Endpoint:
             name: frozenset(getattr(ch, name).symbols if getattr(ch, name) is not None else ()) for name in CHANNELS
         }
         self.ohlc_intervals = frozenset(ch.ohlc.intervals if ch.ohlc is not None else (1,))
+        self._quiet = True  # the stack resubscribes once the reload is applied
+        try:
+            if self.demand.enabled:
+                for key, clients in self.subs.items():
+                    if self._warm_serves(SubKey(*key)):
+                        continue
+                    dkey = self._demand_key(SubKey(*key))
+                    for c in clients:
+                        st = _state(c)
+                        if key not in st.demands:
+                            self.demand.acquire(dkey)
+                            self.demand.mark_ready(dkey)
+                            st.demands[SubKey(*key)] = dkey
+            self._sync_merge()
+        finally:
+            self._quiet = False
         return cfg
 
     # -- clients --------------------------------------------------------------------------
+    def version(self) -> str:
+        """The engine version clients are told: the upstream's, else `fallback_version`."""
+        version = getattr(self.merge, "upstream_version", None)
+        return (version() if version is not None else "") or self.fallback_version
+
     def hello(self, connection_id: int) -> bytes:
         """First frame on a new connection, as Kraken sends it."""
-        return encode_system_status(self.merge.system_status(), connection_id, self.version)
+        return encode_system_status(self.merge.system_status(), connection_id, self.version())
 
     def add_client(self, client: Session) -> None:
         self.clients.add(client)
@@ -257,12 +447,17 @@ class V1Endpoint:
     def remove_client(self, client: Session, now: float = 0.0) -> None:
         self.clients.discard(client)
         for key in list(client.subs):
-            self._unregister(client, key)
+            self._unregister(client, key, now)
+        st = client.ep_state
+        if isinstance(st, _ClientState):
+            for w in list(st.waiting.values()):
+                self._unwait(w)
+                self._release(client, w.key, now)
 
     # -- listener `Endpoint` interface ------------------------------------------------------
     def opened(self, conn: Session, now: float) -> None:
         self.add_client(conn)
-        conn.queue(self.hello(getattr(conn, "connection_id", 0)))
+        conn.queue(self.hello(conn.connection_id))
 
     def closed(self, conn: Session, now: float) -> None:
         self.remove_client(conn, now)
@@ -277,7 +472,7 @@ class V1Endpoint:
         if data:
             try:
                 msg = orjson.loads(data)
-                rid = msg.get("reqid") if isinstance(msg, dict) and isinstance(msg.get("reqid"), int) else None
+                rid = msg.get("reqid") if isinstance(msg, dict) and valid_reqid(msg.get("reqid")) else None
             except orjson.JSONDecodeError:
                 pass
         text = {
@@ -301,10 +496,12 @@ class V1Endpoint:
             for f in req.frames or [encode_error(req.error, req.req_id)]:
                 client.queue(f)
             return False
+        if isinstance(req, V1UnsubscribeId):
+            return self._unsubscribe_id(client, req, now)
         if req.event == "unsubscribe":
-            self._unsubscribe(client, req)
+            self._unsubscribe(client, req, now)
         else:
-            self._subscribe(client, req)
+            self._subscribe(client, req, now)
         return True
 
     def _status(self, client: Session, req: V1Subscribe, pair: str, status: str, error: str | None = None) -> None:
@@ -316,39 +513,112 @@ class V1Endpoint:
             )
         )
 
-    def _subscribe(self, client: Session, req: V1Subscribe) -> None:
+    def _warm_serves(self, key: SubKey) -> bool:
+        channel, pair, k = key
+        if pair not in self.static[channel]:
+            return False
+        if channel == "book":
+            return k <= self.book_depth
+        if channel == "ohlc":
+            return k in self.ohlc_intervals
+        return True
+
+    def _demand_key(self, key: SubKey) -> SubKey:
+        """The upstream subscription serving `key` on demand (a book at least the warm depth)."""
+        if key.channel == "book":
+            return SubKey("book", key.symbol, max(key.param, self.book_depth))
+        return key
+
+    def _fixed_error(self, key: SubKey) -> str:
+        """Why the warm set does not serve `key` (on-demand serving off)."""
+        channel, pair, _ = key
+        if pair not in self.static[channel]:
+            return err_pair(pair)
+        return ERR_DEPTH if channel == "book" else ERR_INTERVAL
+
+    def _subscribe(self, client: Session, req: V1Subscribe, now: float) -> None:
         channel = req.channel
+        st = _state(client)
         for pair in req.pairs:
             key = SubKey(channel, pair, req.key)
-            if pair not in self.static[channel]:
-                self._status(client, req, pair, "error", err_pair(pair))
-            elif channel == "book" and req.key > self.book_depth:
-                self._status(client, req, pair, "error", ERR_DEPTH)
-            elif channel == "ohlc" and req.key not in self.ohlc_intervals:
-                self._status(client, req, pair, "error", ERR_INTERVAL)
-            elif key in client.subs:
+            if not pair_format_ok(pair):
+                self._status(client, req, pair, "error", err_pair_format(pair))
+            elif key in client.subs or key in st.waiting:
                 self._status(client, req, pair, "error", ERR_ALREADY)
-            elif len(client.subs) >= self.max_subs:
+            elif len(client.subs) + len(st.waiting) >= self.max_subs:
                 self._status(client, req, pair, "error", ERR_LIMIT)
-            else:
+            elif self._warm_serves(key):
                 self._subscribe_one(client, req, key)
+            elif not self.demand.enabled:
+                self._status(client, req, pair, "error", self._fixed_error(key))
+            else:
+                self._subscribe_demand(client, req, key, now)
+
+    def _subscribe_demand(self, client: Session, req: V1Subscribe, key: SubKey, now: float) -> None:
+        dkey = self._demand_key(key)
+        refusal = self.demand.refusal(dkey, key.symbol)
+        if refusal is not None:
+            self._status(client, req, key.symbol, "error", refusal)
+            return
+        st = _state(client)
+        st.demands[key] = dkey
+        self.demand.acquire(dkey)
+        if self._ready(key, dkey):
+            self._subscribe_one(client, req, key)
+            return
+        one = V1Subscribe(req.event, req.channel, [key.symbol], req.key, req.snapshot, req.req_id, req.subscription)
+        w = _Waiter(client, one, key, dkey, now + self.dynamic.timeout)
+        st.waiting[key] = w
+        self.waiting.setdefault(dkey, []).append(w)
+        if key.channel == "book":
+            self._book_waiting[key.symbol] = self._book_waiting.get(key.symbol, 0) + 1
+
+    def _ready(self, key: SubKey, dkey: SubKey) -> bool:
+        """Whether an on-demand subscription can be answered now."""
+        if key.channel == "book":
+            ready = getattr(self.merge, "book_ready", None)
+            return bool(ready is not None and ready(key.symbol, key.param))
+        return self.demand.is_ready(dkey)
+
+    def _unwait(self, w: _Waiter) -> None:
+        """Take a waiter off the books (its demand reference is the caller's to settle)."""
+        _state(w.client).waiting.pop(w.key, None)
+        lst = self.waiting.get(w.dkey)
+        if lst is not None:
+            if w in lst:
+                lst.remove(w)
+            if not lst:
+                del self.waiting[w.dkey]
+        if w.key.channel == "book":
+            n = self._book_waiting.get(w.key.symbol, 0) - 1
+            if n > 0:
+                self._book_waiting[w.key.symbol] = n
+            else:
+                self._book_waiting.pop(w.key.symbol, None)
+
+    def _serve_waiters(self, dkey: SubKey) -> None:
+        for w in list(self.waiting.get(dkey, ())):
+            if self._ready(w.key, dkey):
+                self._unwait(w)
+                self._subscribe_one(w.client, w.req, w.key)
 
     def _subscribe_one(self, client: Session, req: V1Subscribe, key: SubKey) -> None:
         """Register, ack, snapshot in one synchronous step: no publication can fall between."""
         channel, pair, k = key
         client.subs.add(key)
         self.subs.setdefault(key, set()).add(client)
+        dkey = _state(client).demands.get(key)
+        if dkey is not None:
+            self.demand.mark_ready(dkey)
         self._status(client, req, pair, "subscribed")
         merge = self.merge
         if channel == "book":
             merge.want_book_depth(pair, k)
             client.open_book(key, req.snapshot)
             return
-        if not req.snapshot:
+        if not req.snapshot or channel == "trade":  # Kraken sends no trade snapshot (the captures)
             return
-        if channel == "trade":
-            snap = merge.trade_snapshot(pair, self.trade_snapshot_count)
-        elif channel == "ticker":
+        if channel == "ticker":
             snap = merge.ticker_snapshot(pair)
         elif channel == "spread":
             snap = merge.spread_snapshot(pair)
@@ -357,31 +627,52 @@ class V1Endpoint:
         if snap is not None:
             client.queue(self.ids.stamp(key, snap))
 
-    def _unsubscribe(self, client: Session, req: V1Subscribe) -> None:
+    def _unsubscribe(self, client: Session, req: V1Subscribe, now: float) -> None:
+        st = _state(client)
         if req.channel == "*":
             for pair in req.pairs:
-                keys = sorted(k for k in client.subs if k[1] == pair)
+                keys = sorted(k for k in (*client.subs, *st.waiting) if k[1] == pair)
                 if not keys:
                     self._status(client, req, pair, "error", ERR_NOT_SUBSCRIBED)
                 for key in keys:
-                    self._unregister(client, key)
-                    echo = {
-                        "name": key[0],
-                        **({"depth": key[2]} if key[0] == "book" else {}),
-                        **({"interval": key[2]} if key[0] == "ohlc" else {}),
-                    }
-                    one = V1Subscribe("unsubscribe", key[0], [pair], key[2], False, req.req_id, echo)
-                    self._status(client, one, pair, "unsubscribed")
+                    self._unsubscribe_key(client, SubKey(*key), req.req_id, now)
             return
         for pair in req.pairs:
             key = SubKey(req.channel, pair, req.key)
-            if key not in client.subs:
+            if key not in client.subs and key not in st.waiting:
                 self._status(client, req, pair, "error", ERR_NOT_SUBSCRIBED)
                 continue
-            self._unregister(client, key)
-            self._status(client, req, pair, "unsubscribed")
+            self._unsubscribe_key(client, key, req.req_id, now)
 
-    def _unregister(self, client: Session, key: SubKey) -> None:
+    def _unsubscribe_id(self, client: Session, req: V1UnsubscribeId, now: float) -> bool:
+        hit = self.ids.lookup(req.channel_id)
+        st = _state(client)
+        if hit is not None:
+            name, pair = hit
+            for key in (*client.subs, *st.waiting):
+                if key[1] == pair and channel_name(key[0], key[2]) == name:
+                    self._unsubscribe_key(client, SubKey(*key), req.req_id, now)
+                    return True
+        client.queue(encode_request_error(ERR_NOT_SUBSCRIBED, req.req_id, channel_id=req.channel_id))
+        return False
+
+    def _unsubscribe_key(self, client: Session, key: SubKey, req_id: int | None, now: float) -> None:
+        one = V1Subscribe("unsubscribe", key.channel, [key.symbol], key.param, False, req_id, key_echo(key))
+        w = _state(client).waiting.get(key)
+        if w is not None:  # still waiting: answer the subscribe first, as Kraken's order would be
+            self._unwait(w)
+            self._status(client, w.req, key.symbol, "subscribed")
+            self._release(client, key, now)
+        else:
+            self._unregister(client, key, now)
+        self._status(client, one, key.symbol, "unsubscribed")
+
+    def _release(self, client: Session, key: SubKey, now: float) -> None:
+        dkey = _state(client).demands.pop(key, None)
+        if dkey is not None:
+            self.demand.release(dkey, now)
+
+    def _unregister(self, client: Session, key: SubKey | tuple[str, str, int], now: float = 0.0) -> None:
         client.subs.discard(key)
         clients = self.subs.get(key)
         if clients is not None:
@@ -391,6 +682,7 @@ class V1Endpoint:
         if key[0] == "book":
             client.stop_book(key)
             self.merge.release_book_depth(key[1], key[2])
+        self._release(client, SubKey(*key), now)
 
     # -- publications ---------------------------------------------------------------------
     def publish(self, pubs: Iterable[Any], now: float = 0.0) -> None:
@@ -399,15 +691,36 @@ class V1Endpoint:
             self.published += 1
             try:
                 self._dispatch(pub)
+                if self.waiting:
+                    self._arrived(pub)
             except Exception:  # never raised into the upstream reader
                 self.dispatch_errors += 1
+                log.exception("v1 dispatch failed")
+
+    def _arrived(self, pub: Any) -> None:
+        """Publications that make on-demand subscriptions live (after they were dispatched, so
+        that a client answered now gets them in its snapshot, not twice)."""
+        channel = pub.channel
+        if channel == "book":
+            if pub.symbol in self._book_waiting:
+                for dkey in [k for k in self.waiting if k.channel == "book" and k.symbol == pub.symbol]:
+                    self._serve_waiters(dkey)
+            return
+        if channel == ACK:
+            channel = pub.frame.decode()
+            if channel == "book":
+                return  # a book is live with its snapshot, not with the ack
+        dkey = SubKey(channel, pub.symbol, pub.key)
+        if dkey in self.waiting:
+            self.demand.mark_ready(dkey)
+            self._serve_waiters(dkey)
 
     def _dispatch(self, pub: Any) -> None:
         channel = pub.channel
         if channel == "status":
-            wire = text_frame(encode_system_status(self.merge.system_status(), 0, self.version))
-            for c in tuple(self.clients):
-                c.deliver(wire)
+            system, version = self.merge.system_status(), self.version()
+            for c in tuple(self.clients):  # rare: each client keeps its own connectionID
+                c.queue(encode_system_status(system, c.connection_id, version))
             self.delivered += len(self.clients)
             return
         key = (channel, pub.symbol, pub.key)  # a plain tuple on the hot path: equal to the SubKey
@@ -425,17 +738,39 @@ class V1Endpoint:
         self.delivered += len(clients)
 
     def tick(self, now: float) -> None:
-        """Heartbeats for subscribed clients that got nothing for `heartbeat_interval`."""
+        """Heartbeats for subscribed clients that got nothing for `heartbeat_interval`; waiting
+        subscribes that timed out; on-demand subscriptions whose release is due."""
         after = self.heartbeat_interval * 0.95
         for c in tuple(self.clients):
             if c.subs and c.idle(now) >= after:
                 c.queue(HEARTBEAT)
+        if self.waiting:
+            for lst in list(self.waiting.values()):
+                for w in list(lst):
+                    if w.deadline <= now:
+                        self.timeouts += 1
+                        self._unwait(w)
+                        self._release(w.client, w.key, now)
+                        self._status(w.client, w.req, w.key.symbol, "error", ERR_TIMEOUT)
+                        w.client.count_error()
+        self.demand.tick(now)
 
     def stats(self) -> dict[str, Any]:
+        demand = self.demand
+        pending = sum(len(lst) for lst in self.waiting.values())
         return {
             "clients": len(self.clients),
             "subscriptions": self.subscription_count(),
             "published": self.published,
             "delivered": self.delivered,
             "dispatch_errors": self.dispatch_errors,
+            "on_demand": {  # the metrics' on_demand_* families (relay.ops.metrics)
+                "held": len(demand.entries),
+                "demanded": demand.demanded,
+                "released": demand.released,
+                "refused": demand.refused,
+                "pending": pending,
+                "timeouts": self.timeouts,
+                "rejected": self.rejected_upstream,
+            },
         }

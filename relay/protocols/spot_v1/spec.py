@@ -1,5 +1,9 @@
 """Spot v1 (`protocol: v1`) as the daemon sees it: its merge, requests, config section and the
-local endpoint on `v1.path` (`/` by default, as Kraken serves v1)."""
+local endpoint on `v1.path` (`/` by default, as Kraken serves v1).
+
+The endpoint reports Kraken's engine version to clients (`merge.upstream_version()`), never the
+relay's; the relay's identity is for the operator surfaces. `desired` is the configured (warm)
+set; the endpoint's `demanded_subscriptions()` adds what clients asked for on demand."""
 
 from __future__ import annotations
 
@@ -73,9 +77,10 @@ def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> V
         ch.book.depth if ch.book is not None else 10,
         ch.ohlc.intervals if ch.ohlc is not None else (1,),
         max_subscriptions_per_client=cfg.server.max_subscriptions_per_client,
-        version=f"kraken-relay {ctx.version}",
         path=section.path,
         heartbeat_interval=cfg.server.heartbeat_interval,
+        dynamic=cfg.server.dynamic_subscriptions,
+        resubscribe=ctx.resubscribe,
     )
 
 

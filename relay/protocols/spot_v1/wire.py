@@ -42,6 +42,61 @@ from relay.protocols.spot_v2.wire import encode_elements, encode_instrument
 CHANNELS = ("book", "trade", "ticker", "spread", "ohlc")
 STATUS_OK = ("subscribed", "unsubscribed", "ok")
 
+# The engine version v1 clients are told before any line reported Kraken's own (the version of
+# the newest real capture, python-kraken-sdk 2023-08, and of the simulator).
+V1_VERSION = "1.9.1"
+
+# Kraken's v1 request error texts (kraken-protocol.md 4.1, the captures, and replies observed
+# from Kraken 1.9.0), shared by the relay's endpoint and the simulator.
+ERR_MALFORMED = "Malformed request"
+ERR_NO_EVENT = "Event(s) not found"
+ERR_EVENT = "Unsupported event"
+ERR_REQID = "Reqid field must be a positive integer less than 18446744073709551616"
+ERR_PAIR_FIELD = "Pair field must be an array"
+ERR_SUB_FIELD = "Subscription field must be an object"
+ERR_NAME = "Subscription name invalid"
+ERR_DEPTH = "Subscription depth not supported"
+ERR_INTERVAL = "Subscription ohlc interval not supported"
+ERR_ALREADY = "Already subscribed"
+ERR_NOT_SUBSCRIBED = "Subscription Not Found"
+ERR_RATE = "Exceeded msg rate"
+MAX_REQID = 1 << 64
+
+_PAIR_RE = re.compile(r"[A-Za-z0-9.]+/[A-Za-z0-9.]+")
+
+
+def pair_format_ok(pair: str) -> bool:
+    """`BASE/QUOTE` (`XBT/USD`, `ETH2.S/ETH`): anything else Kraken refuses without a look-up."""
+    return _PAIR_RE.fullmatch(pair) is not None
+
+
+def err_pair_format(pair: str) -> str:
+    return f"Currency pair not in ISO 4217-A3 format {pair}"
+
+
+def err_pair(pair: str) -> str:
+    return f"Currency pair not supported {pair}"
+
+
+def valid_reqid(rid: Any) -> bool:
+    return isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < MAX_REQID
+
+
+def subscription_echo(sub: dict[str, Any]) -> dict[str, Any]:
+    """A `subscription` object in Kraken's key order (alphabetical: `depth`, `interval`, `name`)."""
+    return dict(sorted(sub.items()))
+
+
+def frame_book_depth(raw: bytes) -> int | None:
+    """The depth in a book frame's channel name (`...,"book-1000","XBT/USD"]` -> 1000)."""
+    i = raw.rfind(b',"book-', max(0, len(raw) - 64))
+    if i < 0:
+        return None
+    j = raw.find(b'"', i + 7)
+    digits = raw[i + 7 : j]
+    return int(digits) if digits.isdigit() else None
+
+
 _loads = orjson.loads
 _ID_RE = re.compile(rb"\[\s*\d+\s*,")
 _FLAT_ARRAY_RE = re.compile(rb"\[[^\[\]]*\]")
@@ -301,7 +356,8 @@ def encode_pong(req_id: int | None) -> bytes:
 HEARTBEAT = b'{"event":"heartbeat"}'
 
 
-def encode_system_status(system: str, connection_id: int = 0, version: str = "1.9.1") -> bytes:
+def encode_system_status(system: str, connection_id: int = 0, version: str = V1_VERSION) -> bytes:
+    """Kraken's key order (alphabetical): connectionID, event, status, version."""
     return orjson.dumps({"connectionID": connection_id, "event": "systemStatus", "status": system, "version": version})
 
 
@@ -336,6 +392,23 @@ def encode_error(error: str, req_id: int | None = None) -> bytes:
     msg: dict[str, Any] = {"errorMessage": error, "event": "error"}
     if req_id is not None:
         msg["reqid"] = req_id
+    return orjson.dumps(msg)
+
+
+def encode_request_error(
+    error: str, req_id: Any = None, event: str = "subscriptionStatus", channel_id: int | None = None
+) -> bytes:
+    """A request-level error in Kraken's status shape, as Kraken 1.9 answers an unknown or missing
+    `event` (`{"errorMessage":..,"event":"subscriptionStatus","reqid":1,"status":"error"}`), a bad
+    `reqid` (`event: pingStatus` for a ping, the reqid echoed as sent) or an unknown `channelID`."""
+    msg: dict[str, Any] = {}
+    if channel_id is not None:
+        msg["channelID"] = channel_id
+    msg["errorMessage"] = error
+    msg["event"] = event
+    if req_id is not None:
+        msg["reqid"] = req_id
+    msg["status"] = "error"
     return orjson.dumps(msg)
 
 
@@ -414,4 +487,4 @@ class V1Codec:
 
     @staticmethod
     def status(system: str) -> bytes:
-        return encode_system_status(system, 0, "relay")
+        return encode_system_status(system, 0)  # re-encoded per client by the endpoint

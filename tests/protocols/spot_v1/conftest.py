@@ -28,20 +28,33 @@ def client_ssl(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-def v1_config(urls: list[str], cert: Path | None, key: Path | None, depth: int = 100) -> Any:
+def v1_config(
+    urls: list[str],
+    cert: Path | None,
+    key: Path | None,
+    depth: int = 100,
+    *,
+    warm: list[str] | None = None,
+    intervals: list[int] | None = None,
+    dynamic: dict[str, Any] | None = None,
+) -> Any:
+    """The rig's relay config: `warm` pairs (default `PAIRS`) on every channel."""
     server: dict[str, Any] = {}  # ports: Relay(server_port=0, http_port=0)
     if cert is not None:
         server["tls"] = {"cert": str(cert), "key": str(key)}
+    if dynamic is not None:
+        server["dynamic_subscriptions"] = dynamic
+    pairs = PAIRS if warm is None else warm
     return parse_config(
         {
             "upstreams": [{"name": f"line{i}", "url": u, "protocol": "v1"} for i, u in enumerate(urls)],
             "v1": {
                 "channels": {
-                    "book": {"symbols": PAIRS, "depth": depth},
-                    "trade": {"symbols": PAIRS},
-                    "ticker": {"symbols": PAIRS},
-                    "spread": {"symbols": PAIRS},
-                    "ohlc": {"symbols": PAIRS, "intervals": [1]},
+                    "book": {"symbols": pairs, "depth": depth},
+                    "trade": {"symbols": pairs},
+                    "ticker": {"symbols": pairs},
+                    "spread": {"symbols": pairs},
+                    "ohlc": {"symbols": pairs, "intervals": intervals or [1]},
                 }
             },
             "server": server,
@@ -66,16 +79,25 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def v1_rig(
-    cert: Path | None = None, key: Path | None = None, lines: int = 2, rate: float = 300.0, depth: int = 100
+    cert: Path | None = None,
+    key: Path | None = None,
+    lines: int = 2,
+    rate: float = 300.0,
+    depth: int = 100,
+    *,
+    symbols: list[str] | None = None,
+    warm: list[str] | None = None,
+    dynamic: dict[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
+    """Simulator lines (`symbols`, v2 names) -> the relay's v1 stack (warm `warm`, v1 names)."""
     cfg = SimConfig(
-        symbols=["BTC/USD", "ETH/USD"],
+        symbols=symbols or ["BTC/USD", "ETH/USD"],
         rate=rate,
         seed=11,
         lines=[LineConfig(latency=0.001 * i, jitter=0.002) for i in range(lines)],
     )
     async with Simulator(cfg) as sim:
-        relay = Relay(v1_config(sim.v1_urls, cert, key, depth), server_port=0, http_port=0)
+        relay = Relay(v1_config(sim.v1_urls, cert, key, depth, warm=warm, dynamic=dynamic), server_port=0, http_port=0)
         await relay.start()
         try:
             yield Rig(sim, relay)

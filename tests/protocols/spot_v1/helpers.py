@@ -178,3 +178,95 @@ class V1Checker:
             if p == pair and name == f"book-{depth}" and cid in self.books:
                 return self.books[cid]
         return None
+
+
+class PlainClient:
+    """A plain websocket client (no library): every frame recorded with its arrival time.
+
+    `events(n)` waits for the next `n` control replies (objects other than heartbeats), data
+    frames (arrays) are kept in `data`; every wait is bounded and polls the condition.
+    """
+
+    def __init__(self, ws) -> None:
+        import asyncio
+
+        self.ws = ws
+        self.frames: list[tuple[float, bytes]] = []
+        self.replies: list[tuple[float, dict]] = []
+        self.data: list[tuple[float, list]] = []
+        self.heartbeats = 0
+        self._taken = 0
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs) -> PlainClient:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(url, compression=None, max_size=None, open_timeout=5, **kwargs)
+        return cls(ws)
+
+    async def _read(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        async for msg in self.ws:
+            raw = msg.encode() if isinstance(msg, str) else msg
+            now = loop.time()
+            self.frames.append((now, raw))
+            obj = json.loads(raw)
+            if isinstance(obj, list):
+                self.data.append((now, obj))
+            elif obj == {"event": "heartbeat"}:
+                self.heartbeats += 1
+            else:
+                self.replies.append((now, obj))
+
+    async def send(self, msg: dict | bytes | str) -> float:
+        import asyncio
+
+        text = msg.decode() if isinstance(msg, bytes) else msg if isinstance(msg, str) else json.dumps(msg)
+        await self.ws.send(text)
+        return asyncio.get_running_loop().time()
+
+    async def until(self, cond, timeout: float) -> bool:
+        """Poll `cond()` every 20 ms for at most `timeout` seconds."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not cond():
+            if loop.time() >= end or self._task.done():
+                return bool(cond())
+            await asyncio.sleep(0.02)
+        return True
+
+    async def events(self, n: int, timeout: float = 10.0) -> list[dict]:
+        """The next `n` control replies (fails the test when they do not come in time)."""
+        ok = await self.until(lambda: len(self.replies) >= self._taken + n, timeout)
+        assert ok, f"expected {n} replies, got {self.replies[self._taken :]}"
+        out = [m for _, m in self.replies[self._taken : self._taken + n]]
+        self._taken += n
+        return out
+
+    def pending(self) -> list[dict]:
+        return [m for _, m in self.replies[self._taken :]]
+
+    async def close(self) -> None:
+        import asyncio
+
+        await self.ws.close()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def wait_for(cond, timeout: float) -> bool:
+    """Poll `cond()` every 20 ms for at most `timeout` seconds."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() >= end:
+            return bool(cond())
+        await asyncio.sleep(0.02)
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 
+from relay.config import DynamicSubscriptionsConfig
 from relay.core.events import AckEvent, BookEvent, HeartbeatEvent, PongEvent, StatusEvent, UnknownEvent
 from relay.core.outputs import MergeSettings
 from relay.protocols.spot_v1.endpoint import ChannelIds, V1Endpoint
@@ -168,19 +169,25 @@ def test_channel_ids_stable_and_stamped_once_per_publication():
     assert ids.stamp(("ohlc", "XBT/USD", 5), b'[0,[1],"ohlc","XBT/USD"]') == b'[3,[1],"ohlc-5","XBT/USD"]'
 
 
-def _ep() -> tuple[V1Endpoint, FakeSession]:
+def _ep(dynamic: bool = True) -> tuple[V1Endpoint, FakeSession]:
     m = V1Merge(MergeSettings(book_depth=25))
     m.add_upstream("a")
     ep = V1Endpoint(
-        m, {"book": ["XBT/USD"], "trade": ["XBT/USD"], "ohlc": ["XBT/USD"]}, 25, (1, 5), max_subscriptions_per_client=3
+        m,
+        {"book": ["XBT/USD"], "trade": ["XBT/USD"], "ohlc": ["XBT/USD"]},
+        25,
+        (1, 5),
+        max_subscriptions_per_client=3,
+        dynamic=DynamicSubscriptionsConfig(enabled=dynamic),
     )
     s = FakeSession(ep.source)
     ep.add_client(s)
     return ep, s
 
 
-def test_endpoint_requests_and_errors():
-    ep, s = _ep()
+def test_endpoint_requests_and_errors_with_a_fixed_set():
+    """On-demand serving off (`dynamic_subscriptions: {enabled: false}`): only the warm set."""
+    ep, s = _ep(dynamic=False)
     send = lambda obj: ep.handle_message(s, orjson.dumps(obj))  # noqa: E731
     send({"event": "ping", "reqid": 9})
     send(
@@ -202,7 +209,9 @@ def test_endpoint_requests_and_errors():
     assert out[0] == {"event": "pong", "reqid": 9}
     ok = out[1]
     assert ok["status"] == "subscribed" and ok["channelName"] == "book-10" and ok["pair"] == "XBT/USD"
-    assert ok["reqid"] == 1 and isinstance(ok["channelID"], int) and ok["subscription"] == {"name": "book", "depth": 10}
+    assert ok["reqid"] == 1 and isinstance(ok["channelID"], int) and ok["subscription"] == {"depth": 10, "name": "book"}
+    assert list(ok) == ["channelID", "channelName", "event", "pair", "reqid", "status", "subscription"]
+    assert list(ok["subscription"]) == ["depth", "name"]  # Kraken's key order (the captures)
     errors = {(o.get("reqid"), o.get("pair"), o.get("errorMessage")) for o in out if o.get("status") == "error"}
     assert (1, "ETH/USD", "Currency pair not supported ETH/USD") in errors
     assert (2, "XBT/USD", "Subscription depth not supported") in errors  # deeper than the relay holds
@@ -305,7 +314,10 @@ def test_v1_config_section_errors_are_one_line_and_name_the_key():
     up = {"upstreams": [{"name": "a", "url": "wss://ws.kraken.com", "protocol": "v1"}]}
     cases = [
         ({}, "v1: is required (upstreams[0] has protocol v1)"),
-        ({"v1": {"channels": {}}}, "v1.channels: no pairs configured in any channel"),
+        (
+            {"v1": {"channels": {}}, "server": {"dynamic_subscriptions": {"enabled": False}}},
+            "v1.channels: no pairs configured in any channel",
+        ),
         ({"v1": {"channels": {"book": {"symbols": ["XBTUSD"]}}}}, "v1.channels.book.symbols"),
         ({"v1": {"channels": {"book": {"symbols": ["XBT/USD"], "depth": 20}}}}, "v1.channels.book.depth"),
         ({"v1": {"channels": {"ohlc": {"symbols": ["XBT/USD"], "intervals": [2]}}}}, "v1.channels.ohlc.intervals"),
