@@ -19,7 +19,12 @@ from tests.protocols.spot_v1.helpers import cf_rest_pairs
 cryptofeed = pytest.importorskip("cryptofeed")
 
 
-async def test_cryptofeed_kraken_checksums_hold_through_line_faults(tls_cert):
+@pytest.mark.parametrize(
+    ("warm", "depth"), [(None, 10), (["SOL/USD"], 1000)], ids=["configured", "on-demand-depth-1000"]
+)
+async def test_cryptofeed_kraken_checksums_hold_through_line_faults(tls_cert, warm, depth):
+    """The feed's pairs configured, or outside the warm set (served on demand, at cryptofeed's
+    default depth of 1000)."""
     from cryptofeed.connection import WebsocketEndpoint
     from cryptofeed.defines import L2_BOOK, TRADES
     from cryptofeed.exceptions import BadChecksum
@@ -29,11 +34,12 @@ async def test_cryptofeed_kraken_checksums_hold_through_line_faults(tls_cert):
     cert, key = tls_cert
     syms, info = Kraken._parse_symbol_data(cf_rest_pairs())
     Symbols.set(Kraken.id, syms, info)
-    async with v1_rig(cert, key) as rig:
+    async with v1_rig(cert, key, symbols=["BTC/USD", "ETH/USD", "SOL/USD"], warm=warm) as rig:
         stack = rig.relay.stack("v1")
         loop = asyncio.get_running_loop()
         end = loop.time() + 10
-        while loop.time() < end and stack.merge.book_snapshot("ETH/USD", 100) is None:
+        warm_pair = "SOL/USD" if warm else "ETH/USD"
+        while loop.time() < end and stack.merge.book_snapshot(warm_pair, 100) is None:
             await asyncio.sleep(0.05)
         counts = {"bad": 0, "books": 0, "checked": 0, "trades": 0}
 
@@ -60,7 +66,7 @@ async def test_cryptofeed_kraken_checksums_hold_through_line_faults(tls_cert):
             channels=[L2_BOOK, TRADES],
             callbacks={L2_BOOK: on_book, TRADES: on_trade},
             checksum_validation=True,
-            max_depth=10,
+            max_depth=depth,
         )
         feed.start(loop)
         try:
