@@ -13,8 +13,14 @@ the real capture (`replay=` path of a cryptofeed KRAKEN_FUTURES.ws file) byte fo
 generated entries. Neither is looked for anywhere: both are explicit options.
 
 Protocol: `info` on connect; per product `subscribed`; `book_snapshot` (current seq, full depth)
-then deltas; `trade_snapshot` (newest first) then trades; `heartbeat` feed every
-`heartbeat_interval`; unknown products -> `{"event":"error","message":"Invalid product id"}`.
+then deltas; `trade_snapshot` (Kraken's 100 latest, newest first: a generated market starts with
+100 past trades) then trades; `heartbeat` feed every `heartbeat_interval` (Kraken's cadence by
+default); a repeated subscribe -> `alert` "Already subscribed to feed, re-requesting", then
+`subscribed` and a fresh snapshot; unknown products -> `{"event":"error","message":"Invalid
+product id"}` (one per product, at once); unknown feed -> `Invalid feed`; malformed JSON, an
+unknown event or missing `product_ids` -> `Json Error`; unsubscribing what is not subscribed ->
+`unsubscribed_failed`; `{"event":"ping"}` -> `{"event":"pong"}`. The relay's endpoint answers
+every one of these alike (`tests/protocols/futures/test_conformance.py`).
 REST `GET /derivatives/api/v3/instruments` (the fixture, ids upper-cased as Kraken serves them
 today, plus generated entries for simulated products not in it) on every line's port.
 
@@ -46,7 +52,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from relay.protocols.futures.wire import (
+    ALERT_ALREADY,
     BUY,
+    ERR_FEED,
+    ERR_JSON,
+    ERR_PRODUCT,
+    HEARTBEAT_INTERVAL,
+    TRADE_SNAPSHOT,
     FBookDelta,
     FBookSnapshot,
     FLevel,
@@ -86,7 +98,7 @@ class FuturesSimConfig:
     lines: list[LineConfig] = field(default_factory=lambda: [LineConfig()])
     host: str = "127.0.0.1"
     levels: int = 50
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
     ticker_interval: float = 1.0
     tick: float = 0.005
     replay: str | None = None  # path of a cryptofeed KRAKEN_FUTURES.ws capture to replay
@@ -170,8 +182,12 @@ class FuturesMarket:
             for side, sign in ((book.bids, -1), (book.asks, 1)):
                 lv = self._level(p, mid + sign * i, self._qty())
                 side[lv.price] = lv
-        self.trades[p] = deque(maxlen=100)
+        self.trades[p] = deque(maxlen=TRADE_SNAPSHOT)
         self.trade_seq[p] = self.rnd.randrange(1000, 100000)
+        start = int(time.time() * 1000) - TRADE_SNAPSHOT * 1000
+        for i in range(TRADE_SNAPSHOT):  # a history, so the first trade_snapshot is a full one
+            self.trades[p].append(self._trade_frame(p, start + i * 1000))
+        self._ticker_frames(p, start + TRADE_SNAPSHOT * 1000)  # a subscriber gets one at once, as on Kraken
 
     def _qty(self) -> float:
         return round(self.rnd.uniform(0.001, 5.0), 4)
@@ -227,6 +243,11 @@ class FuturesMarket:
         return self._ev(p, "book", frame)
 
     def _trade(self, p: str, now_ms: int) -> Ev:
+        frame = self._trade_frame(p, now_ms)
+        self.trades[p].append(frame)
+        return self._ev(p, "trade", frame)
+
+    def _trade_frame(self, p: str, now_ms: int) -> bytes:
         book = self.books[p]
         buy = self.rnd.random() < 0.5
         side = book.asks if buy else book.bids
@@ -245,10 +266,14 @@ class FuturesMarket:
                 "price": price,
             }
         )
-        self.trades[p].append(frame)
-        return self._ev(p, "trade", frame)
+        return frame
 
     def _tickers(self, p: str, now_ms: int) -> list[Ev]:
+        lite, full = self._ticker_frames(p, now_ms)
+        return [self._ev(p, "ticker_lite", lite), self._ev(p, "ticker", full)]
+
+    def _ticker_frames(self, p: str, now_ms: int) -> tuple[bytes, bytes]:
+        """The current `ticker_lite` and `ticker` records of `p` (kept for new subscribers)."""
         book = self.books[p]
         bid = max(book.bids) if book.bids else 0.0
         ask = min(book.asks) if book.asks else 0.0
@@ -294,7 +319,7 @@ class FuturesMarket:
         )
         self.tickers[(p, "ticker_lite")] = lite
         self.tickers[(p, "ticker")] = full
-        return [self._ev(p, "ticker_lite", lite), self._ev(p, "ticker", full)]
+        return lite, full
 
     # -- replay ----------------------------------------------------------------------------------
     def _load_replay(self, path: Path) -> None:
@@ -316,7 +341,7 @@ class FuturesMarket:
         # state before the first frame: the capture's snapshots are applied as they come
         for p in self.products:
             self.books[p] = Book()
-            self.trades[p] = deque(maxlen=100)
+            self.trades[p] = deque(maxlen=TRADE_SNAPSHOT)
         self._rpos = 0
         self._take_snapshots()
 
@@ -605,46 +630,59 @@ class FuturesSimulator:
             line.conns.discard(conn)
 
     def _on_message(self, line: FLine, conn: FConn, raw: bytes) -> None:
+        send = line._send
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            line._send(conn, encode_event("error", message="Json Error"))
+            msg = None
+        if not isinstance(msg, dict):
+            send(conn, encode_event("error", message=ERR_JSON))
             return
         log = self.requests[line.idx]
         if len(log) < 10_000:
             log.append(msg)
         event, feed = msg.get("event"), msg.get("feed")
+        if event == "ping":
+            send(conn, b'{"event":"pong"}')
+            return
         if event not in ("subscribe", "unsubscribe"):
-            line._send(conn, encode_event("error", message="Json Error"))
+            send(conn, encode_event("error", message=ERR_JSON))
             return
         if feed == "heartbeat":
             conn.heartbeat = event == "subscribe"
-            line._send(conn, encode_event("subscribed" if conn.heartbeat else "unsubscribed", "heartbeat"))
+            conn.hb_at = asyncio.get_running_loop().time()
+            send(conn, encode_event("subscribed" if conn.heartbeat else "unsubscribed", "heartbeat"))
             return
         if feed not in ("book", "trade", "ticker", "ticker_lite"):
-            line._send(conn, encode_event("error", message="Invalid feed"))
+            send(conn, encode_event("error", message=ERR_FEED))
+            return
+        ids = msg.get("product_ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(p, str) for p in ids):
+            send(conn, encode_event("error", message=ERR_JSON))
             return
         m = self.market
-        for pid in msg.get("product_ids") or []:
-            p = str(pid).upper()
-            if p not in m.books:
-                line._send(conn, encode_event("error", message="Invalid product id"))
-                continue
+        for pid in ids:
+            p = pid.upper()
             key = (feed, p)
             if event == "unsubscribe":
-                conn.subs.pop(key, None)
-                line._send(conn, encode_event("unsubscribed", feed, [p]))
+                if conn.subs.pop(key, None) is None:
+                    send(conn, encode_event("unsubscribed_failed", feed, [p]))
+                else:
+                    send(conn, encode_event("unsubscribed", feed, [p]))
+                continue
+            if p not in m.books:
+                send(conn, encode_event("error", message=ERR_PRODUCT))
                 continue
             if key in conn.subs:
-                line._send(conn, encode_event("alert", message="Already subscribed to feed, re-requesting"))
+                send(conn, encode_event("alert", message=ALERT_ALREADY))
             conn.subs[key] = m.n
-            line._send(conn, encode_event("subscribed", feed, [p]))
+            send(conn, encode_event("subscribed", feed, [p]))
             if feed == "book":
-                line._send(conn, m.books[p].snapshot(p))
+                send(conn, m.books[p].snapshot(p))
             elif feed == "trade":
-                line._send(conn, encode_trade_snapshot(p, list(m.trades[p])[::-1]))
+                send(conn, encode_trade_snapshot(p, list(m.trades[p])[::-1]))
             elif (p, feed) in m.tickers:
-                line._send(conn, m.tickers[(p, feed)])
+                send(conn, m.tickers[(p, feed)])
 
     # -- faults ------------------------------------------------------------------------------
     def inject(self, line: int | str | None, kind: str, duration: float | None = None, **params: Any) -> None:

@@ -1,4 +1,5 @@
-"""Futures verifier: a book per product with `seq` contiguity checked; every trade `uid` once."""
+"""Futures verifier: a book per product with `seq` contiguity checked; every trade `uid` once;
+ticker records counted per (feed, product)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class FuturesVerifier:
         self.trade_count = 0
         self.trade_dups = 0
         self.errors: list[dict[str, Any]] = []
+        self.tickers: Counter[tuple[str, str]] = Counter()  # (ticker | ticker_lite, product) -> records
 
     def requests(self) -> list[bytes]:
         out = [{"event": "subscribe", "feed": "book", "product_ids": self.products}]
@@ -63,6 +65,8 @@ class FuturesVerifier:
         elif feed == "trade_snapshot":
             for t in m.get("trades", ()):
                 self._trade(t["uid"], snapshot=True)
+        elif feed in ("ticker", "ticker_lite"):
+            self.tickers[(feed, m.get("product_id", ""))] += 1
         elif m.get("event") == "error":
             self.errors.append(m)
 
@@ -89,4 +93,5 @@ class FuturesVerifier:
             "trades": self.trade_count,
             "trade_duplicates": self.trade_dups,
             "errors": len(self.errors),
+            "tickers": sum(self.tickers.values()),
         }

@@ -29,6 +29,12 @@ degrades safely when they do not:
 Trades are deduplicated by `uid` (bounded window per product); trades a reconnecting line's
 `trade_snapshot` brings that were never published are published then. Tickers: identical frames
 (recent window) are copies, an older `time` is dropped.
+
+On-demand products: the endpoint tells the merge the desired subscriptions (`expect`), so its
+`ProductValidator` can attribute Kraken's product-less `Invalid product id` errors; a product found
+invalid comes out as a `Publication` on the `REFUSED` channel (for the endpoint, never for
+clients). `drop(feed, product)` forgets a released subscription's state (and ignores its frames
+still in flight) until it is expected again.
 """
 
 from __future__ import annotations
@@ -39,9 +45,13 @@ from typing import Any
 
 import orjson
 
+from relay.core.events import AckEvent, UnknownEvent
 from relay.core.outputs import MergeBase, MergeSettings, Publication, UpstreamStats
+from relay.protocols.futures.validate import ProductValidator
 from relay.protocols.futures.wire import (
     BUY,
+    ERR_PRODUCT,
+    TRADE_SNAPSHOT,
     FBookDelta,
     FBookSnapshot,
     FLevel,
@@ -49,12 +59,16 @@ from relay.protocols.futures.wire import (
     FTradeEvent,
     FuturesParser,
     encode_book_snapshot,
+    encode_event,
     encode_trade_snapshot,
 )
 
 MAX_PENDING = 4096  # deltas held beyond a gap per product
 RING = 2048  # published (seq -> content) kept per product for copy verification
 UID_WINDOW = 4096  # trade uids remembered per product
+REFUSED = "_refused"  # publication channel: Kraken refused this product (for the endpoint only)
+REFUSED_FRAME = encode_event("error", message=ERR_PRODUCT)
+DROP_IGNORE = 60.0  # s a released subscription's late frames are ignored (they come within a round trip)
 
 
 @dataclass(slots=True)
@@ -62,6 +76,8 @@ class FLine:
     name: str
     connected: bool = False
     status: str = ""
+    version: str = ""  # what the line's `info` event reports (Kraken's `version`)
+    fresh: bool = False  # connected, its first `info` (and so its planner's requests) still to come
 
 
 @dataclass(slots=True)
@@ -545,19 +561,29 @@ class FuturesMerge(MergeBase):
         self.tickers: dict[str, ProductTicker] = {}  # feed "ticker" (metrics read this one)
         self.tickers_lite: dict[str, ProductTicker] = {}
         self._relay_states: dict[str, dict[str, Any]] = {}
+        self.validator = ProductValidator()
+        self.dropped: dict[tuple[str, str], float] = {}  # released (feed, product) -> when: frames ignored
 
     # -- upstream registry ---------------------------------------------------------------------
     def add_upstream(self, name: str) -> int:
         self.lines.append(FLine(name))
         self.upstream_stats.append(UpstreamStats(name))
+        self.validator.add_line()
         for pb in self.books.values():
             pb.add_line()
         return len(self.lines) - 1
 
+    def upstream_up(self, up: int, now: float) -> None:
+        line = self.lines[up]
+        line.connected = True
+        line.fresh = True
+
     def upstream_down(self, up: int, now: float) -> None:
         line = self.lines[up]
         line.connected = False
+        line.fresh = False
         line.status = ""
+        self.validator.line_down(up)
         for pb in self.books.values():
             pb.reset_line(up, now)
         self._update_system()
@@ -566,11 +592,48 @@ class FuturesMerge(MergeBase):
     def line_status(self, up: int, system: str, now: float, version: str = "") -> None:
         line = self.lines[up]
         line.connected = True
-        if version and hasattr(line, "version"):
+        if version:
             line.version = version
         line.status = system
+        if line.fresh:  # the planner sends the whole desired set after this first `info`
+            line.fresh = False
+            self.validator.line_up(up)
         self._update_system()
         self._publish_relay_states()
+
+    # -- on-demand subscriptions ---------------------------------------------------------------
+    def expect(self, keys: list[tuple[str, str]], now: float) -> None:
+        """The desired upstream subscriptions, (feed, product), whenever they change."""
+        self.validator.expect(keys, now)
+        if self.dropped:
+            for key in keys:
+                self.dropped.pop(key, None)
+
+    def drop(self, feed: str, product: str, now: float = 0.0) -> None:
+        """A released on-demand subscription: forget its state; frames still in flight for it are
+        ignored until it is expected again (a new subscription starts from a fresh snapshot)."""
+        self.dropped[(feed, product)] = now
+        if feed == "book":
+            self.books.pop(product, None)
+        elif feed == "trade":
+            self.trades.pop(product, None)
+        elif feed == "ticker":
+            self.tickers.pop(product, None)
+        elif feed == "ticker_lite":
+            self.tickers_lite.pop(product, None)
+        if product not in self.symbols():
+            self._relay_states.pop(product, None)
+
+    def _answers(self, up: int, ev: Any) -> None:
+        """Kraken's answers to subscribe requests feed the product validator."""
+        if type(ev) is AckEvent:
+            if ev.method == "subscribe":
+                names = ev.result.get("_symbols") or [ev.symbol or ""]
+                self.validator.on_ack(up, ev.channel, names, ev.success)
+        elif ev.reason.startswith("error: "):
+            self.validator.on_error(up, ev.reason[7:])
+        for product in self.validator.take():
+            self.outbox.append(Publication(REFUSED, product, 0, REFUSED_FRAME, False))
 
     def symbol_resubscribing(self, up: int, channel: str, symbol: str, now: float) -> None:
         if channel == "book":
@@ -588,18 +651,30 @@ class FuturesMerge(MergeBase):
         ev = self.parser.parse(raw)
         t = type(ev)
         if t is FBookDelta:
-            pb = self.books.get(ev.product) or self._book(ev.product)
+            pb = self.books.get(ev.product)
+            if pb is None:
+                if self.dropped and ("book", ev.product) in self.dropped:
+                    return None
+                pb = self._book(ev.product)
             pb.on_delta(up, ev, now)
             return None
         if t is FBookSnapshot:
-            pb = self.books.get(ev.product) or self._book(ev.product)
+            pb = self.books.get(ev.product)
+            if pb is None:
+                if self.dropped and ("book", ev.product) in self.dropped:
+                    return None
+                pb = self._book(ev.product)
             pb.on_snapshot(up, ev, now)
             self._publish_relay_states()
             return None
+        if self.dropped and t in (FTradeEvent, FTickerEvent):
+            if ("trade" if t is FTradeEvent else ev.feed, ev.product) in self.dropped:
+                return None
         if t is FTradeEvent:
             tr = self.trades.get(ev.product)
             if tr is None:
-                tr = self.trades[ev.product] = ProductTrades(self, ev.product, self.settings.recent_trades)
+                keep = max(self.settings.recent_trades, TRADE_SNAPSHOT)  # a full Kraken trade_snapshot
+                tr = self.trades[ev.product] = ProductTrades(self, ev.product, keep)
             tr.on_event(up, ev, now)
             return None
         if t is FTickerEvent:
@@ -609,8 +684,11 @@ class FuturesMerge(MergeBase):
                 tk = table[ev.product] = ProductTicker(self, ev.feed, ev.product)
             tk.on_event(up, ev, now)
             return None
-        if t.__name__ == "UnknownEvent":
+        if t is UnknownEvent:
             self.upstream_stats[up].unknown += 1
+            self._answers(up, ev)
+        elif t is AckEvent:
+            self._answers(up, ev)
         return ev  # control events (info -> StatusEvent, acks, heartbeats) go to the connection
 
     def _book(self, product: str) -> ProductBook:
@@ -622,6 +700,10 @@ class FuturesMerge(MergeBase):
         window = self.settings.stale_after
         for pb in self.books.values():
             pb.check(now, window)
+        self.validator.tick(now)
+        if self.dropped:
+            for key in [k for k, t in self.dropped.items() if now - t >= DROP_IGNORE]:
+                del self.dropped[key]
         self._publish_relay_states()
 
     def want_book_depth(self, symbol: str, depth: int) -> None:  # futures books are full depth
@@ -636,7 +718,7 @@ class FuturesMerge(MergeBase):
             return None
         return pb.snapshot_frame(depth)
 
-    def trade_snapshot(self, symbol: str, count: int = 50) -> bytes | None:
+    def trade_snapshot(self, symbol: str, count: int = TRADE_SNAPSHOT) -> bytes | None:
         tr = self.trades.get(symbol)
         return None if tr is None else tr.snapshot_frame(count)
 

@@ -3,11 +3,14 @@
 Upstream requests are `{"event":"subscribe","feed":F,"product_ids":[...]}`; the `heartbeat` feed is
 always subscribed and sizes the liveness deadline (`futures.heartbeat_timeout`); keep-alive is RFC
 6455 pings every `futures.ping_interval` s (Kraken wants one at least every 60 s); acks carry no
-request id, so the planner matches them by (feed, product).
+request id, so the planner matches them by (feed, product). The desired set is the endpoint's
+(`demanded_subscriptions`: the configured products plus those clients asked for), re-read through
+`EndpointContext.resubscribe` whenever it changes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from relay.config import FuturesChannelsConfig, RelayConfig
@@ -15,7 +18,7 @@ from relay.core.keys import SubKey
 from relay.core.outputs import MergeSettings
 from relay.protocols.futures.endpoint import FuturesEndpoint, products_by_feed
 from relay.protocols.futures.merge import FuturesMerge
-from relay.protocols.futures.wire import FuturesParser, encode_request, request_params
+from relay.protocols.futures.wire import TRADE_SNAPSHOT, FuturesParser, encode_request, request_params
 from relay.protocols.interfaces import ProtocolMerge
 from relay.protocols.spec import EndpointContext, ProtocolSpec
 
@@ -34,7 +37,8 @@ def desired(section: Any) -> list[SubKey]:
 
 
 def _merge(settings: MergeSettings, cfg: RelayConfig) -> FuturesMerge:
-    return FuturesMerge(settings)
+    # a late joiner's trade_snapshot has as many trades as Kraken's (100), whatever spot keeps
+    return FuturesMerge(replace(settings, recent_trades=max(settings.recent_trades, TRADE_SNAPSHOT)))
 
 
 def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> FuturesEndpoint:
@@ -44,7 +48,9 @@ def _endpoint(merge: ProtocolMerge, cfg: RelayConfig, ctx: EndpointContext) -> F
         products_by_feed(cfg.futures),
         path=cfg.futures.path,
         max_subscriptions=cfg.server.max_subscriptions_per_client,
-        trade_snapshot_count=cfg.merge.recent_trades,
+        trade_snapshot_count=TRADE_SNAPSHOT,
+        dynamic=cfg.server.dynamic_subscriptions,
+        resubscribe=ctx.resubscribe,
     )
 
 

@@ -237,6 +237,23 @@ def encode_event(event: str, feed: str | None = None, products: list[str] | None
 
 INFO = b'{"event":"info","version":1}'
 
+# What Kraken sends, shared by the relay's endpoint and the simulator so both answer alike.
+TRADE_SNAPSHOT = 100  # trades in a `trade_snapshot` (every one in the 2021 capture has 100)
+# The `heartbeat` feed's cadence. Kraken documents only "at timed intervals" and the capture
+# has no heartbeat subscription; a client's measurement of Kraken Futures reports one every 10 s.
+HEARTBEAT_INTERVAL = 10.0
+ERR_PRODUCT = "Invalid product id"
+ERR_FEED = "Invalid feed"
+ERR_JSON = "Json Error"
+ALERT_ALREADY = "Already subscribed to feed, re-requesting"
+
+
+def encode_info(version: str | int = 1) -> bytes:
+    """`{"event":"info","version":N}` (Kraken's greeting; `version` as the upstream reports it)."""
+    if isinstance(version, str):
+        version = int(version) if version.isdigit() else 1
+    return b'{"event":"info","version":%d}' % version
+
 
 def encode_heartbeat(ms: int | None = None) -> bytes:
     return b'{"feed":"heartbeat","time":%d}' % (now_ms() if ms is None else ms)

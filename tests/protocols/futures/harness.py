@@ -21,6 +21,8 @@ __all__ = ["FuturesClient", "futures_rig", "until"]
 
 
 def futures_config(urls: list[str], products: list[str], **extra: Any) -> Any:
+    """A fast-timing relay config for the simulator's lines; `products`: the warm set (book, trade,
+    ticker_lite); `extra`: top-level sections replaced (`server`, ...)."""
     data: dict[str, Any] = {
         "upstreams": [{"name": f"fut{i}", "url": u, "protocol": "futures"} for i, u in enumerate(urls)],
         "futures": {
@@ -93,20 +95,30 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def futures_rig(products: list[str] | None = None, lines: int = 2, **sim_kw: Any) -> AsyncIterator[Rig]:
+async def futures_rig(
+    products: list[str] | None = None,
+    lines: int = 2,
+    *,
+    warm: list[str] | None = None,
+    relay_config: dict[str, Any] | None = None,
+    **sim_kw: Any,
+) -> AsyncIterator[Rig]:
+    """The simulator's `products` on `lines` lines -> a relay whose warm set is `warm` (default:
+    every simulated product), with `relay_config` sections on top of `futures_config`'s."""
     sim_cfg = FuturesSimConfig(
         products=products or ["PF_XBTUSD", "PF_ETHUSD"],
         rate=sim_kw.pop("rate", 200.0),
         trade_rate=sim_kw.pop("trade_rate", 20.0),
         seed=5,
-        heartbeat_interval=0.2,
+        heartbeat_interval=sim_kw.pop("heartbeat_interval", 0.2),
         lines=[LineConfig(latency=0.0005 * (i + 1), jitter=0.0005) for i in range(lines)],
         **sim_kw,
     )
     sim = FuturesSimulator(sim_cfg)
     await sim.start()
     products = sim.market.products
-    relay = Relay(futures_config(sim.urls, products), server_port=0, http_port=0)
+    served = products if warm is None else warm
+    relay = Relay(futures_config(sim.urls, served, **(relay_config or {})), server_port=0, http_port=0)
     relay.stack("futures").pool.planner_options = {
         "resync_min_interval": 0.2,
         "resync_max_interval": 1.0,
@@ -116,7 +128,7 @@ async def futures_rig(products: list[str] | None = None, lines: int = 2, **sim_k
     await relay.start()
     try:
         rig = Rig(sim, relay, products)
-        assert await until(lambda: all(rig.merge.book_snapshot(p, 0) for p in products), 10.0)
+        assert await until(lambda: all(rig.merge.book_snapshot(p, 0) for p in served), 10.0)
         yield rig
     finally:
         await relay.stop()

@@ -61,8 +61,10 @@ async def ccxt_futures(ws_url: str, rest_url: str, seconds: float) -> dict[str, 
     return seen
 
 
-async def test_ccxt_krakenfutures_watch_order_book_and_trades():
-    async with futures_rig(products=PRODUCTS, rate=200.0, trade_rate=20.0) as rig:
+@pytest.mark.parametrize("warm", [PRODUCTS, ["PF_ETHUSD"]], ids=["configured", "on_demand"])
+async def test_ccxt_krakenfutures_watch_order_book_and_trades(warm):
+    """PF_XBTUSD configured, or outside the warm set (the relay subscribes it when ccxt asks)."""
+    async with futures_rig(products=PRODUCTS, warm=warm, rate=200.0, trade_rate=20.0) as rig:
         task = asyncio.create_task(ccxt_futures(rig.url, rig.sim.rest_url, 3.0))
         await asyncio.sleep(1.0)
         rig.sim.inject(0, "drop")  # a line lost under the client: nothing visible to it

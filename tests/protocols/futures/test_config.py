@@ -43,7 +43,10 @@ def test_futures_only_config_needs_no_channels_and_upper_cases_products():
             {"futures": {"channels": {"book": {"products": ["BTC/USD"]}}}},
             "futures.channels.book.products: 'BTC/USD' is not a Kraken Futures product id like PF_XBTUSD",
         ),
-        ({"futures": {"channels": {}}}, "futures.channels: no products configured in any feed"),
+        (  # a fixed set: with on-demand serving (the default) an empty warm set is valid
+            {"futures": {"channels": {}}, "server": {"dynamic_subscriptions": {"enabled": False}}},
+            "futures.channels: no products configured in any feed",
+        ),
         ({"futures": {**FUT, "path": "/v2"}}, "futures.path: '/v2' is already used by server.path"),
         ({"futures": {**FUT, "ping_interval": 90}}, "futures.ping_interval: must be <= 60"),
         ({"futures": {**FUT, "bogus": 1}}, "futures.bogus: unknown key"),
@@ -54,6 +57,12 @@ def test_errors_are_one_line_and_name_the_key(data, error):
     with pytest.raises(ConfigError) as exc:
         _cfg(**data)
     assert str(exc.value).startswith(error) and "\n" not in str(exc.value)
+
+
+def test_on_demand_serving_needs_no_warm_products():
+    cfg = _cfg(futures={"channels": {}})
+    spec = protocols.get("futures")
+    assert spec.desired(spec.section(cfg)) == [SubKey("heartbeat", "", 0)]
 
 
 def test_futures_section_without_futures_upstream_is_an_error():
