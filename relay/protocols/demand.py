@@ -32,9 +32,10 @@ def limit_text(cfg: DynamicSubscriptionsConfig) -> str:
     return f"Subscription limit exceeded: relay on-demand limit of {cfg.max_subscriptions} ({CAP_KEY})"
 
 
-def denied_text(symbol: str) -> str:
-    """The refusal for a symbol the operator's allow/deny patterns exclude."""
-    return f"Currency pair not served by this relay {symbol} (server.dynamic_subscriptions)"
+def denied_text(symbol: str, noun: str = "Currency pair") -> str:
+    """The refusal for a symbol the operator's allow/deny patterns exclude (`noun`: what the
+    protocol calls a symbol, "Product" on Futures)."""
+    return f"{noun} not served by this relay {symbol} (server.dynamic_subscriptions)"
 
 
 def is_transient(error: str) -> bool:
@@ -54,8 +55,11 @@ class _Entry:
 class DemandTracker(Generic[K]):
     """Reference counts per on-demand upstream key, release timers, the cap, the patterns."""
 
-    def __init__(self, cfg: DynamicSubscriptionsConfig, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, cfg: DynamicSubscriptionsConfig, on_change: Callable[[], None] | None = None, noun: str = "Currency pair"
+    ) -> None:
         self.cfg = cfg
+        self.noun = noun
         self.on_change = on_change or (lambda: None)
         self.entries: dict[K, _Entry] = {}
         self.demanded = 0  # keys ever acquired (metrics)
@@ -77,7 +81,7 @@ class DemandTracker(Generic[K]):
         """Why `key` cannot be demanded now (a client-facing text), or None when it can."""
         if not self.enabled or not self.permitted(symbol):
             self.refused += 1
-            return denied_text(symbol)
+            return denied_text(symbol, self.noun)
         if key not in self.entries and len(self.entries) >= self.cfg.max_subscriptions:
             self.refused += 1
             return limit_text(self.cfg)

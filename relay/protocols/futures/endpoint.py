@@ -99,7 +99,7 @@ class FuturesEndpoint:
         self.products = {feed: frozenset(p) for feed, p in products.items()}
         self.dynamic = dynamic or DynamicSubscriptionsConfig()
         self._resubscribe = resubscribe or (lambda: None)
-        self.tracker: DemandTracker[SubKey] = DemandTracker(self.dynamic, self._changed)
+        self.tracker: DemandTracker[SubKey] = DemandTracker(self.dynamic, self._changed, noun="Product")
         self.waiters: dict[Key, dict[Any, float]] = {}  # on-demand key -> client -> deadline
         self.refused: dict[str, float] = {}  # product Kraken refused -> until when we say so at once
         self.subs: dict[Key, set[Any]] = {}

@@ -146,6 +146,6 @@ async def test_disabled_on_demand_serves_the_configured_set_only():
             await client.send({"event": "subscribe", "feed": "book", "product_ids": ["PF_ETHUSD", WARM]})
             assert await until(lambda: client.acked("book", WARM) and client.errors(), 3.0)
             assert [m for _, m in client.errors()] == [
-                "Currency pair not served by this relay PF_ETHUSD (server.dynamic_subscriptions)"
+                "Product not served by this relay PF_ETHUSD (server.dynamic_subscriptions)"
             ]
             assert all("PF_ETHUSD" not in k for subs in upstream_subs(rig) for k in subs)

@@ -322,7 +322,7 @@ def test_cap_patterns_disabled_and_timeout_answers():
     (err,) = s.send(c, {"event": "subscribe", "feed": "book", "product_ids": ["PF_DOGEUSD"]})
     assert err == {
         "event": "error",
-        "message": "Currency pair not served by this relay PF_DOGEUSD (server.dynamic_subscriptions)",
+        "message": "Product not served by this relay PF_DOGEUSD (server.dynamic_subscriptions)",
     }
     s.ep.tick(2.0)
     assert c.take() == []
