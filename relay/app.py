@@ -211,13 +211,19 @@ class Relay:
 
     # -- state ----------------------------------------------------------------------------
     def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Every configured (warm) symbol has fresh data; a protocol with an empty warm set (all
+        on demand) counts as ready while one of its lines is live."""
         ok, detail = True, {}
         for stack in self.stacks:
-            s_ok, s_detail = readiness(stack.symbols(), stack.merge.symbol_state)
+            symbols = stack.symbols()
+            if not symbols:
+                ok = ok and any(c.state == "live" for c in stack.pool.connections)
+                continue
+            s_ok, s_detail = readiness(symbols, stack.merge.symbol_state)
             ok = ok and s_ok
             prefix = stack.spec.label_prefix
             detail.update({prefix + k: v for k, v in s_detail.items()} if prefix else s_detail)
-        return ok and bool(detail), detail
+        return ok and bool(self.stacks), detail
 
     def merges(self) -> list[ProtocolMerge]:
         return [s.merge for s in self.stacks]

@@ -199,3 +199,29 @@ async def test_any_symbol_channel_depth_and_interval_is_served_on_demand_and_rel
         assert upstream_symbols(sim) == {WARM, "*"}  # "*": the instrument channel
         merge: Any = relay.stack("v2").merge
         await wait_for(lambda: not set(OTHERS) & set(merge.books), 5, "the merge forgetting them")
+
+
+async def test_an_empty_warm_set_is_ready_with_a_live_line_and_serves_on_demand() -> None:
+    """Nothing configured but the lines: /readyz follows the lines; every symbol comes on demand."""
+    sim = Simulator(SimConfig(symbols=[WARM], rate=100.0, seed=4, levels=100, lines=[LineConfig()]))
+    await sim.start()
+    cfg = parse_config(
+        {
+            "upstreams": [{"name": "line0", "url": sim.urls[0]}],
+            "channels": {},  # instrument only (the list on-demand requests are checked against)
+            "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.0},
+        },
+        env={},
+    )
+    relay = Relay(cfg, server_port=0, http_port=0)
+    await relay.start()
+    try:
+        await wait_for(lambda: relay.ready()[0], 15, "ready with a live line")
+        probe = await Probe(relay.server.url_for("/v2"), 25).open()
+        await probe.send(1, channel="book", symbol=[WARM], depth=25)
+        await wait_for(lambda: probe.book_ok.get(WARM, 0) >= 5, 15, "a verified on-demand book")
+        assert probe.book_bad == 0 and probe.ok()[0][1]["result"]["depth"] == "25"  # numbers kept as text
+        await probe.close()
+    finally:
+        await relay.stop()
+        await sim.stop()
