@@ -37,6 +37,14 @@ def summary(cfg: RelayConfig) -> str:
         section = spec.section(cfg)
         if section is not None:
             parts.append(spec.describe(section, cfg))
+    dyn = cfg.server.dynamic_subscriptions
+    if dyn.enabled:
+        rules = " (allow/deny patterns)" if dyn.allow or dyn.deny else ""
+        parts.append(
+            f"on demand: up to {dyn.max_subscriptions} per protocol{rules}, released after {dyn.release_after:g} s"
+        )
+    else:
+        parts.append("on demand: off (only the configured set)")
     parts.append(f"http {cfg.http.listen}")
     return "; ".join(parts)
 

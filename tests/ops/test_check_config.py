@@ -113,7 +113,9 @@ def test_env_override_is_applied_and_named(
     monkeypatch.setenv("KRAKEN_RELAY_HTTP_LISTEN", "0.0.0.0:9100")
     rc, out, err = run_cli(tmp_path, GOOD, capsys)
     assert rc == 0
-    assert "serving ws://0.0.0.0:8765/v2; http 0.0.0.0:9100" in out
+    assert (
+        "serving ws://0.0.0.0:8765/v2; on demand: up to 200 per protocol, released after 60 s; http 0.0.0.0:9100" in out
+    )
     assert "warning: server.listen" in err  # reachable from other hosts without a token
     monkeypatch.setenv("KRAKEN_RELAY_LISTEN", "nonsense")
     rc, out, err = run_cli(tmp_path, GOOD, capsys)
