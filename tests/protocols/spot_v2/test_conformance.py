@@ -17,8 +17,8 @@ import pytest_asyncio
 from websockets.asyncio.client import connect
 
 from relay.app import Relay
-from relay.config import parse_config
-from relay.sim import LineConfig, SimConfig, Simulator
+from relay.sim import LineConfig, SimConfig
+from tests.kit.inprocess import relay_on_sim
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -84,38 +84,27 @@ CASES: list[tuple[str, list[Any], int]] = [
 ]
 
 
+def _warm_ready(relay: Relay) -> bool:
+    merge: Any = relay.stack("v2").merge
+    return bool(merge.instrument.pairs and merge.book_snapshot(WARM, 10) and merge.ticker_snapshot(WARM))
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def urls() -> AsyncIterator[tuple[str, str]]:
     """One simulator line and a relay on it (warm: BTC/USD), shared by every case."""
-    sim = Simulator(SimConfig(symbols=SYMBOLS, rate=100.0, trade_rate=30.0, seed=5, levels=1000, lines=[LineConfig()]))
-    await sim.start()
-    cfg = parse_config(
-        {
-            "upstreams": [{"name": "line0", "url": sim.urls[0]}],
-            "channels": {
-                "book": {"symbols": [WARM], "depth": 100},
-                "trade": {"symbols": [WARM]},
-                "ticker": {"symbols": [WARM]},
-                "ohlc": {"symbols": [WARM], "intervals": [1]},
-            },
-            "server": {"dynamic_subscriptions": {"release_after": 0.2}},
-            "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.0},
-            "subscribe": {"requests_per_second": 20.0},
+    sim_cfg = SimConfig(symbols=SYMBOLS, rate=100.0, trade_rate=30.0, seed=5, levels=1000, lines=[LineConfig()])
+    config = {
+        "channels": {
+            "book": {"symbols": [WARM], "depth": 100},
+            "trade": {"symbols": [WARM]},
+            "ticker": {"symbols": [WARM]},
+            "ohlc": {"symbols": [WARM], "intervals": [1]},
         },
-        env={},
-    )
-    relay = Relay(cfg, server_port=0, http_port=0)
-    await relay.start()
-    try:
-        merge: Any = relay.stack("v2").merge
-        for _ in range(500):
-            if merge.instrument.pairs and merge.book_snapshot(WARM, 10) and merge.ticker_snapshot(WARM):
-                break
-            await asyncio.sleep(0.02)
+        "server": {"dynamic_subscriptions": {"release_after": 0.2}},
+        "subscribe": {"requests_per_second": 20.0},
+    }
+    async with relay_on_sim(sim_cfg, config, _warm_ready) as (relay, sim):
         yield sim.urls[0], relay.server.url_for("/v2")
-    finally:
-        await relay.stop()
-        await sim.stop()
 
 
 async def exchange(url: str, messages: list[Any], n: int) -> tuple[dict[str, Any], list[dict[str, Any]], dict]:

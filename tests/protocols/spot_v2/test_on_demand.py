@@ -12,17 +12,16 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
 from relay.app import Relay
-from relay.config import parse_config
 from relay.core.spot import OHLC_INTERVALS
 from relay.sim import LineConfig, SimConfig, Simulator
-from relay.verify.crc import book_crc, is_zero, truncate
+from relay.verify.spot_v2 import V2Verifier
+from tests.kit.inprocess import relay_on_sim, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -30,45 +29,27 @@ WARM = "BTC/USD"
 OTHERS = ["ETH/USD", "SOL/USD", "ADA/USD"]
 
 
-async def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+def _warm_ready(relay: Relay) -> bool:
+    merge: Any = relay.stack("v2").merge
+    return bool(merge.instrument.pairs and merge.book_snapshot(WARM, 10))
 
 
-@contextlib.asynccontextmanager
-async def stack() -> AsyncIterator[tuple[Relay, Simulator]]:
-    sim = Simulator(
-        SimConfig(
-            symbols=[WARM, *OTHERS],
-            rate=200.0,
-            trade_rate=40.0,
-            seed=21,
-            levels=1000,
-            lines=[LineConfig(latency=0.0005), LineConfig(latency=0.001)],
-        )
+def stack() -> contextlib.AbstractAsyncContextManager[tuple[Relay, Simulator]]:
+    """Two simulator lines with the warm symbol and three others; the relay warm on one."""
+    sim_cfg = SimConfig(
+        symbols=[WARM, *OTHERS],
+        rate=200.0,
+        trade_rate=40.0,
+        seed=21,
+        levels=1000,
+        lines=[LineConfig(latency=0.0005), LineConfig(latency=0.001)],
     )
-    await sim.start()
-    cfg = parse_config(
-        {
-            "upstreams": [{"name": f"line{i}", "url": url} for i, url in enumerate(sim.urls)],
-            "channels": {"book": {"symbols": [WARM], "depth": 10}, "trade": {"symbols": [WARM]}},
-            "server": {"dynamic_subscriptions": {"release_after": 0.5}},
-            "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.02},
-            "subscribe": {"requests_per_second": 20.0},
-        },
-        env={},
-    )
-    relay = Relay(cfg, server_port=0, http_port=0)
-    await relay.start()
-    try:
-        merge: Any = relay.stack("v2").merge
-        await wait_for(lambda: merge.instrument.pairs and merge.book_snapshot(WARM, 10), 15, "the warm set")
-        yield relay, sim
-    finally:
-        await relay.stop()
-        await sim.stop()
+    config = {
+        "channels": {"book": {"symbols": [WARM], "depth": 10}, "trade": {"symbols": [WARM]}},
+        "server": {"dynamic_subscriptions": {"release_after": 0.5}},
+        "subscribe": {"requests_per_second": 20.0},
+    }
+    return relay_on_sim(sim_cfg, config, _warm_ready)
 
 
 class Probe:
@@ -78,9 +59,8 @@ class Probe:
         self.url, self.depth = url, depth
         self.sent: dict[int, float] = {}
         self.acks: list[tuple[float, dict[str, Any]]] = []  # (seconds after the request, ack)
-        self.books: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        self.verifier = V2Verifier([], depth)
         self.book_ok: dict[str, int] = {}
-        self.book_bad = 0
         self.trades: dict[str, list[int]] = {}
         self.tickers: dict[str, int] = {}
         self.ohlc: set[tuple[str, int]] = set()
@@ -110,8 +90,11 @@ class Probe:
                 req_id = int(msg.get("req_id", -1))
                 self.acks.append((time.monotonic() - self.sent.get(req_id, time.monotonic()), msg))
             elif msg.get("channel") == "book":
-                for item in msg["data"]:
-                    self._book(msg["type"] == "snapshot", item)
+                before = self.verifier.checksums_ok
+                self.verifier.feed(raw)  # relay.verify's book rules: truncation, checksum
+                if self.verifier.checksums_ok > before:
+                    sym = msg["data"][0]["symbol"]
+                    self.book_ok[sym] = self.book_ok.get(sym, 0) + 1
             elif msg.get("channel") == "trade":
                 for t in msg["data"]:
                     self.trades.setdefault(t["symbol"], []).append(int(t["trade_id"]))
@@ -122,22 +105,13 @@ class Probe:
                 for c in msg["data"]:
                     self.ohlc.add((c["symbol"], int(c["interval"])))
 
-    def _book(self, snapshot: bool, item: dict[str, Any]) -> None:
-        sym = item["symbol"]
-        if snapshot:
-            self.books[sym] = ({}, {})
-        asks, bids = self.books[sym]
-        for side, levels in ((asks, item["asks"]), (bids, item["bids"])):
-            for lv in levels:
-                if is_zero(lv["qty"]):
-                    side.pop(lv["price"], None)
-                else:
-                    side[lv["price"]] = lv["qty"]
-        truncate(asks, bids, self.depth)
-        if book_crc(asks, bids) == int(item["checksum"]):
-            self.book_ok[sym] = self.book_ok.get(sym, 0) + 1
-        else:
-            self.book_bad += 1
+    @property
+    def book_bad(self) -> int:
+        return len(self.verifier.checksum_bad) + self.verifier.updates_before_snapshot
+
+    @property
+    def books(self) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
+        return self.verifier.books
 
     def ok(self, method: str = "subscribe") -> list[tuple[float, dict[str, Any]]]:
         return [(t, a) for t, a in self.acks if a.get("method") == method and a.get("success") is True]
@@ -203,25 +177,11 @@ async def test_any_symbol_channel_depth_and_interval_is_served_on_demand_and_rel
 
 async def test_an_empty_warm_set_is_ready_with_a_live_line_and_serves_on_demand() -> None:
     """Nothing configured but the lines: /readyz follows the lines; every symbol comes on demand."""
-    sim = Simulator(SimConfig(symbols=[WARM], rate=100.0, seed=4, levels=100, lines=[LineConfig()]))
-    await sim.start()
-    cfg = parse_config(
-        {
-            "upstreams": [{"name": "line0", "url": sim.urls[0]}],
-            "channels": {},  # instrument only (the list on-demand requests are checked against)
-            "reconnect": {"initial_delay": 0.05, "max_delay": 0.4, "stagger": 0.0},
-        },
-        env={},
-    )
-    relay = Relay(cfg, server_port=0, http_port=0)
-    await relay.start()
-    try:
-        await wait_for(lambda: relay.ready()[0], 15, "ready with a live line")
+    sim_cfg = SimConfig(symbols=[WARM], rate=100.0, seed=4, levels=100, lines=[LineConfig()])
+    config = {"channels": {}}  # instrument only (the list on-demand requests are checked against)
+    async with relay_on_sim(sim_cfg, config, lambda relay: relay.ready()[0]) as (relay, _sim):
         probe = await Probe(relay.server.url_for("/v2"), 25).open()
         await probe.send(1, channel="book", symbol=[WARM], depth=25)
         await wait_for(lambda: probe.book_ok.get(WARM, 0) >= 5, 15, "a verified on-demand book")
         assert probe.book_bad == 0 and probe.ok()[0][1]["result"]["depth"] == "25"  # numbers kept as text
         await probe.close()
-    finally:
-        await relay.stop()
-        await sim.stop()
