@@ -34,7 +34,7 @@ import orjson
 from relay.config import DynamicSubscriptionsConfig
 from relay.core.keys import SubKey
 from relay.core.wsframe import text_frame
-from relay.protocols.demand import DemandTracker
+from relay.protocols.demand import DemandTracker, is_transient
 from relay.protocols.futures.merge import REFUSED
 from relay.protocols.futures.wire import (
     ALERT_ALREADY,
@@ -142,8 +142,8 @@ class FuturesEndpoint:
         """Kraken refused one of our subscriptions with a failed ack: clients waiting on it get its
         error at once (the planner would retry it; nobody wants it any more)."""
         fkey = (key.channel, key.symbol)
-        if fkey not in self.waiters:
-            return
+        if fkey not in self.waiters or is_transient(error):
+            return  # a transient refusal is retried by the planner; the client keeps waiting
         self._fail(fkey, encode_event("error", message=error or ERR_PRODUCT))
         self.tracker.forget(key)
 

@@ -38,7 +38,7 @@ from relay.config import DynamicSubscriptionsConfig
 from relay.core.keys import SubKey
 from relay.core.spot import BOOK_DEPTHS, OHLC_INTERVALS
 from relay.core.wsframe import text_frame
-from relay.protocols.demand import DemandTracker
+from relay.protocols.demand import DemandTracker, is_transient
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v1.merge import ACK
 from relay.protocols.spot_v1.wire import (
@@ -76,7 +76,6 @@ ERR_TIMEOUT = "Timed out waiting for market data"
 CHANNELS = ("book", "trade", "ticker", "spread", "ohlc")
 # Upstream refusals that say "not now" rather than "no": the planner retries them, and a waiting
 # client keeps waiting (within `timeout`).
-TRANSIENT = ("msg rate", "already subscribed", "no acknowledgement")
 
 __all__ = [
     "CHANNELS",
@@ -382,7 +381,7 @@ class V1Endpoint:
 
     def upstream_rejected(self, key: SubKey, error: str, now: float) -> None:
         """Kraken refused an upstream subscription: the clients waiting for it get Kraken's text."""
-        if any(t in error.lower() for t in TRANSIENT):
+        if is_transient(error):
             return  # retried by the planner; waiting clients keep waiting (until `timeout`)
         demand = self.demand
         if not demand.known(key) or demand.is_ready(key):
