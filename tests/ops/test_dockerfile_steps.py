@@ -165,7 +165,8 @@ def test_builder_stage_installs_a_working_relay_into_a_clean_venv(image: tuple[P
         cwd="/",
     )
     assert res.returncode == 0, res.stderr
-    assert "serving ws://0.0.0.0:8765/v2; http 0.0.0.0:9100" in res.stdout
+    assert "serving ws://0.0.0.0:8765/v2; on demand: up to 200 per protocol" in res.stdout
+    assert res.stdout.rstrip().endswith("; http 0.0.0.0:9100")
 
 
 def _healthcheck_argv() -> list[str]:
