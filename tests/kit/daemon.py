@@ -31,5 +31,16 @@ class Daemon:
             with contextlib.suppress(OSError, ValueError):
                 if (await asyncio.to_thread(self.http, "/readyz"))[0] == 200:
                     return
+            if self.proc.poll() is not None:
+                break  # it exited: say why below
             await asyncio.sleep(0.2)
-        raise AssertionError("relay never became ready")
+        why = f"exited with {self.proc.returncode}" if self.proc.poll() is not None else "still running"
+        try:
+            status, body = self.http("/readyz")
+            state = f"/readyz {status}: {str(body)[:600]}"
+        except (OSError, ValueError) as exc:
+            state = f"/readyz unreachable ({exc})"
+        err = ""
+        if self.proc.poll() is not None and self.proc.stderr is not None:
+            err = self.proc.stderr.read().decode(errors="replace")[-2000:]
+        raise AssertionError(f"relay never became ready ({why}; {state}) {err}")
