@@ -36,11 +36,12 @@ class NewestWins:
     def on_dup(self, up: int, token: int, now: float, raw: bytes | None = None) -> bool:
         return True
 
-    def offer(self, up: int, order: Any, element: bytes, snapshot: bool, raw: bytes, now: float) -> None:
+    def offer(self, up: int, order: Any, element: bytes, snapshot: bool, raw: bytes, now: float) -> bool:
+        """Publish the record if it is newer; True when it was published."""
         merge = self.merge
         if self.element is not None and order <= self.order:
             merge.counters.duplicates += 1
-            return
+            return False
         self.order, self.element = order, element
         if self.channel == "ohlc":
             self.last_raw = raw
@@ -54,6 +55,7 @@ class NewestWins:
         merge.upstream_stats[up].wins += 1
         self.published += 1
         self.last_update = now
+        return True
 
     def snapshot_frame(self) -> bytes | None:
         if self.element is None:
@@ -81,9 +83,7 @@ class TickerArbiter(NewestWins):
         self.trade_element: bytes | None = None  # the last record published on the trades key
 
     def on_event(self, up: int, ev: TickerEvent, now: float) -> None:
-        published = self.published
-        self.offer(up, ev.timestamp, ev.element, ev.snapshot, ev.raw, now)
-        if self.published == published:
+        if not self.offer(up, ev.timestamp, ev.element, ev.snapshot, ev.raw, now):
             return
         if ev.trade_mark is None or ev.trade_mark != self.trade_mark or self.trade_element is None:
             self.trade_mark, self.trade_element = ev.trade_mark, ev.element

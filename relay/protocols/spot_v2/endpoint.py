@@ -21,7 +21,8 @@ from relay.core.outputs import Publication
 from relay.protocols.demand import is_transient
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
-from relay.protocols.spot_v2.hub import Hub, Source
+from relay.protocols.spot_v2.hub import Hub
+from relay.protocols.spot_v2.merge import V2Merge
 from relay.protocols.spot_v2.plan import desired_from_channels
 from relay.protocols.spot_v2.wire import HEARTBEAT, encode_error, encode_pong, encode_status, now_rfc3339
 
@@ -35,7 +36,7 @@ class V2Endpoint:
 
     def __init__(
         self,
-        merge: Source,
+        merge: V2Merge,
         channels: ChannelsConfig,
         *,
         path: str = "/v2",
@@ -98,23 +99,19 @@ class V2Endpoint:
     def _apply_plan(self) -> None:
         """Books held at their upstream depth; streams no longer subscribed are forgotten (and
         leftovers of a stream subscribed again), so nothing stale is served to a new client."""
-        merge: Any = self.source
+        merge = self.source
         streams = {(c, s, p if c == "ohlc" else 0) for c, s, p in self._plan if c != "instrument"}
-        if hasattr(merge, "drop_stream"):
-            for channel, symbol, key in (self._streams - streams) | (streams - self._streams):
-                merge.drop_stream(channel, symbol, key)
+        for channel, symbol, key in (self._streams - streams) | (streams - self._streams):
+            merge.drop_stream(channel, symbol, key)
         self._streams = streams
-        if hasattr(merge, "set_book_depth"):
-            for channel, symbol, param in self._plan:
-                if channel == "book":
-                    merge.set_book_depth(symbol, param)
+        for channel, symbol, param in self._plan:
+            if channel == "book":
+                merge.set_book_depth(symbol, param)
 
     def _sweep(self) -> None:
         """Forget state that frames still in flight after an unsubscribe created again (once a
         second; the merge only holds what is subscribed)."""
-        merge: Any = self.source
-        if not hasattr(merge, "drop_stream"):
-            return
+        merge = self.source
         streams = self._streams
         tables = (("book", merge.books), ("trade", merge.trades), ("ticker", merge.tickers))
         for channel, table in tables:

@@ -45,7 +45,6 @@ ERR_TOO_MANY_SYMBOLS = "Too many symbols in one request"
 ERR_ALREADY = "Already subscribed"
 ERR_NOT_SUBSCRIBED = "Subscription Not Found"
 ERR_LIMIT = "Subscription limit exceeded"
-ERR_DYNAMIC_LIMIT = "Relay symbol limit reached"
 ERR_TIMEOUT = "Timed out waiting for market data"
 # level3 on the public endpoint: Kraken's answer to a level3 subscribe that carries no token.
 ERR_TOKEN = "Token required"
