@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator
+from heapq import nsmallest
 from typing import NamedTuple
 from zlib import crc32 as _crc32
 
 from relay.core.checksum import TOP_LEVELS, crc32_of_tokens
 
 _INF = float("inf")
+BULK_LOAD_FACTOR = 2  # a snapshot side longer than this many times the depth is bulk-loaded
 
 
 class Level(NamedTuple):
@@ -155,6 +157,21 @@ class BookSide:
         keys = levels._keys if n is None else levels._keys[:n]
         return [levels[k] for k in keys]
 
+    def load_levels(self, items: Iterable[LevelTuple], depth: int) -> None:
+        """Replace the side with `items` applied in array order and truncated to `depth`, in
+        O(n log depth): the same result as `apply` on an empty side, without one sorted insert
+        per level (a hostile 300 000-level snapshot in reverse order would cost O(n^2))."""
+        neg = self.is_bid
+        latest: dict[float, tuple[bytes, bytes]] = {}
+        for price, ptext, qtext in items:
+            latest[-price if neg else price] = (ptext, qtext)
+        keep = nsmallest(depth, [k for k, (_, q) in latest.items() if q.strip(b"0.")])
+        self.load(
+            (k, (p, q, p.replace(b".", b"").lstrip(b"0") + q.replace(b".", b"").lstrip(b"0")))
+            for k in keep
+            for p, q in (latest[k],)
+        )
+
     def load(self, items: Iterable[tuple[float, Stored]]) -> None:
         self.levels = SortedLevels(items)
         self._top = None
@@ -194,9 +211,17 @@ class Book:
 
     # -- mutation -------------------------------------------------------------------------
     def load_snapshot(self, bids: Iterable[LevelTuple], asks: Iterable[LevelTuple], timestamp: str) -> int:
-        """Replace the book; returns the computed checksum."""
+        """Replace the book; returns the computed checksum. Large snapshots (more levels than a
+        few times the depth) are sorted once, not inserted level by level."""
         self.bids = BookSide(is_bid=True)
         self.asks = BookSide(is_bid=False)
+        big = BULK_LOAD_FACTOR * self.depth
+        if isinstance(bids, list) and len(bids) > big:
+            self.bids.load_levels(bids, self.depth)
+            bids = []
+        if isinstance(asks, list) and len(asks) > big:
+            self.asks.load_levels(asks, self.depth)
+            asks = []
         self.apply(bids, asks, timestamp, None)
         return self.checksum
 

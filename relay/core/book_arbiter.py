@@ -119,6 +119,18 @@ class BookArbiter:
     # -- events ---------------------------------------------------------------------------------
     def on_event(self, up: int, ev: BookEvent, now: float) -> None:
         lb = self.lines[up]
+        merge = self.merge
+        ts = ev.timestamp
+        if ts > merge.ts_ceiling[up]:
+            # Ahead of the clock or of every other line: believed by nobody, published to nobody
+            # (one such snapshot with a valid checksum froze clients' book at a fake price).
+            if lb.mode != INVALID:
+                self._invalidate(up, lb, "timestamp")
+            merge.suspect(up, "timestamp", now)
+            return
+        if ts > merge.line_clock[up]:
+            merge.line_clock[up] = ts
+            merge.line_clock_at[up] = now
         if ev.snapshot:
             self._snapshot(up, lb, ev, now)
             return
@@ -303,6 +315,13 @@ class BookArbiter:
             self.merge.upstream_stats[up].checksum_mismatches += 1
         self.merge.request_resync(up, "book", self.symbol, reason)
         self._check_orphaned()
+
+    def reject(self, up: int, reason: str) -> None:
+        """Line `up` sent a frame for this book that failed validation: resync it (its copy may
+        now lack an update), unless it is resyncing already."""
+        lb = self.lines[up]
+        if lb.mode != INVALID:
+            self._invalidate(up, lb, reason)
 
     def _check_orphaned(self) -> None:
         if not any(lb.mode in (FOLLOW, OWN) for lb in self.lines):

@@ -103,6 +103,8 @@ class UnknownEvent:
 
     reason: str
     raw: bytes
+    channel: str = ""  # set when the frame was for a known stream whose data was bad:
+    symbol: str = ""  # that (line, stream) is resynced, nothing else
 
 
 DataEvent = BookEvent | TradeEvent | TickerEvent | OhlcEvent | InstrumentEvent

@@ -13,6 +13,9 @@ The merge never sleeps and never touches a socket: time comes in as `now`, timer
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -25,6 +28,7 @@ from relay.core.events import (
     OhlcEvent,
     TickerEvent,
     TradeEvent,
+    UnknownEvent,
 )
 from relay.core.latest import InstrumentArbiter, OhlcArbiter, TickerArbiter
 from relay.core.outputs import (
@@ -57,14 +61,29 @@ class Merge(MergeBase):
         self.tickers: dict[str, TickerArbiter] = {}
         self.ohlc: dict[tuple[str, int], OhlcArbiter] = {}
         self.instrument = InstrumentArbiter(self)
-        self._blocked: list[bool] = []
+        self._blocked: list[bool] = []  # maintenance, or quarantined: the line's data is ignored
         self._relay_states: dict[str, dict[str, Any]] = {}
+        # (channel, symbol, interval|0) subscribed upstream; None: every stream is (tests, tools).
+        # Data for anything else is dropped before it creates any state.
+        self.subscribed: set[tuple[str, str, int]] | None = None
+        self.wall_clock: Callable[[], float] = time.time
+        self.ts_ceiling: list[str] = []
+        self.line_clock: list[str] = []
+        self.line_clock_at: list[float] = []
+        self._suspects: list[deque[float]] = []
+        self._quarantined_until: list[float] = []
 
     # -- upstream registry ------------------------------------------------------------------
     def add_upstream(self, name: str) -> int:
         self.lines.append(Line(name))
         self.upstream_stats.append(UpstreamStats(name))
         self._blocked.append(False)
+        self.ts_ceiling.append("")
+        self.line_clock.append("")
+        self.line_clock_at.append(0.0)
+        self._suspects.append(deque())
+        self._quarantined_until.append(0.0)
+        self._update_ceilings(None)
         for arb in self.books.values():
             arb.add_line()
         for tarb in self.trades.values():
@@ -76,7 +95,8 @@ class Merge(MergeBase):
         line = self.lines[up]
         line.connected = False
         line.status = ""
-        self._blocked[up] = False
+        self._blocked[up] = self._quarantined_until[up] > 0.0
+        self.line_clock[up] = ""
         for arb in self.books.values():
             arb.reset_line(up)
         for tarb in self.trades.values():
@@ -93,7 +113,7 @@ class Merge(MergeBase):
             line.version = version
         was_blocked = self._blocked[up]
         line.status = system
-        blocked = system in BLOCKING_STATUS
+        blocked = system in BLOCKING_STATUS or self._quarantined_until[up] > 0.0
         self._blocked[up] = blocked
         if blocked and not was_blocked:
             for arb in self.books.values():
@@ -130,6 +150,8 @@ class Merge(MergeBase):
                 return None
             arb = self.books.get(ev.symbol)
             if arb is None:
+                if not self.solicited(up, "book", ev.symbol):
+                    return None
                 arb = self._book_arbiter(ev.symbol)
             arb.on_event(up, ev, now)
             return None
@@ -137,6 +159,8 @@ class Merge(MergeBase):
             if not self._blocked[up]:
                 tarb = self.trades.get(ev.symbol)
                 if tarb is None:
+                    if not self.solicited(up, "trade", ev.symbol):
+                        return None
                     tarb = self.trades[ev.symbol] = TradeArbiter(self, ev.symbol, self.settings.recent_trades)
                 tarb.on_event(up, ev, now)
             return None
@@ -144,6 +168,8 @@ class Merge(MergeBase):
             if not self._blocked[up]:
                 kar = self.tickers.get(ev.symbol)
                 if kar is None:
+                    if not self.solicited(up, "ticker", ev.symbol):
+                        return None
                     kar = self.tickers[ev.symbol] = TickerArbiter(self, ev.symbol)
                 kar.on_event(up, ev, now)
             return None
@@ -152,15 +178,101 @@ class Merge(MergeBase):
                 key = (ev.symbol, ev.interval)
                 oar = self.ohlc.get(key)
                 if oar is None:
+                    if not self.solicited(up, "ohlc", ev.symbol, ev.interval):
+                        return None
                     oar = self.ohlc[key] = OhlcArbiter(self, *key)
                 oar.on_event(up, ev, now)
             return None
         if t is InstrumentEvent:
             self.instrument.on_event(up, ev, now)
             return None
-        if t.__name__ == "UnknownEvent":
-            self.upstream_stats[up].unknown += 1
+        if t is UnknownEvent:
+            self.bad_data(up, ev, now)
         return ev
+
+    # -- untrusted lines -----------------------------------------------------------------------
+    def set_subscribed(self, keys: Iterable[tuple[str, str, int]]) -> None:
+        """The streams subscribed upstream (the pool's desired set): only these hold state."""
+        self.subscribed = {(c, s, p if c == "ohlc" else 0) for c, s, p in keys if s}
+
+    def solicited(self, up: int, channel: str, symbol: str, key: int = 0) -> bool:
+        """Whether data for this stream may create state; counts it when not."""
+        sub = self.subscribed
+        if sub is None or (channel, symbol, key) in sub:
+            return True
+        self.upstream_stats[up].unsolicited += 1
+        return False
+
+    def bad_data(self, up: int, ev: UnknownEvent, now: float) -> None:
+        """A frame that failed validation: counted; when it was for a subscribed stream, that
+        stream is resynced on that line alone (its copy may now lack an update)."""
+        self.upstream_stats[up].unknown += 1
+        if not ev.symbol or not ev.channel:
+            return
+        if ev.channel == "book":
+            arb = self.books.get(ev.symbol)
+            if arb is not None:
+                arb.reject(up, "invalid")
+        elif ev.channel in ("trade", "ticker") and (ev.symbol in self.trades or ev.symbol in self.tickers):
+            self.request_resync(up, ev.channel, ev.symbol, "invalid")
+
+    def suspect(self, up: int, kind: str, now: float) -> None:
+        """Line `up` claimed something the clock or the other lines contradict (the claim was
+        not published). A line that keeps doing so while another line is live is quarantined:
+        its data is ignored for `quarantine_for` seconds, then every book it holds is resynced."""
+        stats = self.upstream_stats[up]
+        stats.suspect[kind] = stats.suspect.get(kind, 0) + 1
+        times = self._suspects[up]
+        times.append(now)
+        window = self.settings.suspect_window
+        while times and now - times[0] > window:
+            times.popleft()
+        if len(times) < self.settings.quarantine_after or self._quarantined_until[up] > 0.0:
+            return
+        others = [i for i, ln in enumerate(self.lines) if i != up and ln.connected and not self._blocked[i]]
+        if not others:
+            return  # the only live line: its claims are still checked one by one
+        times.clear()
+        self._quarantined_until[up] = now + self.settings.quarantine_for
+        stats.quarantines += 1
+        stats.quarantined = True
+        self._blocked[up] = True
+        for arb in self.books.values():
+            arb.reset_line(up)
+        for tarb in self.trades.values():
+            tarb.reset_line(up)
+        self._publish_relay_states()
+
+    def _end_quarantines(self, now: float) -> None:
+        for up, until in enumerate(self._quarantined_until):
+            if until and now >= until:
+                self._quarantined_until[up] = 0.0
+                self.upstream_stats[up].quarantined = False
+                line = self.lines[up]
+                self._blocked[up] = line.status in BLOCKING_STATUS
+                if not self._blocked[up]:
+                    for sym in self.books:
+                        self.request_resync(up, "book", sym, "quarantine")
+                    for sym in self.trades:
+                        self.request_resync(up, "trade", sym, "quarantine")
+
+    def _update_ceilings(self, now: float | None) -> None:
+        """Per line, the newest book timestamp believed: the wall clock plus `max_clock_skew`,
+        and no more than `max_line_lead` ahead of the other live lines' exchange clocks (each
+        line's newest timestamp, aged by the time since it arrived). Strings in the protocol's
+        own timestamp format, so the per-frame check is one string comparison."""
+        settings = self.settings
+        wall = self.wall_clock()
+        codec = self.codec
+        clock_bound = wall + settings.max_clock_skew
+        estimates: list[float | None] = []
+        for i, ts in enumerate(self.line_clock):
+            value = codec.timestamp_value(ts) if ts and now is not None and self.lines[i].connected else None
+            estimates.append(None if value is None else value + (now - self.line_clock_at[i]))  # type: ignore[operator]
+        for up in range(len(self.lines)):
+            others = [e for i, e in enumerate(estimates) if i != up and e is not None and not self._blocked[i]]
+            bound = min(clock_bound, max(others) + settings.max_line_lead) if others else clock_bound
+            self.ts_ceiling[up] = codec.timestamp_text(bound)
 
     def _book_arbiter(self, symbol: str) -> BookArbiter:
         arb = BookArbiter(self, symbol, self.settings.book_depth, self.settings.history)
@@ -171,9 +283,14 @@ class Merge(MergeBase):
     def tick(self, now: float) -> None:
         """Run due timers: trade gap waits, staleness cross-checks, relay-state updates."""
         window = self.settings.stale_after
+        self._update_ceilings(now)
+        if any(self._quarantined_until):
+            self._end_quarantines(now)
         for tarb in self.trades.values():
             if tarb.gap_deadline is not None and now >= tarb.gap_deadline:
                 tarb.expire(now)
+            if tarb.hold_since is not None:
+                tarb.check_held(now)
             tarb.check_stale(now, window)
         for arb in self.books.values():
             arb.check_stale(now, window)
@@ -281,6 +398,8 @@ class Merge(MergeBase):
         for i, line in enumerate(self.lines):
             if not line.connected:
                 ups[line.name] = "down"
+            elif self._quarantined_until[i]:
+                ups[line.name] = "quarantined"
             elif self._blocked[i]:
                 ups[line.name] = "maintenance"
             elif arb is not None:

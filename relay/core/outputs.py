@@ -45,6 +45,15 @@ class MergeSettings:
     stale_after: float = 10.0
     history: int = 512
     recent_trades: int = 50
+    # Plausibility (cross-checked lines): a book timestamp more than `max_clock_skew` seconds
+    # ahead of the wall clock, or `max_line_lead` ahead of every other live line's exchange
+    # clock, is not believed; `quarantine_after` such contradictions within `suspect_window`
+    # mute a line for `quarantine_for` seconds while another line is live.
+    max_clock_skew: float = 60.0
+    max_line_lead: float = 5.0
+    suspect_window: float = 60.0
+    quarantine_after: int = 5
+    quarantine_for: float = 60.0
 
 
 @dataclass(slots=True)
@@ -58,6 +67,10 @@ class UpstreamStats:
     checksum_mismatches: int = 0
     resyncs: dict[str, int] = field(default_factory=dict)
     unknown: int = 0
+    unsolicited: int = 0  # data frames for a stream nobody subscribed to (dropped, no state)
+    suspect: dict[str, int] = field(default_factory=dict)  # implausible claims dropped, by kind
+    quarantines: int = 0
+    quarantined: bool = False
 
 
 @dataclass(slots=True)
@@ -99,6 +112,8 @@ class Codec(Protocol):
     def elements(self, channel: str, snapshot: bool, elements: Iterable[bytes], extra: bytes = b"") -> bytes: ...
     def instrument(self, snapshot: bool, data: dict[str, Any]) -> bytes: ...
     def status(self, system: str) -> bytes: ...
+    def timestamp_text(self, wall: float) -> str: ...
+    def timestamp_value(self, text: str) -> float | None: ...
 
 
 class ArbiterHost(Protocol):
@@ -111,7 +126,11 @@ class ArbiterHost(Protocol):
     outbox: list[Publication]
     seen: dict[bytes, tuple[Any, int]]
     upstream_stats: list[UpstreamStats]
+    ts_ceiling: list[str]  # per line: the newest book timestamp believed (see `Merge.tick`)
+    line_clock: list[str]  # per line: the newest book timestamp it sent
+    line_clock_at: list[float]  # per line: when that arrived (monotonic)
 
+    def suspect(self, up: int, kind: str, now: float) -> None: ...
     def remember(self, raw: bytes, owner: Any, token: int) -> None: ...
     def request_resync(self, up: int, channel: str, symbol: str, reason: str) -> None: ...
     def report_gap(self, symbol: str, first: int, last: int) -> None: ...

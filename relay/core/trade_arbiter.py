@@ -7,6 +7,16 @@ out the hole is reported as a gap with its exact range and publishing resumes.
 
 A frame whose trades are exactly the next ids is forwarded byte for byte; otherwise only the new
 trades are re-framed, splicing each trade's original JSON object so numbers keep their text.
+
+No line is believed on its own word when the others contradict it: a trade id further ahead than
+the recent trade rate explains (`allowance`) is held, not published. Another line bringing the
+same id confirms it (the jump is real: both lines missed trades); another live line that keeps
+trading below it contradicts it: the held trades are dropped, counted, and the claiming line is
+resynced and reported as a suspect (`Merge.suspect`). With no other live line, a held jump is
+believed after `HOLD_MIN` seconds (a gap is reported as usual).
+
+A trade whose id was reported missing (a gap) and that a line delivers later is published late,
+on its own, rather than lost (`late`); the ranges reported missing are kept, bounded.
 """
 
 from __future__ import annotations
@@ -16,7 +26,12 @@ from collections import deque
 from relay.core.events import Trade, TradeEvent
 from relay.core.outputs import ArbiterHost, Publication
 
-MAX_PENDING = 10_000  # bound on trades held behind a gap
+MAX_PENDING = 10_000  # bound on trades held behind a gap (and on implausible trades held)
+MAX_GAP_RANGES = 64  # reported-missing id ranges kept for late arrivals (oldest dropped first)
+JUMP_FLOOR = 200  # a jump of this many ids is always plausible
+JUMP_RATE_FACTOR = 10.0  # ... and of this many times the recent rate times the time since
+RATE_WINDOW = 5.0  # seconds over which the trade rate is measured
+HOLD_MIN = 1.0  # seconds an implausible jump is held before another line's verdict counts
 
 
 class TradeLine:
@@ -40,9 +55,17 @@ class TradeArbiter:
         self.published = 0
         self.gaps = 0
         self.missing = 0
-        self.late = 0  # trades that arrived after their gap had been reported (not published)
-        self.reported_missing: set[int] = set()
+        self.late = 0  # trades that arrived after their gap had been reported: published late
+        self.missing_ranges: list[list[int]] = []  # [first, last] ids reported missing, oldest first
         self.last_update = 0.0
+        # implausible jumps: trade id -> (trade, the line that claimed it)
+        self.held: dict[int, tuple[Trade, int]] = {}
+        self.hold_since: float | None = None
+        self._hold_last = 0  # last_id when the hold began
+        self.suspect_dropped = 0
+        self._rate = 0.0  # trades per second over the last full window
+        self._win_start = 0.0
+        self._win_count = 0
 
     def add_line(self) -> None:
         self.lines.append(TradeLine())
@@ -73,8 +96,10 @@ class TradeArbiter:
                 for t in sorted(trades, key=lambda t: t.trade_id):
                     self.recent.append(t.element)
                 self.last_id = top
+                self._win_start = now
                 return
             last = self.last_id = min(t.trade_id for t in trades) - 1
+            self._win_start = now
         pending = self.pending
         first = trades[0].trade_id
         if (
@@ -87,20 +112,119 @@ class TradeArbiter:
             self._publish_raw(ev.raw, trades, up, now)
         else:
             fresh = False
+            late: list[Trade] = []
+            held = self.held
+            ceiling = last + self.allowance(now)
             for t in trades:
                 tid = t.trade_id
-                if tid > last and tid not in pending and len(pending) < MAX_PENDING:
-                    pending[tid] = t
-                    fresh = True
-                elif tid in self.reported_missing:
-                    # Arrived after its gap was reported: too late to publish in trade_id order.
-                    self.reported_missing.discard(tid)
-                    self.late += 1
-            if not fresh:
+                if tid > last:
+                    if tid in pending:
+                        continue
+                    claim = held.get(tid)
+                    if claim is not None:
+                        if claim[1] != up:  # a second line brings it: the jump is real
+                            self._release_held()
+                            fresh = True
+                        continue
+                    if tid > ceiling:
+                        if len(held) < MAX_PENDING:
+                            if not held:
+                                self.hold_since, self._hold_last = now, last
+                            held[tid] = (t, up)
+                            fresh = True
+                    elif len(pending) < MAX_PENDING:
+                        pending[tid] = t
+                        fresh = True
+                elif self.missing_ranges and self._take_missing(tid):
+                    late.append(t)
+            if late:
+                self._publish_late(late, up, now)
+            elif not fresh:
                 self.merge.counters.duplicates += 1
                 return
-            self._drain(up, now)
+            if pending:
+                self._drain(up, now)
         self._update_lines(up, now)
+
+    def allowance(self, now: float) -> int:
+        """How far past the last published id a trade id may plausibly be: the floor, plus what
+        the recent rate explains over the time since the last publication."""
+        elapsed = now - self.last_update if self.last_update else 0.0
+        span = now - self._win_start
+        rate = max(self._rate, self._win_count / span if span > 1.0 else 0.0)
+        return JUMP_FLOOR + int(JUMP_RATE_FACTOR * rate * (elapsed + 1.0))
+
+    def _count_rate(self, n: int, now: float) -> None:
+        span = now - self._win_start
+        if span >= RATE_WINDOW:
+            self._rate = self._win_count / span
+            self._win_start, self._win_count = now, 0
+        self._win_count += n
+
+    def _release_held(self) -> None:
+        """The held jump is confirmed: its trades wait like any others behind a gap."""
+        for tid, (t, _) in self.held.items():
+            if len(self.pending) < MAX_PENDING:
+                self.pending[tid] = t
+        self.held.clear()
+        self.hold_since = None
+
+    def check_held(self, now: float) -> None:
+        """Timer: decide on a held jump. Another live line that went on trading below it
+        contradicts it (dropped, the claimer resynced and suspected); with no other live line
+        it is believed after `HOLD_MIN`; nobody's verdict within `stale_after`: dropped."""
+        if self.hold_since is None:
+            return
+        age = now - self.hold_since
+        if age < HOLD_MIN:
+            return
+        claimers = {up for _, up in self.held.values()}
+        others = [i for i, tl in enumerate(self.lines) if tl.active and i not in claimers]
+        if not others:
+            self._release_held()
+            self._drain(None, now)
+            return
+        contradicted = any(self.lines[i].last_seen > self._hold_last for i in others)
+        if contradicted or age >= self.merge.settings.stale_after:
+            self.suspect_dropped += len(self.held)
+            self.held.clear()
+            self.hold_since = None
+            for up in sorted(claimers):
+                self.merge.suspect(up, "trade_id", now)
+                self.lines[up].active = False
+                self.lines[up].last_seen = self.last_id if self.last_id is not None else -1
+                self.merge.request_resync(up, "trade", self.symbol, "trade_id")
+
+    def _take_missing(self, tid: int) -> bool:
+        """Whether `tid` was reported missing and not delivered since (then it no longer is)."""
+        ranges = self.missing_ranges
+        for i, rng in enumerate(ranges):
+            lo, hi = rng
+            if lo <= tid <= hi:
+                if lo == hi:
+                    del ranges[i]
+                elif tid == lo:
+                    rng[0] = lo + 1
+                elif tid == hi:
+                    rng[1] = hi - 1
+                else:
+                    rng[1] = tid - 1
+                    ranges.insert(i + 1, [tid + 1, hi])
+                    if len(ranges) > MAX_GAP_RANGES:
+                        del ranges[0]
+                return True
+        return False
+
+    def _publish_late(self, late: list[Trade], up: int, now: float) -> None:
+        late.sort(key=lambda t: t.trade_id)
+        merge = self.merge
+        merge.outbox.append(
+            Publication("trade", self.symbol, 0, merge.codec.elements("trade", False, [t.element for t in late]), False)
+        )
+        merge.upstream_stats[up].wins += 1
+        self.late += len(late)
+        self.published += len(late)
+        self.last_update = now
 
     def _publish_raw(self, raw: bytes, trades: list[Trade], up: int, now: float) -> None:
         merge = self.merge
@@ -111,6 +235,7 @@ class TradeArbiter:
         merge.upstream_stats[up].wins += 1
         self.published += len(trades)
         self.last_update = now
+        self._count_rate(len(trades), now)
 
     def _drain(self, up: int | None, now: float) -> None:
         pending = self.pending
@@ -129,6 +254,7 @@ class TradeArbiter:
                 merge.upstream_stats[up].wins += 1
             self.published += len(out)
             self.last_update = now
+            self._count_rate(len(out), now)
         if not pending:
             self.gap_deadline = None
         elif self.gap_deadline is None or out:  # a new hole: start its wait
@@ -154,10 +280,9 @@ class TradeArbiter:
         if missing > 0:
             self.gaps += 1
             self.missing += missing
-            if missing <= MAX_PENDING:  # remember the hole's ids (bounded) to count late arrivals
-                self.reported_missing.update(range(last + 1, first))
-                while len(self.reported_missing) > MAX_PENDING:
-                    self.reported_missing.discard(min(self.reported_missing))
+            self.missing_ranges.append([last + 1, first - 1])  # a late arrival is still published
+            if len(self.missing_ranges) > MAX_GAP_RANGES:
+                del self.missing_ranges[0]
             self.merge.report_gap(self.symbol, last + 1, first - 1)
         self.last_id = first - 1
         self.gap_deadline = None

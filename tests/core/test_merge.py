@@ -167,9 +167,13 @@ def test_trade_gap_reported_with_its_range_when_nobody_fills_it() -> None:
     missing = tf[5][0]
     assert m.gaps == [("BTC/USD", missing[0], missing[-1])]
     assert client.trade_ids == [t for t in range(1000, 1030) if t not in missing]
-    m.feed(b, tf[5][1], 2.0)  # the hole's trades finally arrive: counted as late, not published
-    assert [p for p in m.take() if p.channel == "trade"] == []
+    m.feed(b, tf[5][1], 2.0)  # the hole's trades finally arrive: published late, not lost
+    late = [p for p in m.take() if p.channel == "trade"]
+    client.receive(late)
+    assert len(late) == 1 and sorted(client.trade_ids) == list(range(1000, 1030))
     assert m.trades["BTC/USD"].late == len(missing)
+    m.feed(a, tf[5][1], 2.1)  # another copy of them: exactly once
+    assert [p for p in m.take() if p.channel == "trade"] == []
 
 
 def test_silent_line_is_flagged_stale_for_that_symbol_only() -> None:

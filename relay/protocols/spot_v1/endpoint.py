@@ -362,9 +362,11 @@ class V1Endpoint:
         merge = self.merge
         if not hasattr(merge, "set_book_target"):
             return
+        demanded = self.demanded_subscriptions()
+        merge.set_subscribed(demanded)  # data for anything else creates no state
         now = {
             (("book", k.symbol, 0) if k.channel == "book" else (k.channel, k.symbol, k.param)): k.param
-            for k in self.demanded_subscriptions()
+            for k in demanded
         }
         for stream in self._upstream.keys() - now.keys():
             merge.retire(*stream)

@@ -24,12 +24,13 @@ checksum rules are the same). What differs:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from relay.core.book_arbiter import NONE, BookArbiter
-from relay.core.events import AckEvent, BookEvent, ControlEvent, OhlcEvent, TickerEvent
+from relay.core.events import AckEvent, BookEvent, ControlEvent, OhlcEvent, TickerEvent, UnknownEvent
 from relay.core.merge import Merge
 from relay.core.outputs import MergeSettings, Publication
 from relay.protocols.spot_v1.wire import (
@@ -127,6 +128,8 @@ class V1TradeArbiter:
         self.active: list[bool] = [False for _ in merge.lines]
         self.recent: deque[bytes] = deque(maxlen=max(recent, 1))
         self.gap_deadline: float | None = None  # v1 has no ids: no gap detection
+        self.hold_since: float | None = None  # ... and no id jumps to hold
+        self.suspect_dropped = 0
         self.published = 0
         self.gaps = 0
         self.missing = 0
@@ -276,22 +279,32 @@ class V1Merge(Merge):
                 return None
             if (self.book_targets or retired) and not self._book_depth_ok(up, ev.symbol, raw):
                 return None
-            arb = self.books.get(ev.symbol) or self._book_arbiter(ev.symbol)
+            arb = self.books.get(ev.symbol)
+            if arb is None:
+                if not self.solicited(up, "book", ev.symbol):
+                    return None
+                arb = self._book_arbiter(ev.symbol)
             arb.on_event(up, ev, now)
             return None
         if t is V1TradeEvent:
             if not blocked and not (retired and ("trade", ev.symbol, 0) in retired):
                 tarb: Any = self.trades.get(ev.symbol)  # v1 arbiters in the base merge's tables
                 if tarb is None:
+                    if not self.solicited(up, "trade", ev.symbol):
+                        return None
                     tarb = self.trades[ev.symbol] = V1TradeArbiter(self, ev.symbol, self.settings.recent_trades)  # type: ignore[assignment]
                 tarb.on_event(up, ev, now)
             return None
         if t is TickerEvent:
             if not blocked and not (retired and ("ticker", ev.symbol, 0) in retired):
+                if ev.symbol not in self.tickers and not self.solicited(up, "ticker", ev.symbol):
+                    return None
                 self._latest(self.tickers, ev.symbol, "ticker", 0, CONTENT).offer(up, None, ev.element, raw, now)
             return None
         if t is SpreadEvent:
             if not blocked and not (retired and ("spread", ev.symbol, 0) in retired):
+                if ev.symbol not in self.spreads and not self.solicited(up, "spread", ev.symbol):
+                    return None
                 self._latest(self.spreads, ev.symbol, "spread", 0, NEWEST).offer(
                     up, (ev.time, ev.element), ev.element, raw, now
                 )
@@ -301,6 +314,8 @@ class V1Merge(Merge):
                 key = (ev.symbol, ev.interval)
                 arb2: Any = self.ohlc.get(key)
                 if arb2 is None:
+                    if not self.solicited(up, "ohlc", ev.symbol, ev.interval):
+                        return None
                     arb2 = self.ohlc[key] = Latest(self, "ohlc", ev.symbol, ev.interval, CANDLE)  # type: ignore[assignment]  # v1 arbiter
                 arb2.offer(up, _candle_order(ev.interval_begin), ev.element, raw, now)
             return None
@@ -310,9 +325,14 @@ class V1Merge(Merge):
                 if isinstance(param, int):
                     self.outbox.append(Publication(ACK, ev.symbol, param, ev.channel.encode(), False))
             return ev
-        if t.__name__ == "UnknownEvent":
-            self.upstream_stats[up].unknown += 1
+        if t is UnknownEvent:
+            self.bad_data(up, ev, now)
         return ev
+
+    def set_subscribed(self, keys: Iterable[tuple[str, str, int]]) -> None:
+        keys = list(keys)
+        super().set_subscribed(keys)
+        self.parser.times.allowed = {s for c, s, _ in keys if c == "book"}  # type: ignore[attr-defined]
 
     # -- book depth per pair ----------------------------------------------------------------
     def set_book_target(self, symbol: str, depth: int | None) -> None:

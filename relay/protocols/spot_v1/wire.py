@@ -162,10 +162,16 @@ class LevelTimes:
     def __init__(self, cap: int = 4096) -> None:
         self.cap = cap
         self.by_symbol: dict[str, dict[bytes, tuple[bytes, bytes]]] = {}
+        # the pairs whose books are subscribed (None: all): a line sending books for pairs
+        # nobody asked for must not make this table grow
+        self.allowed: set[str] | None = None
 
     def note(self, symbol: str, levels: Iterable[Sequence[Any]]) -> None:
         d = self.by_symbol.get(symbol)
         if d is None:
+            allowed = self.allowed
+            if allowed is not None and symbol not in allowed:
+                return
             d = self.by_symbol[symbol] = {}
         for lv in levels:
             p = lv[0].encode()
@@ -246,6 +252,8 @@ class V1Parser:
                 elements = _FLAT_ARRAY_RE.findall(payload)
                 if len(elements) != len(item):
                     return self._unknown("trade elements not flat", raw)
+                if not all(_decimal(tr[0]) and _decimal(tr[1]) for tr in item):
+                    return self._unknown("trade number not a plain decimal", raw, "trade", symbol)
                 return V1TradeEvent(symbol, elements, raw)
             if name == "ticker":
                 return TickerEvent(symbol, False, "", payload, raw)
@@ -277,6 +285,8 @@ class V1Parser:
                         continue
                     out = bids if key[0] == "b" else asks
                     for lv in levels:
+                        if not (_decimal(lv[0]) and _decimal(lv[1])):
+                            return self._unknown("book number not a plain decimal", raw, "book", symbol)
                         out.append(Level(float(lv[0]), lv[0].encode(), lv[1].encode()))
                         if len(lv) > 2 and (snapshot or len(lv) == 3) and lv[2] > ts:
                             ts = lv[2]  # republished ("r") levels keep their old time
@@ -285,9 +295,17 @@ class V1Parser:
             return self._unknown("malformed book level", raw)
         return BookEvent(symbol, snapshot, bids, asks, checksum, ts, raw)
 
-    def _unknown(self, reason: str, raw: bytes) -> UnknownEvent:
+    def _unknown(self, reason: str, raw: bytes, channel: str = "", symbol: str = "") -> UnknownEvent:
         self.unknown += 1
-        return UnknownEvent(reason, raw)
+        return UnknownEvent(reason, raw, channel, symbol)
+
+
+_DECIMAL_RE = re.compile(r"[0-9]{1,24}(?:\.[0-9]{1,24})?")
+
+
+def _decimal(text: Any) -> bool:
+    """v1 numbers are strings: plain non-negative decimals (never `1e400`, `nan` or `-1`)."""
+    return isinstance(text, str) and _DECIMAL_RE.fullmatch(text) is not None
 
 
 def subscription_ack(msg: dict) -> AckEvent:
@@ -432,6 +450,19 @@ class V1Codec:
 
     def __init__(self, times: LevelTimes | None = None) -> None:
         self.times = times or LevelTimes()
+
+    @staticmethod
+    def timestamp_text(wall: float) -> str:
+        """v1 level times: epoch seconds with microseconds (`1534614057.321597`)."""
+        return f"{wall:.6f}"
+
+    @staticmethod
+    def timestamp_value(text: str) -> float | None:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if 0.0 <= value < 1e11 else None
 
     def _levels(self, symbol: str, levels: Iterable[tuple[bytes, ...]], ts: bytes) -> bytes:
         get = self.times.get

@@ -100,6 +100,7 @@ class V2Endpoint:
         """Books held at their upstream depth; streams no longer subscribed are forgotten (and
         leftovers of a stream subscribed again), so nothing stale is served to a new client."""
         merge = self.source
+        merge.set_subscribed(self._plan)  # data for anything else creates no state
         streams = {(c, s, p if c == "ohlc" else 0) for c, s, p in self._plan if c != "instrument"}
         for channel, symbol, key in (self._streams - streams) | (streams - self._streams):
             merge.drop_stream(channel, symbol, key)

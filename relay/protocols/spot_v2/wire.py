@@ -38,11 +38,24 @@ from relay.core.numbers import format_fixed
 _LEVEL_RE = re.compile(rb'"price"\s*:\s*([-+0-9.eE]+)\s*,\s*"qty"\s*:\s*([-+0-9.eE]+)')
 _FLAT_OBJECT_RE = re.compile(rb"\{[^{}]*\}")
 # Kraken's own compact layout of a book frame. Frames in exactly this shape (all of Kraken's)
-# skip the JSON parser; anything else (spacing, key order, new keys) takes the general path.
+# skip the JSON parser, so the pattern admits only what Kraken sends: plain non-negative
+# decimals of bounded length (finite by construction: no sign, exponent, NaN or 400 digits),
+# an ASCII symbol and timestamp (so the frame is valid UTF-8 without decoding it). Anything
+# else (spacing, key order, new keys, other bytes) takes the general path, which validates.
+_NUM = rb"[0-9]{1,24}(?:\.[0-9]{1,24})?"
+_LEVEL = rb'\{"price":' + _NUM + rb',"qty":' + _NUM + rb"\}"
+_LEVELS = rb"((?:" + _LEVEL + rb"(?:," + _LEVEL + rb")*)?)"
 _BOOK_FRAME_RE = re.compile(
-    rb'\{"channel":"book","type":"(snapshot|update)","data":\[\{"symbol":"([^"\\]+)",'
-    rb'"bids":\[([^\]]*)\],"asks":\[([^\]]*)\],"checksum":(\d+),"timestamp":"([^"\\]*)"\}\]\}'
+    rb'\{"channel":"book","type":"(snapshot|update)","data":\[\{"symbol":"([A-Za-z0-9/._:-]{1,64})",'
+    rb'"bids":\[' + _LEVELS + rb'\],"asks":\[' + _LEVELS + rb'\],"checksum":([0-9]{1,10}),'
+    rb'"timestamp":"([0-9TZ:.+-]{0,40})"\}\]\}'
 )
+_FAST_LEVEL_RE = re.compile(rb'"price":([0-9.]+),"qty":([0-9.]+)')
+# Kraken's deepest book is 1000 levels a side (~50 bytes each): a book frame far larger is not
+# Kraken's, and is dropped before any parsing (a 10 MB, 300 000-level snapshot would otherwise
+# hold the event loop for seconds).
+MAX_BOOK_LEVELS = 1000
+MAX_BOOK_FRAME_BYTES = 2 * MAX_BOOK_LEVELS * 120 + 4096
 _loads = orjson.loads
 
 
@@ -51,13 +64,34 @@ class Precisions:
 
     def __init__(self) -> None:
         self.by_symbol: dict[str, tuple[int, int]] = {}
+        self._level_res: dict[tuple[int, int], re.Pattern[bytes]] = {}
+        self._by_symbol_re: dict[str, re.Pattern[bytes]] = {}
 
     def learn(self, pairs: Iterable[dict[str, Any]]) -> None:
         for pair in pairs:
             sym = pair.get("symbol")
             pp, qp = pair.get("price_precision"), pair.get("qty_precision")
-            if isinstance(sym, str) and isinstance(pp, int) and isinstance(qp, int):
+            if isinstance(sym, str) and isinstance(pp, int) and isinstance(qp, int) and 0 <= pp < 30 and 0 <= qp < 30:
                 self.by_symbol[sym] = (pp, qp)
+                self._by_symbol_re.pop(sym, None)
+
+    def level_re(self, symbol: str) -> re.Pattern[bytes]:
+        """The book-level pattern for `symbol`: numbers with at most its instrument's decimals
+        (Kraken never sends more), so one `findall` extracts and checks them. Generic (any
+        decimals) until the instrument channel has told the precision."""
+        pat = self._by_symbol_re.get(symbol)
+        if pat is None:
+            prec = self.by_symbol.get(symbol)
+            if prec is None:
+                return _FAST_LEVEL_RE
+            pat = self._level_res.get(prec)
+            if pat is None:
+                pp, qp = prec
+                pat = self._level_res[prec] = re.compile(
+                    rb'"price":([0-9]+(?:\.[0-9]{0,%d})?),"qty":([0-9]+(?:\.[0-9]{0,%d})?)\}' % (pp, qp)
+                )
+            self._by_symbol_re[symbol] = pat
+        return pat
 
     def get(self, symbol: str) -> tuple[int, int] | None:
         return self.by_symbol.get(symbol)
@@ -74,23 +108,28 @@ class V2Parser:
         self.lexeme_fallbacks = 0
 
     def parse(self, raw: bytes) -> Event:
-        if raw.startswith(b'{"channel":"book"') and not self.force_precision:
-            m = _BOOK_FRAME_RE.fullmatch(raw)
+        if raw.startswith(b'{"channel":"book"'):
+            if len(raw) > MAX_BOOK_FRAME_BYTES:
+                return self._unknown("book frame too large", raw)
+            m = None if self.force_precision else _BOOK_FRAME_RE.fullmatch(raw)
             if m is not None:
                 kind, sym, bids, asks, crc, ts = m.groups()
-                findall = _LEVEL_RE.findall
-                try:
-                    return BookEvent(
-                        sym.decode(),
-                        kind == b"snapshot",
-                        [(float(p), p, q) for p, q in findall(bids)],
-                        [(float(p), p, q) for p, q in findall(asks)],
-                        int(crc),
-                        ts.decode(),
-                        raw,
-                    )
-                except ValueError:
-                    pass  # a level that is not a number: let the general path report it
+                symbol = sym.decode()
+                level_re = self.precisions.level_re(symbol)
+                blex, alex = level_re.findall(bids), level_re.findall(asks)
+                if level_re is not _FAST_LEVEL_RE and (len(blex) != bids.count(b"{") or len(alex) != asks.count(b"{")):
+                    return self._unknown("book number beyond the instrument's precision", raw, "book", symbol)
+                if len(blex) > MAX_BOOK_LEVELS or len(alex) > MAX_BOOK_LEVELS:
+                    return self._unknown("book deeper than Kraken's deepest", raw, "book", symbol)
+                return BookEvent(
+                    symbol,
+                    kind == b"snapshot",
+                    [(float(p), p, q) for p, q in blex],
+                    [(float(p), p, q) for p, q in alex],
+                    int(crc),
+                    ts.decode(),
+                    raw,
+                )
         try:
             msg = _loads(raw)
         except orjson.JSONDecodeError:
@@ -134,7 +173,11 @@ class V2Parser:
             jasks = item.get("asks") or ()
         except (KeyError, IndexError, TypeError):
             return self._unknown("book without data", raw)
+        if not isinstance(symbol, str) or not isinstance(jbids, list | tuple) or not isinstance(jasks, list | tuple):
+            return self._unknown("book fields of the wrong type", raw)
         n_bids, n_asks = len(jbids), len(jasks)
+        if n_bids > MAX_BOOK_LEVELS or n_asks > MAX_BOOK_LEVELS:
+            return self._unknown("book deeper than Kraken's deepest", raw, "book", symbol)
         lexemes = None if self.force_precision else _LEVEL_RE.findall(raw)
         if lexemes is not None and len(lexemes) == n_bids + n_asks:
             bids_first = n_asks == 0 or n_bids == 0 or raw.find(b'"bids"') < raw.find(b'"asks"')
@@ -146,7 +189,7 @@ class V2Parser:
                 bids = [(float(p), p, q) for p, q in blex]
                 asks = [(float(p), p, q) for p, q in alex]
             except ValueError:
-                return self._unknown("book level is not a number", raw)
+                return self._unknown("book level is not a number", raw, "book", symbol)
         else:
             self.lexeme_fallbacks += 1
             prec = self.precisions.get(symbol)
@@ -154,7 +197,12 @@ class V2Parser:
                 bids = _levels_from_json(jbids, prec)
                 asks = _levels_from_json(jasks, prec)
             except (KeyError, TypeError, ValueError):
-                return self._unknown("malformed book level", raw)
+                return self._unknown("malformed book level", raw, "book", symbol)
+        if not all(_plausible(lv) for lv in bids) or not all(_plausible(lv) for lv in asks):
+            return self._unknown("book number not finite and non-negative", raw, "book", symbol)
+        timestamp = item.get("timestamp") or ""
+        if not isinstance(timestamp, str):
+            return self._unknown("book timestamp not a string", raw, "book", symbol)
         checksum = item.get("checksum")
         return BookEvent(
             symbol,
@@ -162,7 +210,7 @@ class V2Parser:
             bids,
             asks,
             checksum if isinstance(checksum, int) else None,
-            item.get("timestamp") or "",
+            timestamp,
             raw,
         )
 
@@ -178,6 +226,10 @@ class V2Parser:
             symbol = data[0]["symbol"]
         except (KeyError, TypeError, ValueError):
             return self._unknown("trade without trade_id", raw)
+        if not isinstance(symbol, str) or any(t.get("symbol") != symbol for t in data):
+            return self._unknown("trade symbol not one string", raw)
+        if not all(_nonnegative(t.get("price")) and _nonnegative(t.get("qty")) for t in data):
+            return self._unknown("trade number not finite and non-negative", raw, "trade", symbol)
         return TradeEvent(symbol, msg.get("type") == "snapshot", trades, raw)
 
     def _ticker(self, msg: dict, raw: bytes) -> Event:
@@ -186,8 +238,11 @@ class V2Parser:
         if not isinstance(data, list) or len(data) != 1 or len(elements) != 1:
             return self._unknown("ticker shape", raw)
         item = data[0]
+        symbol = item.get("symbol") if isinstance(item, dict) else None
+        if not isinstance(symbol, str):
+            return self._unknown("ticker symbol not a string", raw)
         return TickerEvent(
-            item.get("symbol", ""),
+            symbol,
             msg.get("type") == "snapshot",
             str(item.get("timestamp") or ""),
             elements[0],
@@ -202,6 +257,8 @@ class V2Parser:
             return self._unknown("ohlc shape", raw)
         # One frame normally holds one candle; the newest candle represents the frame.
         item, element = data[-1], elements[-1]
+        if not isinstance(item, dict) or not isinstance(item.get("symbol"), str):
+            return self._unknown("ohlc symbol not a string", raw)
         try:
             return OhlcEvent(
                 item["symbol"],
@@ -228,9 +285,22 @@ class V2Parser:
             cid if isinstance(cid, int) else None,
         )
 
-    def _unknown(self, reason: str, raw: bytes) -> UnknownEvent:
+    def _unknown(self, reason: str, raw: bytes, channel: str = "", symbol: str = "") -> UnknownEvent:
         self.unknown += 1
-        return UnknownEvent(reason, raw)
+        return UnknownEvent(reason, raw, channel, symbol)
+
+
+def _plausible(level: LevelTuple) -> bool:
+    """Finite and non-negative (`-0.0` included: its text would break the checksum)."""
+    price, ptext, qtext = level
+    return 0.0 <= price < _INF and 0.0 <= float(qtext) < _INF and ptext[:1] != b"-" and qtext[:1] != b"-"
+
+
+def _nonnegative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < _INF
+
+
+_INF = float("inf")
 
 
 def _levels_from_json(items: Sequence[dict], prec: tuple[int, int] | None) -> list[LevelTuple]:
@@ -432,3 +502,13 @@ class V2Codec:
     @staticmethod
     def status(system: str) -> bytes:
         return encode_status(system, "relay", 0)
+
+    timestamp_text = staticmethod(now_rfc3339)
+
+    @staticmethod
+    def timestamp_value(text: str) -> float | None:
+        """An RFC 3339 timestamp as epoch seconds (None: not one)."""
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return None
