@@ -114,7 +114,7 @@ class TradeArbiter:
             fresh = False
             late: list[Trade] = []
             held = self.held
-            ceiling = last + self.allowance(now)
+            ceiling = last + JUMP_FLOOR  # the full allowance is worked out only when needed
             for t in trades:
                 tid = t.trade_id
                 if tid > last:
@@ -126,7 +126,7 @@ class TradeArbiter:
                             self._release_held()
                             fresh = True
                         continue
-                    if tid > ceiling:
+                    if tid > ceiling and tid > (ceiling := last + self.allowance(now)):
                         if len(held) < MAX_PENDING:
                             if not held:
                                 self.hold_since, self._hold_last = now, last

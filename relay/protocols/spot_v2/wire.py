@@ -226,10 +226,14 @@ class V2Parser:
             symbol = data[0]["symbol"]
         except (KeyError, TypeError, ValueError):
             return self._unknown("trade without trade_id", raw)
-        if not isinstance(symbol, str) or any(t.get("symbol") != symbol for t in data):
-            return self._unknown("trade symbol not one string", raw)
-        if not all(_nonnegative(t.get("price")) and _nonnegative(t.get("qty")) for t in data):
-            return self._unknown("trade number not finite and non-negative", raw, "trade", symbol)
+        if type(symbol) is not str:
+            return self._unknown("trade symbol not a string", raw)
+        try:
+            for t in data:
+                if t["symbol"] != symbol or not (0 <= t["price"] < _INF and 0 <= t["qty"] < _INF):
+                    return self._unknown("trade fields implausible", raw, "trade", symbol)
+        except (KeyError, TypeError):
+            return self._unknown("trade fields implausible", raw, "trade", symbol)
         return TradeEvent(symbol, msg.get("type") == "snapshot", trades, raw)
 
     def _ticker(self, msg: dict, raw: bytes) -> Event:
@@ -294,10 +298,6 @@ def _plausible(level: LevelTuple) -> bool:
     """Finite and non-negative (`-0.0` included: its text would break the checksum)."""
     price, ptext, qtext = level
     return 0.0 <= price < _INF and 0.0 <= float(qtext) < _INF and ptext[:1] != b"-" and qtext[:1] != b"-"
-
-
-def _nonnegative(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < _INF
 
 
 _INF = float("inf")
