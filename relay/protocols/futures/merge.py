@@ -563,6 +563,7 @@ class FuturesMerge(MergeBase):
         self._relay_states: dict[str, dict[str, Any]] = {}
         self.validator = ProductValidator()
         self.dropped: dict[tuple[str, str], float] = {}  # released (feed, product) -> when: frames ignored
+        self._gated = False  # True once `expect` has listed the subscriptions: others hold no state
 
     # -- upstream registry ---------------------------------------------------------------------
     def add_upstream(self, name: str) -> int:
@@ -605,6 +606,7 @@ class FuturesMerge(MergeBase):
     def expect(self, keys: list[tuple[str, str]], now: float) -> None:
         """The desired upstream subscriptions, (feed, product), whenever they change."""
         self.validator.expect(keys, now)
+        self._gated = True
         if self.dropped:
             for key in keys:
                 self.dropped.pop(key, None)
@@ -653,7 +655,9 @@ class FuturesMerge(MergeBase):
         if t is FBookDelta:
             pb = self.books.get(ev.product)
             if pb is None:
-                if self.dropped and ("book", ev.product) in self.dropped:
+                if (self.dropped and ("book", ev.product) in self.dropped) or not self._solicited(
+                    up, "book", ev.product
+                ):
                     return None
                 pb = self._book(ev.product)
             pb.on_delta(up, ev, now)
@@ -661,7 +665,9 @@ class FuturesMerge(MergeBase):
         if t is FBookSnapshot:
             pb = self.books.get(ev.product)
             if pb is None:
-                if self.dropped and ("book", ev.product) in self.dropped:
+                if (self.dropped and ("book", ev.product) in self.dropped) or not self._solicited(
+                    up, "book", ev.product
+                ):
                     return None
                 pb = self._book(ev.product)
             pb.on_snapshot(up, ev, now)
@@ -673,6 +679,8 @@ class FuturesMerge(MergeBase):
         if t is FTradeEvent:
             tr = self.trades.get(ev.product)
             if tr is None:
+                if not self._solicited(up, "trade", ev.product):
+                    return None
                 keep = max(self.settings.recent_trades, TRADE_SNAPSHOT)  # a full Kraken trade_snapshot
                 tr = self.trades[ev.product] = ProductTrades(self, ev.product, keep)
             tr.on_event(up, ev, now)
@@ -681,6 +689,8 @@ class FuturesMerge(MergeBase):
             table = self.tickers if ev.feed == "ticker" else self.tickers_lite
             tk = table.get(ev.product)
             if tk is None:
+                if not self._solicited(up, ev.feed, ev.product):
+                    return None
                 tk = table[ev.product] = ProductTicker(self, ev.feed, ev.product)
             tk.on_event(up, ev, now)
             return None
@@ -690,6 +700,14 @@ class FuturesMerge(MergeBase):
         elif t is AckEvent:
             self._answers(up, ev)
         return ev  # control events (info -> StatusEvent, acks, heartbeats) go to the connection
+
+    def _solicited(self, up: int, feed: str, product: str) -> bool:
+        """Only subscribed (feed, product)s hold state (once the endpoint has said what it
+        subscribes); data for anything else is counted and dropped."""
+        if not self._gated or (feed, product) in self.validator.expected:
+            return True
+        self.upstream_stats[up].unsolicited += 1
+        return False
 
     def _book(self, product: str) -> ProductBook:
         pb = self.books[product] = ProductBook(self, product, len(self.lines))

@@ -299,3 +299,14 @@ def test_parser_on_third_party_fixtures_pretty_printed_and_zero_qty():
     assert trades.snapshot and all(orjson.loads(t.element)["uid"] == t.uid for t in trades.trades)
     ticker = p.parse((base / "ws_futures_ticker.json").read_bytes())
     assert ticker.feed == "ticker" and ticker.time == 1676393235406
+
+
+def test_products_nobody_subscribed_to_hold_no_state():
+    merge, a, b = _pair()
+    merge.expect([("book", "PF_XBTUSD")], 0.0)
+    for i in range(2000):
+        merge.feed(b, _snap(f"PF_X{i:04d}USD", 1, [(100.0, 1.0)], [(101.0, 1.0)]), 0.1)
+        merge.feed(b, _delta(f"PF_X{i:04d}USD", 2, 100.0, 2.0), 0.1)
+    merge.feed(a, _snap("PF_XBTUSD", 1, [(100.0, 1.0)], [(101.0, 1.0)]), 0.2)
+    assert set(merge.books) == {"PF_XBTUSD"}
+    assert merge.upstream_stats[b].unsolicited == 4000
