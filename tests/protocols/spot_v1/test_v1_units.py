@@ -438,3 +438,28 @@ def test_ticker_value_that_comes_back_is_published_again_once():
     c = m.add_upstream("c")
     m.feed(c, frame(9, t1), 2.0)
     assert [p for p in m.take() if p.channel == "ticker"] == []
+
+
+def test_v1_numbers_must_be_plain_decimals_and_unsolicited_pairs_hold_no_state() -> None:
+    from relay.core.events import BookEvent as _Book
+    from relay.core.events import UnknownEvent as _Unknown
+    from relay.protocols.spot_v1.merge import V1Merge
+    from relay.protocols.spot_v1.wire import V1Parser
+
+    p = V1Parser()
+    frame = b'[336,{"b":[["%s","%s","1534614057.321597"]],"c":"974942666"},"book-10","XBT/USD"]'
+    assert isinstance(p.parse(frame % (b"6000.10000", b"1.00000000")), _Book)
+    for price, qty in [(b"1e400", b"1.0"), (b"nan", b"1.0"), (b"6000.1", b"-1.0"), (b"inf", b"1.0")]:
+        ev = p.parse(frame % (price, qty))
+        assert isinstance(ev, _Unknown) and ev.symbol == "XBT/USD", (price, qty)
+    trade = b'[0,[["%s","0.1","1534614057.321597","b","l",""]],"trade","XBT/USD"]'
+    assert isinstance(p.parse(trade % b"-5.0"), _Unknown)
+    m = V1Merge()
+    a = m.add_upstream("a")
+    m.line_status(a, "online", 0.0)
+    m.set_subscribed([("book", "XBT/USD", 10)])
+    snap = b'[336,{"as":[["6000.2","1.0","1534614057.321597"]],"bs":[["6000.1","1.0","1534614057.321597"]]},"book-10","%s"]'
+    for i in range(500):
+        m.feed(a, snap % f"X{i:03d}/USD".encode(), 0.1)
+    assert m.books == {} and m.upstream_stats[a].unsolicited == 500
+    assert m.parser.times.by_symbol == {}
