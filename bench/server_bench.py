@@ -1,6 +1,6 @@
 """Local server fan-out: frames/s written to N clients, and the added latency (prints a JSON last line).
 
-The LocalServer runs in this process on uvloop with a stub merge; N clients run in a child
+The LocalServer runs in this process on uvloop with a V2Merge holding one BTC/USD book; N clients run in a child
 process (sharing the machine's 2 cores, as real clients would). Clients are raw sockets that do
 the websocket handshake, subscribe to one book, and then only scan the byte stream (no frame
 parsing), so the figure measures the server, not a client library.
@@ -90,34 +90,6 @@ async def _child(port: int, n: int, latency: bool) -> None:
     print("done", flush=True)
 
 
-class StubMerge:
-    def want_book_depth(self, symbol, depth): ...
-    def release_book_depth(self, symbol, depth): ...
-    def book_snapshot(self, symbol, depth):
-        return (
-            b'{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":[],"asks":[],'
-            b'"checksum":0,"timestamp":"2026-01-01T00:00:00.000000Z"}]}'
-        )
-
-    def trade_snapshot(self, symbol, count=50):
-        return None
-
-    def ticker_snapshot(self, symbol):
-        return None
-
-    def ohlc_snapshot(self, symbol, interval):
-        return None
-
-    def instrument_snapshot(self):
-        return None
-
-    def system_status(self):
-        return "online"
-
-    def symbol_state(self, symbol):
-        return {"symbol": symbol, "book": "ok", "upstreams": {}}
-
-
 def frame(i: int, stamp: float | None = None) -> bytes:
     extra = b',"sent":' + repr(stamp).encode() if stamp is not None else b""
     return (
@@ -133,13 +105,28 @@ def frame(i: int, stamp: float | None = None) -> bytes:
 
 async def _parent(args: argparse.Namespace) -> dict:
     from relay.config import ChannelsConfig, ServerConfig
-    from relay.core.outputs import Publication
+    from relay.core.outputs import MergeSettings, Publication
+    from relay.protocols.spot_v2.endpoint import V2Endpoint
+    from relay.protocols.spot_v2.merge import V2Merge
+    from relay.protocols.spot_v2.wire import now_rfc3339
     from relay.server.listener import LocalServer
+    from tests.server.test_join import deep_frame
 
     cfg = ServerConfig(max_clients=max(1000, args.clients + 10), max_requests_per_second=1000)
     chans = ChannelsConfig.model_validate({"book": {"symbols": ["BTC/USD"], "depth": 10}})
-    server = LocalServer(cfg, StubMerge(), chans, host="127.0.0.1", port=0)
+    merge = V2Merge(MergeSettings(book_depth=10))
+    endpoint = V2Endpoint(merge, chans, path=cfg.path, dynamic=cfg.dynamic_subscriptions)
+    server = LocalServer(cfg, [endpoint], host="127.0.0.1", port=0)
+    publish = server.publisher(endpoint)
     await server.start()
+    now = time.monotonic()
+    up = merge.add_upstream("bench")
+    merge.upstream_up(up, now)
+    merge.line_status(up, "online", now)
+    levels = [(b"%d.0" % (50_000 - i), b"1.00000000") for i in range(10)]
+    asks = [(b"%d.0" % (50_001 + i), b"1.00000000") for i in range(10)]
+    merge.feed(up, deep_frame("BTC/USD", True, now_rfc3339(), levels, asks), now)
+    publish(merge.take())
     out: dict = {"clients": args.clients}
     loop = asyncio.get_running_loop()
 
@@ -156,7 +143,7 @@ async def _parent(args: argparse.Namespace) -> dict:
         assert proc.stdout is not None
         assert (await proc.stdout.readline()).strip() == b"ready"
         for _ in range(200):  # every subscription registered
-            if server.hub.subscription_count() >= args.clients:
+            if endpoint.hub.subscription_count() >= args.clients:
                 break
             await asyncio.sleep(0.01)
         return proc
@@ -167,9 +154,9 @@ async def _parent(args: argparse.Namespace) -> dict:
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for _ in range(args.frames // args.batch):
-        server.publish([Publication("book", "BTC/USD", 10, f, False) for f in frames])
+        publish([Publication("book", "BTC/USD", 10, f, False) for f in frames])
         await asyncio.sleep(0)
-    server.publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b"," + END + b"}]}", False)])
+    publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b"," + END + b"}]}", False)])
     assert proc.stdout is not None
     while (await proc.stdout.readline()).strip() != b"done":
         pass
@@ -193,10 +180,10 @@ async def _parent(args: argparse.Namespace) -> dict:
         due = int((loop.time() - start) * args.rate) - sent  # paced by schedule, not by sleep granularity
         if due > 0:
             now = time.time()
-            server.publish([Publication("book", "BTC/USD", 10, frame(1, now), False) for _ in range(due)])
+            publish([Publication("book", "BTC/USD", 10, frame(1, now), False) for _ in range(due)])
             sent += due
         await asyncio.sleep(0.0005)
-    server.publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b"," + END + b"}]}", False)])
+    publish([Publication("book", "BTC/USD", 10, frame(0)[:-3] + b"," + END + b"}]}", False)])
     lat = None
     while True:
         line = (await proc.stdout.readline()).strip()

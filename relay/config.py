@@ -272,12 +272,22 @@ class ServerConfig(_Strict):
     listen: str = "127.0.0.1:8765"
     path: str = "/v2"
     tls: TlsConfig | None = None
-    token: str | None = None  # bearer token required from non-loopback clients
+    token: str | None = None  # bearer token required from every client (loopback too, see below)
+    public_without_token: Literal["refuse", "warn", "allow"] = "refuse"  # `run` with a non-loopback listen, no token
+    token_exempt_loopback: bool = False  # a TLS proxy on the same host makes every peer loopback
+    token_max_failures: int = Field(default=10, ge=1)  # failed token attempts per address per window,
+    token_failure_window: float = Field(default=60.0, gt=0)  # then HTTP 429 without a check
     max_clients: int = Field(default=1000, ge=1)
+    max_connections_per_peer: int | None = Field(default=None, ge=1)  # open websockets per address; None: max_clients
+    # Handshakes every address may hold while the table (2 x max_clients + 64) is full: a newcomer
+    # from an address below it evicts the oldest handshake of the address holding the most.
+    pending_handshakes_per_peer: int = Field(default=32, ge=1)
     max_subscriptions_per_client: int = Field(default=200, ge=1)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     max_requests_per_second: float = Field(default=50.0, gt=0)
     client_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    total_buffer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)  # output held for all clients
+    client_snapshot_bytes_per_second: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)  # book snapshot pacing
     heartbeat_interval: float = Field(default=1.0, gt=0)
     dynamic_subscriptions: DynamicSubscriptionsConfig = DynamicSubscriptionsConfig()
 
@@ -309,6 +319,9 @@ class ReconnectConfig(_Strict):
     maintenance_delay: float = Field(default=5.0, ge=5.0)
     handshake_timeout: float = Field(default=10.0, gt=0)
     stagger: float = Field(default=1.0, ge=0)
+    # A line that was live when it dropped retries at once (no jitter, no stagger), this many
+    # times in a row until a session stays up 10 s; 0: always back off.
+    immediate_reconnects: int = Field(default=3, ge=0)
 
 
 class BudgetConfig(_Strict):
@@ -332,6 +345,11 @@ class MergeConfig(_Strict):
     trade_gap_wait: float = Field(default=0.5, ge=0)
     history: int = Field(default=512, ge=16)
     recent_trades: int = Field(default=50, ge=0, le=1000)
+    # cross-checks (README "No single line is trusted")
+    max_clock_skew: float = Field(default=60.0, gt=0)  # book timestamps this far past the clock: refused
+    max_line_lead: float = Field(default=5.0, gt=0)  # ... or this far ahead of every other live line
+    quarantine_after: int = Field(default=5, ge=1)  # contradictions within a minute that mute a line
+    quarantine_for: float = Field(default=60.0, gt=0)  # seconds a muted line's data is ignored
 
 
 class LoggingConfig(_Strict):
@@ -400,6 +418,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "KRAKEN_RELAY_LOG_LEVEL": ("logging", "level"),
     "KRAKEN_RELAY_LOG_FORMAT": ("logging", "format"),
     "KRAKEN_RELAY_TOKEN": ("server", "token"),
+    "KRAKEN_RELAY_PUBLIC_WITHOUT_TOKEN": ("server", "public_without_token"),
 }
 
 

@@ -7,15 +7,21 @@ back (`LocalServer.mark_dirty` / `flush_due`; design-notes §4 measured 3.5x the
 per-frame sends). Compression is never negotiated.
 
 Slow clients (documented policy):
-  * Each client has an output budget of `server.client_buffer_bytes` (bytes queued this iteration +
-    the transport's write buffer; the transport's high-water mark is set to the same value).
+  * Each client has an output budget of `server.client_buffer_bytes` (its queue + the transport's
+    write buffer). The transport's buffer is kept small (`LocalServer.transport_high`): once it is
+    full the backlog waits in the queue, where book frames can still be dropped and from which a
+    close frame can jump ahead (the transport's bytes cannot be taken back).
   * Over budget, book updates for that client are dropped and the (symbol, depth) is marked for a
     reset; as soon as the buffer drains below half the budget it receives a fresh
     `merge.book_snapshot` for it and live updates resume (book updates are absolute level values,
     so snapshot + later updates is always a valid book). Other frames keep queueing.
   * A client is closed with code 1008 and reason "client too slow" when its buffer exceeds twice
-    the budget, or when it stays over budget for `slow_client_timeout` seconds. Reading from a
-    congested client is paused, so a flood of requests cannot grow its buffer either.
+    the budget, or when it stays over budget for `slow_client_timeout` seconds: its queue is
+    discarded, so the close frame follows at most the small transport buffer, then the socket is
+    closed after `close_timeout`. Reading from a congested client is paused, so a flood of
+    requests cannot grow its buffer either.
+  * Under global pressure (`server.total_buffer_bytes`) the listener lowers the budget of the
+    largest buffers (`squeeze`), which then follow the same rules.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import random
 from typing import Any, Protocol
@@ -38,6 +45,7 @@ from relay.config import ServerConfig
 from relay.core.rate import TokenBucket
 from relay.core.wsframe import SharedFrames, text_frame
 from relay.protocols.interfaces import Endpoint
+from relay.server.peers import TokenFailures, peer_key
 
 log = logging.getLogger("relay.server")
 _wslog = logging.getLogger("relay.server.websocket")
@@ -45,8 +53,9 @@ _wslog.setLevel(logging.WARNING)  # websockets logs every open/close at INFO: to
 
 SLOW_CLOSE_CODE = 1008
 SLOW_CLOSE_REASON = "client too slow"
+SNAPSHOT_BURST = 256 * 1024  # snapshot bytes a client may be sent at once (see `_snapshot_room`)
+SLOW_LOG_EVERY = 1.0  # s between "closing slow client" log lines
 RESYNC_POLL = 0.005  # s between checks of a draining buffer while snapshots wait for room
-SHARED_WRITE_BYTES = 64 * 1024  # queued output at which frames are written without joining
 
 
 class ConnectionHost(Protocol):
@@ -60,17 +69,26 @@ class ConnectionHost(Protocol):
     handshake_timeout: float
     close_timeout: float
     shared_frames: SharedFrames
+    transport_high: int
+    held_bytes: int
+    token_failures: TokenFailures
     requests_total: int
     error_replies: int
     rate_limited: int
     slow_closes: int
+    slow_logged: int
+    slow_logged_at: float
     book_resets: int
+    snapshots_paced: int
     frames_out: int
     bytes_out: int
 
     @property
     def open_count(self) -> int: ...
-    def handshake_started(self, conn: ClientConnection) -> bool: ...
+    def handshake_started(self, conn: ClientConnection) -> float | None: ...
+    def handshake_done(self, conn: ClientConnection) -> None: ...
+    def peer_full(self, conn: ClientConnection) -> bool: ...
+    def held_changed(self) -> None: ...
     def client_opened(self, conn: ClientConnection) -> None: ...
     def client_detached(self, conn: ClientConnection) -> None: ...
     def connection_gone(self, conn: ClientConnection) -> None: ...
@@ -96,12 +114,14 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         cfg = server.config
-        self.limit = cfg.client_buffer_bytes
+        self.limit = cfg.client_buffer_bytes  # lowered by `squeeze` under global pressure
         self.hard_limit = 2 * cfg.client_buffer_bytes
+        self.chunk = server.transport_high
         self.max_message = cfg.max_message_bytes
         self.proto = ServerProtocol(max_size=server.hard_message_bytes, logger=_wslog)
         self.transport: Any = None  # asyncio.Transport, or uvloop's (not an asyncio subclass)
         self.peer: str | None = None
+        self.peer_key = ""
         self.is_open = False
         self.endpoint: Endpoint | None = None  # the protocol endpoint of the path asked for
         self.source: Any = None  # the merge serving this client's book snapshots (the endpoint's)
@@ -121,8 +141,9 @@ class ClientConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._scheduled = False
-        self._paused = False
+        self._paused = False  # the transport's (small) buffer is full: output waits in `_out`
         self._reading_paused = False
+        self.held = 0  # what of `_out` is counted in the listener's `held_bytes`
         self._fd = -1  # plain TCP socket written through directly when idle (see `_write`)
         self.congested_since: float | None = None
         self.last_out = self.loop.time()
@@ -130,6 +151,9 @@ class ClientConnection(asyncio.Protocol):
         self._frag: list[bytes] | None = None
         self._frag_text = True
         self._frag_size = 0
+        self._snap_rate = float(cfg.client_snapshot_bytes_per_second)
+        self._snap_tokens = float(SNAPSHOT_BURST)
+        self._snap_at = self.loop.time()
         rate = cfg.max_requests_per_second
         self._requests = TokenBucket(rate, max(1.0, rate))  # burst of one second's worth
         self.connection_id = random.getrandbits(63)
@@ -146,14 +170,16 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
-        transport.set_write_buffer_limits(high=self.limit, low=self.limit // 2)
+        self.peer_key = peer_key(self.peer)
+        transport.set_write_buffer_limits(high=self.chunk, low=self.chunk // 4)
         sock = transport.get_extra_info("socket")
         if sock is not None and transport.get_extra_info("sslcontext") is None:
             self._fd = sock.fileno()
-        if not self.server.handshake_started(self):
+        timeout = self.server.handshake_started(self)
+        if timeout is None:
             transport.abort()
             return
-        self._timer = self.loop.call_later(self.server.handshake_timeout, self._handshake_timeout)
+        self._timer = self.loop.call_later(timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -182,23 +208,31 @@ class ClientConnection(asyncio.Protocol):
         if self._resync_timer is not None:
             self._resync_timer.cancel()
             self._resync_timer = None
-        self._out.clear()
-        self._out_bytes = 0
+        self._drop_queue()
         self._detach()
         self.server.connection_gone(self)
 
     def pause_writing(self) -> None:
         self._paused = True
-        if self.congested_since is None:
-            self.congested_since = self.loop.time()
-        if self.transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        """The transport drained: write the waiting backlog in the next pass."""
         self._paused = False
+        if self.closing:
+            return
+        if self._out:
+            if not self._scheduled:
+                self._scheduled = True
+                self.server.mark_dirty(self)
+            return
+        self._drained()
+
+    def _drained(self) -> None:
+        """Output fits the budget again: resume reading, send the snapshots waiting for room."""
+        if self._out_bytes > self.limit:
+            return
         self.congested_since = None
-        if self._reading_paused and self.transport is not None and not self.closing:
+        if self._reading_paused and not self.closing and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
         if self._resync:
@@ -212,19 +246,30 @@ class ClientConnection(asyncio.Protocol):
         if endpoint is not None:
             self.endpoint = endpoint
             self.source = endpoint.source
+        need_token = cfg.token and not (cfg.token_exempt_loopback and is_loopback(self.peer))
         if endpoint is None:
             response = proto.reject(404, "Not Found\n")
             reason = "path"
-        elif cfg.token and not is_loopback(self.peer) and not _token_ok(cfg.token, request, parts.query):
+        elif need_token and (wait := server.token_failures.locked(self.peer_key, self.loop.time())):
+            server.token_failures.refused_locked(self.peer_key, self.peer, self.loop.time())
+            response = proto.reject(429, "Too Many Requests: too many failed token attempts\n")
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            reason = "token_locked"
+        elif need_token and (why := token_failure(cfg.token or "", request, parts.query)):
+            server.token_failures.failed(self.peer_key, self.peer, why, self.loop.time())
             response = proto.reject(401, "Unauthorized: bearer token required\n")
             reason = "token"
         elif server.open_count >= cfg.max_clients:
             response = proto.reject(503, "Service Unavailable: too many clients\n")
             reason = "max_clients"
+        elif server.peer_full(self):
+            response = proto.reject(429, "Too Many Requests: too many connections from this address\n")
+            reason = "max_connections_per_peer"
         else:
             response = proto.accept(request)  # no extensions offered: compression stays off
             reason = "handshake" if response.status_code != 101 else ""
         proto.send_response(response)
+        server.handshake_done(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -238,6 +283,16 @@ class ClientConnection(asyncio.Protocol):
         self._timer = None
         if not self.is_open and self.transport is not None:
             self.server.refused("handshake_timeout")
+            self.server.handshake_done(self)
+            self.transport.abort()
+
+    def evict(self) -> None:
+        """Dropped from a full handshake table to admit another address's handshake."""
+        self.closed = True  # ignore what may still arrive before the abort takes effect
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
             self.transport.abort()
 
     # -- incoming frames ------------------------------------------------------------------
@@ -271,6 +326,12 @@ class ClientConnection(asyncio.Protocol):
             server.error_replies += 1
             endpoint.reject(self, "binary", data)
             return
+        try:
+            data.decode()
+        except UnicodeDecodeError:  # RFC 6455 8.1: a text message must be valid UTF-8
+            self.server.refused("invalid_utf8")
+            self.close(1007, "invalid UTF-8")
+            return
         if not self._requests.take(now):  # `max_requests_per_second`
             server.rate_limited += 1
             endpoint.reject(self, "rate", data)
@@ -300,7 +361,7 @@ class ClientConnection(asyncio.Protocol):
         if not self._scheduled:
             self._scheduled = True
             self.server.mark_dirty(self)
-        if self._out_bytes > self.limit or self._paused:
+        if self._out_bytes > self.limit:
             self._over_budget()
 
     def deliver_book(self, key: tuple[str, str, int], wire: bytes, snapshot: bool) -> None:
@@ -308,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
         live = self.books.get(key)
         if live is None or self.closing:
             return
-        congested = self._paused or self._out_bytes > self.limit
+        congested = self._out_bytes > self.limit
         if live:
             if not congested:
                 self.deliver(wire)
@@ -325,40 +386,64 @@ class ClientConnection(asyncio.Protocol):
             self.dropped += 1
             return
         if not snapshot:
+            if not self._snapshot_room():
+                self.dropped += 1
+                self._want_resync()
+                return
             snap = self.source.book_snapshot(key[1], key[2])
             if snap is None:
                 self.dropped += 1
                 return
             wire = self.server.shared_frames.frame(key, snap)  # it already contains this update
+            self._snap_tokens -= len(wire)
         self.books[key] = True
         self.deliver(wire)
 
     def open_book(self, key: tuple[str, str, int], snapshot: bool) -> None:
         """Start a book subscription. With `snapshot`, updates flow only once the client has its
-        base: sent now if the output buffer has room (half the budget), else paced out as it
-        drains, so joining many deep books never holds them all in memory or trips the
-        slow-client close. Without, updates flow right away (Kraken's `snapshot: false`)."""
+        base: sent now if the output buffer has room (half the budget) and the client's snapshot
+        pacing allows, else paced out as it drains, so joining many deep books never holds them
+        all in memory or trips the slow-client close, and churning deep subscriptions cannot
+        take the event loop from other clients. Without, updates flow right away (Kraken's
+        `snapshot: false`)."""
         if not snapshot:
             self.books[key] = True
             return
         self.books[key] = False
-        if self._resync or self._paused or self.buffered() > self.limit // 2:
+        if self._resync or self.buffered() > self.limit // 2 or not self._snapshot_room():
             self._want_resync()
             return
         snap = self.source.book_snapshot(key[1], key[2])
         if snap is not None:  # None: the book is (re)building; its snapshot publication serves
             self.books[key] = True
-            self.deliver(self.server.shared_frames.frame(key, snap))
+            wire = self.server.shared_frames.frame(key, snap)
+            self._snap_tokens -= len(wire)
+            self.deliver(wire)
 
     def stop_book(self, key: tuple[str, str, int]) -> None:
         self.books.pop(key, None)
 
+    def _snapshot_room(self) -> bool:
+        """Snapshot pacing: `server.client_snapshot_bytes_per_second` per client, in bursts of at
+        most `SNAPSHOT_BURST` bytes (a few deep books, ~2 ms of encoding) per loop pass."""
+        now = self.loop.time()
+        tokens = self._snap_tokens + (now - self._snap_at) * self._snap_rate
+        self._snap_tokens = tokens if tokens < SNAPSHOT_BURST else SNAPSHOT_BURST
+        self._snap_at = now
+        if tokens > 0:
+            return True
+        self.server.snapshots_paced += 1
+        return False
+
     def _want_resync(self) -> None:
-        """Books wait for a snapshot: send them as the buffer drains. A paused transport calls
-        `resume_writing`; below the pause mark nothing signals the drain, so poll briefly."""
+        """Books wait for a snapshot: send them as the buffer drains (`flush` and
+        `resume_writing` check) and as the snapshot pacing allows (a timer), polling briefly
+        for a drain nothing signals."""
         self._resync = True
-        if self._resync_timer is None and not self._paused and not self.closing:
-            self._resync_timer = self.loop.call_later(RESYNC_POLL, self._resync_poll)
+        if self._resync_timer is None and not self.closing:
+            wait = -self._snap_tokens / self._snap_rate
+            if wait > RESYNC_POLL or not self._paused:
+                self._resync_timer = self.loop.call_later(max(wait, RESYNC_POLL), self._resync_poll)
 
     def _resync_poll(self) -> None:
         self._resync_timer = None
@@ -375,18 +460,19 @@ class ClientConnection(asyncio.Protocol):
         for key, live in list(self.books.items()):
             if live:
                 continue
-            if self._paused or self.buffered() > room:
+            if self.buffered() > room or not self._snapshot_room():
                 self._want_resync()
                 return
             snap = source.book_snapshot(key[1], key[2])
             if snap is not None:
                 self.books[key] = True
-                self.deliver(shared.frame(key, snap))
+                wire = shared.frame(key, snap)
+                self._snap_tokens -= len(wire)
+                self.deliver(wire)
 
     def _over_budget(self) -> None:
-        now = self.loop.time()
         if self.congested_since is None:
-            self.congested_since = now
+            self.congested_since = self.loop.time()
         transport = self.transport
         buffered = self._out_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
         if buffered > self.hard_limit:
@@ -395,42 +481,89 @@ class ClientConnection(asyncio.Protocol):
             self._reading_paused = True
             transport.pause_reading()
 
+    def squeeze(self, limit: int | None) -> None:
+        """Lower this client's budget to `limit` (global pressure), or restore it (None)."""
+        cfg_limit = self.server.config.client_buffer_bytes
+        self.limit = cfg_limit if limit is None else min(limit, cfg_limit)
+        self.hard_limit = 2 * self.limit
+        if self._out_bytes > self.limit:
+            self._over_budget()
+
     def flush(self) -> None:
         """Write the queued output (called by the listener's `flush_clients`)."""
         self._scheduled = False
         out = self._out
         if not out or self.closing or self.transport is None or self.transport.is_closing():
-            out.clear()
-            self._out_bytes = 0
+            self._drop_queue()
             return
-        proto = self.proto
-        if proto.state is not State.OPEN:
-            out.clear()
-            self._out_bytes = 0
+        if self.proto.state is not State.OPEN:
+            self._drop_queue()
             return
-        n = len(out)
-        self.frames_out += n
+        if self._paused:  # the transport is full: the backlog waits here (resume_writing)
+            self._hold()
+            return
         size = self._out_bytes
-        self.bytes_out += size
-        server = self.server
-        server.frames_out += n
-        server.bytes_out += size
-        if size >= SHARED_WRITE_BYTES:
-            # Big frames (snapshots) are shared by every client: hand the transport references
-            # instead of a joined per-client copy.
-            self.transport.writelines(out)
+        if size > self.chunk:
+            self._write_backlog()
         else:
+            n = len(out)
+            self.frames_out += n
+            self.bytes_out += size
+            server = self.server
+            server.frames_out += n
+            server.bytes_out += size
             self._write(b"".join(out))
-        out.clear()
-        self._out_bytes = 0
+            out.clear()
+            self._out_bytes = 0
         self.last_out = self.loop.time()
-        if not self._paused:
+        if self._out or self.held:
+            self._hold()
+        if not self._paused:  # all written (`_drained`, inline: this runs per client per pass)
             self.congested_since = None
             if self._reading_paused and not self.closing:
                 self._reading_paused = False
                 self.transport.resume_reading()
             if self._resync:
                 self._resync_books()
+
+    def _write_backlog(self) -> None:
+        """Write the queue in pieces of about `chunk` bytes while the transport takes them, so
+        its buffer never holds much more than its high-water mark. Big frames (snapshots, shared
+        by every client) are handed over alone, without a per-client joined copy."""
+        out = self._out
+        chunk = self.chunk
+        n = len(out)
+        i = written = 0
+        while i < n and not self._paused:
+            j, size = i + 1, len(out[i])
+            while j < n and size + len(out[j]) <= chunk:
+                size += len(out[j])
+                j += 1
+            self._write(out[i] if j == i + 1 else b"".join(out[i:j]))
+            written += size
+            i = j
+        del out[:i]
+        self._out_bytes -= written
+        self.frames_out += i
+        self.bytes_out += written
+        server = self.server
+        server.frames_out += i
+        server.bytes_out += written
+
+    def _hold(self) -> None:
+        """Count the waiting backlog in the listener's global total (once per flush)."""
+        server = self.server
+        server.held_bytes += self._out_bytes - self.held
+        self.held = self._out_bytes
+        if self.held:
+            server.held_changed()
+
+    def _drop_queue(self) -> None:
+        self._out.clear()
+        self._out_bytes = 0
+        if self.held:
+            self.server.held_bytes -= self.held
+            self.held = 0
 
     def _write(self, data: bytes) -> None:
         """Write now. uvloop defers `transport.write` to the end of the loop iteration, so output
@@ -466,6 +599,9 @@ class ClientConnection(asyncio.Protocol):
                 eof = True
         if body and not transport.is_closing():
             transport.write(b"".join(body))
+            if not self._reading_paused and transport.get_write_buffer_size() > self.limit:
+                self._reading_paused = True  # pongs to a flood of pings from a client not reading
+                transport.pause_reading()
         if eof:
             self._detach()
             if not transport.is_closing():
@@ -478,8 +614,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closing or self.closed:
             return
         self._detach()
-        self._out.clear()
-        self._out_bytes = 0
+        self._drop_queue()  # the close frame goes right behind what the transport holds
         if self.proto.state is State.OPEN:
             self.proto.send_close(code, reason)
             self._write_protocol()
@@ -493,8 +628,14 @@ class ClientConnection(asyncio.Protocol):
     def close_slow(self) -> None:
         if self.closing:
             return
-        self.server.slow_closes += 1
-        log.warning("closing slow client %s: %s", self.peer, SLOW_CLOSE_REASON)
+        server = self.server
+        server.slow_closes += 1
+        now = self.loop.time()
+        if now - server.slow_logged_at >= SLOW_LOG_EVERY:  # one line a second, however many
+            since = server.slow_closes - server.slow_logged - 1
+            more = f" ({since} more since the last line)" if since else ""
+            log.warning("closing slow client %s: %s%s", self.peer, SLOW_CLOSE_REASON, more)
+            server.slow_logged_at, server.slow_logged = now, server.slow_closes
         self.close(SLOW_CLOSE_CODE, SLOW_CLOSE_REASON)
 
     def _detach(self) -> None:
@@ -518,7 +659,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closing:
             return
         if self.congested_since is not None and now - self.congested_since > slow_timeout:
-            if self._paused or self._out_bytes > self.limit:
+            if self.buffered() > self.limit:
                 self.close_slow()
                 return
             self.congested_since = None
@@ -535,9 +676,13 @@ class ClientConnection(asyncio.Protocol):
         return self._out_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
 
 
-def _token_ok(token: str, request: Request, query: str) -> bool:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
-        return True
-    given = parse_qs(query).get("token", [])
-    return any(hmac.compare_digest(g.encode(), token.encode()) for g in given)
+def token_failure(token: str, request: Request, query: str) -> str | None:
+    """Why the handshake's token is refused (None: accepted). One guess per attempt: every
+    bearer header and `?token=` value given must be the same one."""
+    given = [a[7:].strip() for a in request.headers.get_all("Authorization") if a[:7].lower() == "bearer "]
+    given += parse_qs(query, keep_blank_values=True).get("token", [])
+    if not given:
+        return "missing"
+    if len(set(given)) > 1:
+        return "several different tokens"
+    return None if hmac.compare_digest(given[0].encode(), token.encode()) else "wrong"

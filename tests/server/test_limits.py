@@ -77,9 +77,8 @@ async def test_500_connections_at_once_with_clean_refusals(make_relay, clients):
     assert relay.server.stats()["refused"]["max_clients"] == 101
 
 
-async def test_token_required_for_non_loopback_peers(make_relay, monkeypatch):
+async def test_token_required_from_every_peer_loopback_included(make_relay):
     relay = await make_relay({"token": "s3cret"})
-    monkeypatch.setattr(client_mod, "is_loopback", lambda host: False)
     with pytest.raises(InvalidStatus) as exc:
         await connect(relay.url, open_timeout=5)
     assert exc.value.response.status_code == 401
@@ -93,11 +92,15 @@ async def test_token_required_for_non_loopback_peers(make_relay, monkeypatch):
     await ws.close()
 
 
-async def test_loopback_peers_need_no_token(make_relay):
-    relay = await make_relay({"token": "s3cret"})
+async def test_loopback_exempt_from_the_token_only_when_configured(make_relay, monkeypatch):
+    relay = await make_relay({"token": "s3cret", "token_exempt_loopback": True})
     ws = await connect(relay.url, open_timeout=5)
     assert '"status"' in await ws.recv()
     await ws.close()
+    monkeypatch.setattr(client_mod, "is_loopback", lambda host: False)  # the exemption is loopback's only
+    with pytest.raises(InvalidStatus) as exc:
+        await connect(relay.url, open_timeout=5)
+    assert exc.value.response.status_code == 401
 
 
 def test_is_loopback():
