@@ -5,6 +5,10 @@
 # Mount your own config at /etc/kraken-relay/relay.yaml. Inside the container the relay listens on
 # 0.0.0.0 (KRAKEN_RELAY_LISTEN / KRAKEN_RELAY_HTTP_LISTEN override the config's loopback default);
 # publish the ports on 127.0.0.1 as above unless you set server.token or TLS.
+# `run` refuses a non-loopback listener without server.token; here 0.0.0.0 is only the container's
+# own interface and the host-side `-p 127.0.0.1:...` is the access control, so the image sets
+# KRAKEN_RELAY_PUBLIC_WITHOUT_TOKEN=warn (logged at start). Publishing beyond loopback: set
+# KRAKEN_RELAY_TOKEN, and KRAKEN_RELAY_PUBLIC_WITHOUT_TOKEN=refuse to keep the guard.
 
 FROM python:3.11-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 \
@@ -26,6 +30,9 @@ ENV PATH=/opt/kraken-relay/bin:$PATH \
     KRAKEN_RELAY_LISTEN=0.0.0.0:8765 \
     KRAKEN_RELAY_HTTP_LISTEN=0.0.0.0:9100 \
     KRAKEN_RELAY_LOG_FORMAT=json
+# a policy, not a secret (hadolint flags any name containing TOKEN); see the comment at the top
+# hadolint ignore=DL3064
+ENV KRAKEN_RELAY_PUBLIC_WITHOUT_TOKEN=warn
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin relay
 COPY --from=builder /opt/kraken-relay /opt/kraken-relay

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Coroutine
@@ -27,6 +29,7 @@ from relay import __version__, protocols
 from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 from relay.core.keys import SubKey
 from relay.core.outputs import STATUS_RANK, MergeSettings
+from relay.ops.check_config import public_listener_problem
 from relay.ops.http import HttpServer, readiness
 from relay.ops.logging import configure_logging
 from relay.ops.loopmon import LoopLagMonitor
@@ -44,6 +47,33 @@ log = structlog.get_logger("relay.app")
 SHUTDOWN_GRACE = 4.0  # seconds: clients get 1001 and the process exits within 5 s of SIGTERM
 
 
+class StartupError(RuntimeError):
+    """A listener could not start; one line naming the config key and address, e.g.
+    `server.listen 127.0.0.1:8765: address already in use` (the operator fixes the key)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """`address already in use`, not uvloop's `[Errno 98] error while attempting to bind...`."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(exc, ssl.SSLError):
+        text = exc.reason or exc.strerror or str(exc)
+    elif isinstance(errno, int) and errno > 0:
+        text = os.strerror(errno)
+    else:
+        text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def check_tls(config: RelayConfig) -> None:
+    """Load `server.tls` once before listening, so a bad file is named as such."""
+    tls = config.server.tls
+    if tls is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert, tls.key)
+        except OSError as exc:
+            raise StartupError(f"server.tls {tls.cert}, {tls.key}: cannot load: {_reason(exc)}") from None
+
+
 def merge_settings(cfg: RelayConfig) -> MergeSettings:
     """The settings every protocol's merge starts from (each sets its own book depth)."""
     return MergeSettings(
@@ -51,6 +81,10 @@ def merge_settings(cfg: RelayConfig) -> MergeSettings:
         stale_after=cfg.liveness.stale_after,
         history=cfg.merge.history,
         recent_trades=cfg.merge.recent_trades,
+        max_clock_skew=cfg.merge.max_clock_skew,
+        max_line_lead=cfg.merge.max_line_lead,
+        quarantine_after=cfg.merge.quarantine_after,
+        quarantine_for=cfg.merge.quarantine_for,
     )
 
 
@@ -116,6 +150,7 @@ class Relay:
 
     def __init__(self, config: RelayConfig, *, server_port: int | None = None, http_port: int | None = None) -> None:
         self.config = config
+        self._ports = (server_port, http_port)  # test overrides of the configured ports
         self.server = LocalServer(config.server, port=server_port)
         self.loop_monitor = LoopLagMonitor()
         self.metrics = RelayMetrics(self.stats, self.loop_monitor)
@@ -146,9 +181,20 @@ class Relay:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        """Listen, then connect upstream. A listener that cannot start raises `StartupError`
+        (nothing is left running)."""
+        check_tls(self.config)
         self.loop_monitor.start()
-        await self.server.start()
-        await self.http.start()
+        try:
+            await self._listen("server.listen", self.config.server.listen, self._ports[0], self.server.start)
+            try:
+                await self._listen("http.listen", self.config.http.listen, self._ports[1], self.http.start)
+            except StartupError:
+                await self.server.stop()
+                raise
+        except StartupError:
+            self.loop_monitor.stop()
+            raise
         for stack in self.stacks:
             await stack.pool.start()
         self._watchdog = start_watchdog(self.notifier, self.loop_monitor)
@@ -164,6 +210,14 @@ class Relay:
             http=f"http://{self.http.host}:{self.http.port}",
             upstreams=[u.name for u in self.config.upstreams],
         )
+
+    @staticmethod
+    async def _listen(key: str, listen: str, port: int | None, start: Any) -> None:
+        try:
+            await start()
+        except OSError as exc:
+            addr = listen if port is None else f"{listen.rpartition(':')[0]}:{port}"
+            raise StartupError(f"{key} {addr}: {_reason(exc)}") from None
 
     async def stop(self) -> None:
         self.notifier.stopping()
@@ -256,6 +310,10 @@ class Relay:
                     "duplicates": m.duplicates if m else 0,
                     "checksum_mismatches": m.checksum_mismatches if m else 0,
                     "resyncs": dict(m.resyncs) if m else {},
+                    "unsolicited": m.unsolicited if m else 0,
+                    "suspect": dict(m.suspect) if m else {},
+                    "quarantined": int(m.quarantined) if m else 0,
+                    "quarantines": m.quarantines if m else 0,
                 }
             )
         symbols: list[dict[str, Any]] = []
@@ -273,6 +331,9 @@ class Relay:
             "frames_sent": s["frames_out"],
             "snapshot_resets": s["book_resets"],
             "slow_closes": s["slow_closes"],
+            "budget_closes": s.get("budget_closes", 0),
+            "squeezed": s.get("squeezed_clients", 0),
+            "snapshots_paced": s.get("snapshots_paced", 0),
             "rejected": {"rate_limit": s["rate_limited"], "bad_request": s["error_replies"], **s["refused"]},
         }
         ok, _ = self.ready()
@@ -347,7 +408,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def serve(config_path: str | Path, config: RelayConfig) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads `config_path` (keeping the old config if invalid)."""
     relay = Relay(config)
-    await relay.start()
+    try:
+        await relay.start()
+    except StartupError as exc:  # one line, no traceback: the operator fixes the named key
+        print(f"kraken-relay: error: {exc}", file=sys.stderr)
+        return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -390,5 +455,11 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kraken-relay: invalid config {exc}", file=sys.stderr)
         return 2
+    problem = public_listener_problem(config)
+    if problem is not None and config.server.public_without_token == "refuse":
+        print(f"kraken-relay: refusing to start: {problem}", file=sys.stderr)
+        return 2
     configure_logging(config.logging.level, config.logging.format)
+    if problem is not None and config.server.public_without_token == "warn":
+        log.warning("public listener without a token", problem=problem)
     return run_loop(serve(args.config, config))

@@ -2,7 +2,8 @@
 
 Exit 0 with a one-line summary on stdout; exit 2 with one line on stderr naming the key path and
 what is wrong. Environment overrides (KRAKEN_RELAY_LISTEN, ...) are applied, exactly as `run`
-applies them, so the systemd `ExecStartPre=` and the Docker image check what will really run.
+applies them, so the systemd `ExecStartPre=` and the Docker image check what will really run;
+a config `run` refuses (a public listener without a token) fails here too.
 """
 
 from __future__ import annotations
@@ -49,12 +50,24 @@ def summary(cfg: RelayConfig) -> str:
     return "; ".join(parts)
 
 
+def public_listener_problem(cfg: RelayConfig) -> str | None:
+    """Why a listener reachable from other hosts is unprotected (no `server.token`), or None.
+    `run` refuses it unless `server.public_without_token` is `warn` or `allow`."""
+    host, _ = split_host_port(cfg.server.listen)
+    if _is_loopback(host) or cfg.server.token:
+        return None
+    return (
+        f"server.listen {cfg.server.listen} is reachable from other hosts and server.token is not set"
+        " (set server.token or $KRAKEN_RELAY_TOKEN, or server.public_without_token: warn)"
+    )
+
+
 def warnings(cfg: RelayConfig) -> list[str]:
     """Valid but risky settings, printed as `warning:` lines (they do not change the exit code)."""
     out = []
-    host, _ = split_host_port(cfg.server.listen)
-    if not _is_loopback(host) and not cfg.server.token and cfg.server.tls is None:
-        out.append(f"server.listen: {cfg.server.listen} is reachable from other hosts without a token or TLS")
+    problem = public_listener_problem(cfg)
+    if problem is not None and cfg.server.public_without_token == "warn":
+        out.append(f"{problem.split(' (')[0]} (server.public_without_token: warn)")
     if len(cfg.upstreams) == 1:
         out.append("upstreams: only one line configured, so there is no redundancy")
     if getattr(cfg, "v1", None) is not None and cfg.server.tls is None:
@@ -91,6 +104,10 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "print_effective", False):
         print(effective_yaml(cfg), end="")
         return 0
+    problem = public_listener_problem(cfg)
+    if problem is not None and cfg.server.public_without_token == "refuse":
+        print(f"invalid config {args.file}: {problem}; `run` refuses it", file=sys.stderr)
+        return 2
     if not args.quiet:
         for w in warnings(cfg):
             print(f"warning: {w}", file=sys.stderr)

@@ -123,6 +123,16 @@ class DemandTracker(Generic[K]):
         if e.refs == 0:
             e.release_at = now + self.cfg.release_after
 
+    def hold(self, key: K, refs: int) -> None:
+        """`refs` clients already hold `key`, which left the configured set (a reload): it is on
+        demand from now on, released `release_after` after the last one leaves. No cap check
+        (they are served already); the caller replans."""
+        e = self.entries.get(key)
+        if e is None:
+            e = self.entries[key] = _Entry()
+            self.demanded += 1
+        e.refs, e.ready, e.release_at = refs, True, None
+
     def mark_ready(self, key: K) -> None:
         e = self.entries.get(key)
         if e is not None:

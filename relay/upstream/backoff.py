@@ -8,7 +8,11 @@ come back together. On top of it:
   (Kraken: no benefit reconnecting faster, and it spends the Cloudflare budget);
 * an HTTP 429 on the handshake backs off to at least `max_delay`;
 * the attempt counter resets only after a connection stayed up for `stable_after` seconds, so
-  a line that connects and drops at once keeps backing off instead of hammering.
+  a line that connects and drops at once keeps backing off instead of hammering;
+* a line that was live (subscribed, serving) when it dropped tries again at once: no jitter,
+  and no stagger slot (`immediate`). Every line dropped by one proxy restart races back, as a
+  direct client would. Up to `immediate_reconnects` such attempts in a row; a stable session
+  (`stable_after`) renews them, so a line dropping each time it goes live still backs off.
 
 Also `Stagger`: one shared schedule that keeps attempts of different upstreams `stagger`
 seconds apart. Everything here is Sans-I/O: callers pass `now` and sleep themselves.
@@ -21,6 +25,8 @@ from tenacity import RetryCallState, wait_random_exponential
 from relay.config import ReconnectConfig
 
 RATE_LIMITED = "429"
+# Close codes that ask us to wait (1013 "try again later", 1008 policy): never an immediate retry.
+WAIT_CODES = ("1008", "1013")
 
 
 class ReconnectPolicy:
@@ -32,16 +38,31 @@ class ReconnectPolicy:
         self._wait = wait_random_exponential(multiplier=cfg.initial_delay, max=cfg.max_delay)
         self._state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # tenacity only reads attempt_number
         self.failures = 0  # consecutive failed attempts / short-lived connections
+        self.immediate_left = cfg.immediate_reconnects
+        self.immediate = False  # the last delay is an immediate retry: skip the stagger too
         self._connected_at: float | None = None
 
     def on_connected(self, now: float) -> None:
         self._connected_at = now
 
-    def next_delay(self, now: float, reason: str, maintenance: bool = False) -> float:
-        """Called after a failed attempt or a disconnect; returns the delay before the next try."""
-        if self._connected_at is not None and now - self._connected_at >= self.stable_after:
+    def next_delay(self, now: float, reason: str, maintenance: bool = False, was_live: bool = False) -> float:
+        """Called after a failed attempt or a disconnect (`was_live`: that session was serving);
+        returns the delay before the next try."""
+        stable = self._connected_at is not None and now - self._connected_at >= self.stable_after
+        if stable:
             self.failures = 0  # it was a healthy connection: start again from the bottom
+            self.immediate_left = self.cfg.immediate_reconnects
         self._connected_at = None
+        self.immediate = (
+            was_live
+            and self.immediate_left > 0
+            and not maintenance
+            and reason != RATE_LIMITED
+            and not reason.startswith(WAIT_CODES)
+        )
+        if self.immediate:
+            self.immediate_left -= 1
+            return 0.0
         self.failures += 1
         self._state.attempt_number = min(self.failures, 64)  # 2**64 is plenty and avoids overflow
         delay = float(self._wait(self._state))

@@ -84,7 +84,8 @@ class BudgetRegistry:
 class AttemptGate:
     """When may one upstream attempt a connection: first a pool-wide stagger slot, then one
     attempt from its egress budget. Sans-I/O: `poll(now)` returns 0.0 when the attempt may go
-    now (budget taken), else how long to sleep before polling again."""
+    now (budget taken), else how long to sleep before polling again. `poll(now, urgent=True)`
+    skips the stagger (no other line serves, or an immediate retry): only the budget applies."""
 
     def __init__(self, stagger: Stagger, budget: AttemptBudget) -> None:
         self.stagger = stagger
@@ -92,10 +93,12 @@ class AttemptGate:
         self._slot: float | None = None
         self.budget_limited = False  # the last wait came from the budget (or a 429 block)
 
-    def poll(self, now: float) -> float:
-        if self._slot is None:
+    def poll(self, now: float, urgent: bool = False) -> float:
+        if urgent:
+            self._slot = None
+        elif self._slot is None:
             self._slot = now + self.stagger.reserve(now)
-        if now < self._slot:
+        if self._slot is not None and now < self._slot:
             self.budget_limited = False
             return self._slot - now
         self._slot = None

@@ -31,6 +31,7 @@ from relay.protocols.interfaces import ProtocolMerge
 from relay.protocols.spec import ProtocolSpec
 from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of
+from relay.upstream.statuslog import Record, StatusLog
 from relay.upstream.subscriptions import SubscriptionPlanner
 from relay.upstream.transport import classify_error, close_reason, open_connection
 
@@ -73,8 +74,12 @@ class UpstreamConnection:
         lag_sampler: Any = None,
         protocol: ProtocolSpec,
         on_rejected: Callable[[SubKey, str, float], None] | None = None,
+        peers_live: Callable[[], bool] | None = None,
     ) -> None:
         self.protocol = protocol  # requests, pings, liveness
+        # Whether another line of this protocol serves now; when none does, attempts skip the
+        # stagger (the lines race back), only the budget applies.
+        self.peers_live = peers_live
         self.on_rejected = on_rejected  # Kraken refused one of our subscriptions
         self.frame_timeout = self.protocol.frame_timeout(cfg)
         self.ws_ping_interval = self.protocol.ws_ping_interval(cfg)
@@ -120,6 +125,7 @@ class UpstreamConnection:
         self.rejections: dict[str, str] = {}  # subscription label -> last error
         self.resyncs: Counter[str] = Counter()  # by reason
         self.unknown_frames = 0
+        self.status_log = StatusLog()  # status changes logged, flapping summarised
         # -- runtime ---------------------------------------------------------------------------
         self._loop = asyncio.get_running_loop()
         self._clock = self._loop.time
@@ -128,6 +134,7 @@ class UpstreamConnection:
         self._close_reason: str | None = None
         self._status_seen = False
         self._maintenance = False
+        self._was_live = False  # this session reached LIVE (decides an immediate retry)
         self._last_sent = 0.0
         self._stopping = False
 
@@ -181,15 +188,29 @@ class UpstreamConnection:
             self.down_since = now
             self.merge.upstream_down(self.index, now)
             self._drain()
+            self._log(self.status_log.flush(now, force=True))
             if self._stopping:
                 break
-            delay = self.policy.next_delay(now, reason, self._maintenance)
-            log.warning("upstream disconnected", upstream=self.name, reason=reason, retry_in=round(delay, 3))
+            delay = self.policy.next_delay(now, reason, self._maintenance, was_live=self._was_live)
+            log.warning(
+                "upstream disconnected",
+                upstream=self.name,
+                reason=reason,
+                retry_in=round(delay, 3),
+                immediate=self.policy.immediate,
+            )
         self.state = DOWN
+
+    def _urgent(self) -> bool:
+        """Skip the stagger: an immediate retry, or no line of ours serves (they race back; the
+        stagger only spaces reconnects while another line serves, and the lines' first connects)."""
+        if self.policy.immediate:
+            return True
+        return self.connects > 0 and self.peers_live is not None and not self.peers_live()
 
     async def _wait_turn(self) -> None:
         """Respect the pool-wide stagger and this egress address's attempt budget."""
-        while (wait := self.gate.poll(self._clock())) > 0:
+        while (wait := self.gate.poll(self._clock(), self._urgent())) > 0:
             if self.gate.budget_limited:
                 self.budget_waits += 1
                 self.state = BACKOFF
@@ -206,6 +227,7 @@ class UpstreamConnection:
         self._ws = ws
         self._close_reason = None
         self._status_seen = False
+        self._was_live = False
         self.state = SUBSCRIBING
         now = self._clock()
         self.last_frame_time = now
@@ -305,7 +327,7 @@ class UpstreamConnection:
                 self._status_seen = True
                 self.planner.reset()
                 self._wake.set()
-            log.info("upstream status", upstream=self.name, system=ev.system)
+            self._log(self.status_log.observe(ev.system, now))
             self._update_state()
         elif isinstance(ev, AckEvent):
             res = self.planner.on_ack(ev, now)
@@ -316,12 +338,16 @@ class UpstreamConnection:
                     self.on_rejected(key, error, now)
             for key in res.accepted:
                 self.rejections.pop(key.label(), None)
-            warnings = ev.result.get("warnings") if ev.success else None
-            if warnings:
+            warnings = ev.result.get("warnings") if ev.success and res.accepted else None
+            if warnings:  # only for acks of our own requests: unsolicited ones are not logged
                 log.info("subscription warnings", upstream=self.name, warnings=warnings)
             self._wake.set()  # the housekeeper sends follow-ups and updates the state, once per burst
         elif isinstance(ev, UnknownEvent):
             self.unknown_frames += 1
+
+    def _log(self, records: list[Record]) -> None:
+        for level, event, fields in records:
+            getattr(log, level)(event, upstream=self.name, **fields)
 
     def _update_state(self) -> None:
         if self._ws is None:
@@ -330,6 +356,7 @@ class UpstreamConnection:
             self.state = MAINTENANCE
         elif self._status_seen and self.planner.settled():
             self.state = LIVE
+            self._was_live = True
         else:
             self.state = SUBSCRIBING
 
@@ -354,6 +381,7 @@ class UpstreamConnection:
                     log.warning("upstream sent no status", upstream=self.name, timeout=status_timeout)
                     ws.transport.abort()
                     return
+                self._log(self.status_log.flush(now))
                 frames = self.planner.poll(now)
                 for key, error in self.planner.last_timeouts:
                     self.rejections[key.label()] = error

@@ -1,9 +1,10 @@
 """The set of redundant upstream lines, plus the merge's timer task.
 
 Each configured upstream runs in its own task (`UpstreamConnection.run`); one failing never
-disturbs another. They share a `Stagger` (reconnects never storm together) and one attempt
-budget per egress address. The ticker calls `merge.tick(now)` every `tick_interval`, publishes
-what it produced and routes the merge's resync requests to the right line.
+disturbs another. They share a `Stagger` (reconnects never storm together while a line still
+serves; when none does, they race back) and one attempt budget per egress address. The ticker
+calls `merge.tick(now)` every `tick_interval`, publishes what it produced and routes the
+merge's resync requests to the right line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from relay.protocols.interfaces import ProtocolMerge
 from relay.protocols.spec import ProtocolSpec
 from relay.upstream.backoff import Stagger
 from relay.upstream.budget import BudgetRegistry
-from relay.upstream.connection import Publish, UpstreamConnection
+from relay.upstream.connection import LIVE, Publish, UpstreamConnection
 
 log = structlog.get_logger("relay.upstream")
 
@@ -90,6 +91,7 @@ class UpstreamPool:
                 lag_sampler=self.lag_sampler(up.name) if self.lag_sampler else None,
                 protocol=self.protocol,
                 on_rejected=self.on_rejected,
+                peers_live=self.any_live,
             )
             self.connections.append(conn)
         for conn in self.connections:
@@ -103,6 +105,10 @@ class UpstreamPool:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    def any_live(self) -> bool:
+        """Some line of this pool serves now (while none does, reconnects skip the stagger)."""
+        return any(c.state == LIVE for c in self.connections)
 
     def upstreams(self) -> list[Any]:
         """The configured upstreams of this pool's protocol."""

@@ -306,7 +306,9 @@ class SubscriptionPlanner:
             for e in self.entries.values():
                 if e.state == state:
                     groups.setdefault((e.key.channel, e.key.param), []).append(e)
-            for (channel, param), entries in groups.items():
+            # books first: after a reconnect clients wait for a book snapshot, while the other
+            # channels' snapshots (trades, ticker) can come a pacing step later
+            for (channel, param), entries in sorted(groups.items(), key=lambda g: g[0][0] != "book"):
                 channel_wide = not entries[0].key.symbol  # instrument, futures heartbeat
                 step = 1 if channel_wide else self.batch_size
                 for i in range(0, len(entries), step):

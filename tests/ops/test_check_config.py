@@ -38,6 +38,7 @@ def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "KRAKEN_RELAY_LOG_LEVEL",
         "KRAKEN_RELAY_LOG_FORMAT",
         "KRAKEN_RELAY_TOKEN",
+        "KRAKEN_RELAY_PUBLIC_WITHOUT_TOKEN",
     ):
         monkeypatch.delenv(var, raising=False)
 
@@ -111,6 +112,7 @@ def test_env_override_is_applied_and_named(
 ) -> None:
     monkeypatch.setenv("KRAKEN_RELAY_LISTEN", "0.0.0.0:8765")
     monkeypatch.setenv("KRAKEN_RELAY_HTTP_LISTEN", "0.0.0.0:9100")
+    monkeypatch.setenv("KRAKEN_RELAY_PUBLIC_WITHOUT_TOKEN", "warn")  # as the Docker image sets it
     rc, out, err = run_cli(tmp_path, GOOD, capsys)
     assert rc == 0
     assert (

@@ -123,8 +123,10 @@ class V2Endpoint:
 
     def reload(self, cfg: RelayConfig) -> RelayConfig:
         """SIGHUP: serve the new warm set. A changed `channels.book.depth` is applied like an
-        on-demand depth change (the lines resubscribe; subscribers see no break)."""
+        on-demand depth change (the lines resubscribe; subscribers see no break). Removed
+        symbols that clients hold: see `Hub.reloaded`."""
         self.hub.set_channels(cfg.channels)
+        self.hub.reloaded(time.monotonic())
         self._plan = self.upstream_plan()
         self._apply_plan()
         return cfg

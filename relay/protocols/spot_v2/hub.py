@@ -20,7 +20,7 @@ import orjson
 from relay.config import ChannelsConfig, DynamicSubscriptionsConfig
 from relay.core.keys import SubKey
 from relay.core.wsframe import text_frame
-from relay.protocols.demand import DemandTracker
+from relay.protocols.demand import DemandTracker, denied_text
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
 from relay.protocols.spot_v2.wire import encode_ack, encode_error, encode_status, now_rfc3339
@@ -109,6 +109,42 @@ class Hub:
         }
         self.ohlc_intervals = frozenset(channels.ohlc.intervals if channels.ohlc else ())
         self.warm_depth = channels.book.depth if channels.book else 0
+
+    def reloaded(self, now: float) -> None:
+        """After `set_channels` on a reload: a subscription clients hold outside the new set stays
+        served on demand (released `release_after` after its last client), or, with on-demand
+        serving off or the symbol outside `allow`/`deny`, ends with an unsubscribe ack without
+        `req_id` whose `warnings` say why (never silence). The caller replans upstream."""
+        demand = self.demand
+        for key, clients in list(self.subs.items()):
+            k = SubKey(*key)
+            if k.channel == "instrument":
+                if self.channels.instrument:
+                    continue
+                why = "Channel not served by this relay instrument (channels.instrument is false)"
+            elif self.is_warm(k):
+                continue
+            elif demand.enabled and demand.permitted(k.symbol):
+                demand.hold(k, len(clients) + sum(1 for p in self.pending if p.key == k))
+                continue
+            elif demand.enabled:
+                why = denied_text(k.symbol)
+            else:
+                why = rq.err_not_served(k.symbol, k, k.symbol in self.static.get(k.channel, ()))
+            result: dict[str, Any] = {"channel": k.channel}
+            if k.channel == "book":
+                result["depth"] = k.param
+            elif k.channel == "ohlc":
+                result["interval"] = k.param
+            elif k.channel == "ticker":
+                result["event_trigger"] = "bbo" if k.param == 1 else "trades"
+            if k.symbol:
+                result["symbol"] = k.symbol
+            ts = now_rfc3339()
+            notice = encode_ack("unsubscribe", result, None, ts, ts, warnings=[why])
+            for c in tuple(clients):
+                self._unregister(c, k, now)
+                c.queue(notice)
 
     def is_warm(self, key: SubKey) -> bool:
         """Part of the configured set, always subscribed upstream (no on-demand step)."""
