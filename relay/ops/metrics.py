@@ -25,7 +25,10 @@ counters must be monotonic totals since process start)::
          "wins": 120000,                      # data frames this line delivered first (published)
          "duplicates": 119000,                # data frames dropped because another line was first
          "checksum_mismatches": 0,
-         "resyncs": {"checksum": 0, "stale": 0, "gap": 0}},   # resubscriptions requested, by reason
+         "resyncs": {"checksum": 0, "stale": 0, "gap": 0},    # resubscriptions requested, by reason
+         "unsolicited": 0,                    # data frames for streams nobody subscribed to (dropped)
+         "suspect": {"timestamp": 0, "trade_id": 0},   # claims the clock or other lines contradict
+         "quarantined": 0, "quarantines": 0},  # 1 while its data is ignored; times quarantined
       ],
       "symbols": [                            # one per (symbol, channel) served, labels `symbol`, `channel`
         {"symbol": "BTC/USD", "channel": "book",
@@ -34,12 +37,13 @@ counters must be monotonic totals since process start)::
          "age": 0.4,                          # seconds since the last published update
          "upstreams": {"primary": "valid", "beta": "resyncing"},   # per-line state (UPSTREAM_SYMBOL_STATES)
          "gaps": 0, "missing_trades": 0,      # trade channel: gaps seen on every line, trade ids never seen,
-         "late_trades": 0},                   # and trades that came after their gap was reported
+         "late_trades": 0},                   # and trades that came after their gap was reported (published late)
       ],
       "clients": {
          "connected": 2, "subscriptions": 10,
          "buffer_bytes": 0, "buffer_max_bytes": 0,   # queued output, total and the worst client
          "frames_sent": 1234, "snapshot_resets": 0, "slow_closes": 0,
+         "budget_closes": 0, "squeezed": 0, "snapshots_paced": 0,   # global budget, snapshot pacing
          "rejected": {"rate_limit": 0, "bad_request": 0, "too_many_subscriptions": 0, "unknown_symbol": 0}},
       "system_status": "online",              # best status among lines (merge.system_status())
       "ready": 1,                             # same verdict as /readyz
@@ -68,8 +72,9 @@ from relay.ops.loopmon import LoopLagMonitor
 PREFIX = "kraken_relay_"
 UPSTREAM_STATES = ("down", "backoff", "connecting", "subscribing", "live", "maintenance")  # upstream session
 SYMBOL_STATES = ("ok", "resyncing", "stale", "down")
-UPSTREAM_SYMBOL_STATES = ("valid", "resyncing", "stale", "down", "maintenance")
+UPSTREAM_SYMBOL_STATES = ("valid", "resyncing", "stale", "down", "maintenance", "quarantined")
 SYSTEM_STATUSES = ("online", "maintenance", "cancel_only", "post_only")
+SUSPECT_KINDS = ("timestamp", "trade_id")  # claims refused by the cross-checks (README "No single line is trusted")
 RESYNC_REASONS = ("checksum", "stale", "gap")  # exported as 0 before the first one, so rate() works
 # exchange timestamp -> our receive time; Kraken stamps in µs, loopback/LAN lag is ms, WAN 10-300 ms
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -297,6 +302,25 @@ class RelayCollector:
             resyncs = {**dict.fromkeys(RESYNC_REASONS, 0), **(u.get("resyncs") or {})}
             for reason, n in resyncs.items():
                 _add(res, [name, str(reason)], n)
+        _add(
+            f.counter("upstream_unsolicited", "Data frames for streams nobody subscribed to (dropped, no state).", L),
+            [name],
+            u.get("unsolicited"),
+        )
+        if "suspect" in u:
+            sus = f.counter(
+                "upstream_suspect",
+                "Claims the clock or the other lines contradict (dropped), by kind.",
+                ("upstream", "kind"),
+            )
+            for kind, n in {**dict.fromkeys(SUSPECT_KINDS, 0), **(u.get("suspect") or {})}.items():
+                _add(sus, [name, str(kind)], n)
+        _add(
+            f.gauge("upstream_quarantined", "1 while this line's data is ignored for contradicting the others.", L),
+            [name],
+            u.get("quarantined"),
+        )
+        _add(f.counter("upstream_quarantines", "Times this line was quarantined.", L), [name], u.get("quarantines"))
 
     def _symbol(self, f: _Families, s: Mapping[str, Any]) -> None:
         labels = [str(s.get("symbol", "?")), str(s.get("channel", "?"))]
@@ -332,7 +356,9 @@ class RelayCollector:
         )
         _add(f.counter("trades_missing", "Trade ids never received from any line.", L), labels, s.get("missing_trades"))
         _add(
-            f.counter("trades_late", "Trades that arrived after their gap was reported (not published).", L),
+            f.counter(
+                "trades_late", "Trades that arrived after their gap was reported (published late, out of id order).", L
+            ),
             labels,
             s.get("late_trades"),
         )
@@ -374,6 +400,23 @@ class RelayCollector:
             f.counter("client_slow_closes", "Clients closed because their output buffer overflowed."),
             [],
             c.get("slow_closes"),
+        )
+        _add(
+            f.counter(
+                "client_budget_closes", "Clients closed (1008) to keep all output under server.total_buffer_bytes."
+            ),
+            [],
+            c.get("budget_closes"),
+        )
+        _add(
+            f.gauge("clients_squeezed", "Clients held to a lower output budget under global memory pressure."),
+            [],
+            c.get("squeezed"),
+        )
+        _add(
+            f.counter("client_snapshots_paced", "Book snapshots deferred by a client's snapshot pacing."),
+            [],
+            c.get("snapshots_paced"),
         )
         rej = f.counter("client_rejected_requests", "Client requests rejected, by reason.", ("reason",))
         for reason, n in (c.get("rejected") or {}).items():

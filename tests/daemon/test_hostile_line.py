@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,25 @@ SYMBOLS = ["BTC/USD", "ETH/USD"]
 OBSERVE = 3.0  # seconds watched after the injection
 RSS_GROWTH_MB = 64  # the unsolicited flood grew RSS by 283 MB
 LOG_GROWTH_BYTES = 256 * 1024  # a flapping line wrote 2.6 MB in 10 s
+
+
+EXPECTED_METRIC = {
+    "future_timestamp": ('kraken_relay_upstream_suspect_total{kind="timestamp",upstream="hostile"}', 1),
+    "trade_jump_during_hiccup": ('kraken_relay_upstream_suspect_total{kind="trade_id",upstream="hostile"}', 1),
+    "unsolicited": ('kraken_relay_upstream_unsolicited_total{upstream="hostile"}', 60_000),
+}
+
+
+def metrics_text(http_url: str) -> str:
+    with urllib.request.urlopen(http_url + "/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric_value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return float("nan")
 
 
 def rss_mb(pid: int) -> float:
@@ -216,6 +236,11 @@ async def test_a_hostile_line_never_reaches_the_healthy_output(tmp_path: Path, c
         assert rss1 - rss0 < RSS_GROWTH_MB, f"RSS {rss0:.0f} -> {rss1:.0f} MB"
         assert log1 - log0 < LOG_GROWTH_BYTES, f"log grew by {log1 - log0} bytes"
         assert status == 200, metrics_ok
+        expected = EXPECTED_METRIC.get(case)
+        if expected is not None:  # the refusal is visible to the operator, on the hostile line
+            text = await asyncio.to_thread(metrics_text, daemon.http_url)
+            series, minimum = expected
+            assert metric_value(text, series) >= minimum, f"{series} in /metrics"
         if case == "trade_jump_during_hiccup":  # (other cases reuse real ids: their bytes are checked)
             assert not set(hostile.fake_trade_ids["BTC/USD"]) & set(watcher.trades["BTC/USD"])
         watcher.task.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import orjson
 
@@ -178,7 +179,8 @@ async def test_reload_adds_symbols_without_dropping_clients(make_relay, clients)
     assert (
         err["error"] == "Currency pair not served by this relay ETH/USD (server.dynamic_subscriptions.enabled is false)"
     )
-    relay.endpoint.hub.set_channels(channels(ticker={"symbols": ["BTC/USD", "ETH/USD"]}))
+    # SIGHUP's path: the endpoint takes the new channels (and tells the merge what is subscribed)
+    relay.endpoint.reload(SimpleNamespace(channels=channels(ticker={"symbols": ["BTC/USD", "ETH/USD"]})))
     relay.feed(ticker_frame("ETH/USD"))
     await c.send({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}})
     assert (await c.recv())["success"]
