@@ -68,6 +68,7 @@ class UpstreamPool:
         section = self.protocol.section(config)
         self._desired = self.protocol.desired(section) if section is not None else []
         self._clock = time.monotonic
+        self._quarantined: set[str] = set()  # lines logged as quarantined
 
     async def start(self) -> None:
         """Register every upstream with the merge and start its task, plus the ticker."""
@@ -138,8 +139,24 @@ class UpstreamPool:
                 pubs = merge.take()
                 if pubs:
                     self.publish(pubs)
+                self._log_quarantines()
             except Exception:  # the timer must survive a bug in one tick
                 log.exception("merge tick failed")
+
+    def _log_quarantines(self) -> None:
+        """One line when a line is quarantined for contradicting the others, one when it ends."""
+        for st in self.merge.upstream_stats:
+            was = st.name in self._quarantined
+            if st.quarantined and not was:
+                self._quarantined.add(st.name)
+                log.warning(
+                    "upstream quarantined: it keeps contradicting the other lines",
+                    upstream=st.name,
+                    suspect=dict(st.suspect),
+                )
+            elif was and not st.quarantined:
+                self._quarantined.discard(st.name)
+                log.info("upstream quarantine over: resyncing its streams", upstream=st.name)
 
     def _route_requests(self) -> None:
         for req in self.merge.take_requests():
