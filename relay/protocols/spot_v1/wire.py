@@ -255,6 +255,10 @@ class V1Parser:
                 if not all(_decimal(tr[0]) and _decimal(tr[1]) for tr in item):
                     return self._unknown("trade number not a plain decimal", raw, "trade", symbol)
                 return V1TradeEvent(symbol, elements, raw)
+            if name in ("ticker", "spread", "ohlc") and not _all_plain(
+                item.values() if isinstance(item, dict) else item
+            ):
+                return self._unknown(f"{name} number not a plain decimal", raw, name, symbol)
             if name == "ticker":
                 return TickerEvent(symbol, False, "", payload, raw)
             if name == "spread":
@@ -301,6 +305,21 @@ class V1Parser:
 
 
 _DECIMAL_RE = re.compile(r"[0-9]{1,24}(?:\.[0-9]{1,24})?")
+
+
+def _all_plain(values: Any, depth: int = 0) -> bool:
+    """Every number in a v1 ticker, spread or ohlc record is a plain non-negative decimal string
+    or a finite non-negative JSON number (Kraken's counts), nested at most two lists deep."""
+    for v in values:
+        if isinstance(v, str):
+            if _DECIMAL_RE.fullmatch(v) is None:
+                return False
+        elif isinstance(v, list):
+            if depth >= 2 or not _all_plain(v, depth + 1):
+                return False
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < float("inf"):
+            return False
+    return True
 
 
 def _decimal(text: Any) -> bool:

@@ -463,3 +463,25 @@ def test_v1_numbers_must_be_plain_decimals_and_unsolicited_pairs_hold_no_state()
         m.feed(a, snap % f"X{i:03d}/USD".encode(), 0.1)
     assert m.books == {} and m.upstream_stats[a].unsolicited == 500
     assert m.parser.times.by_symbol == {}
+
+
+def test_v1_ticker_spread_and_ohlc_numbers_must_be_plain() -> None:
+    from relay.core.events import UnknownEvent as _Unknown
+    from relay.protocols.spot_v1.wire import V1Parser
+
+    p = V1Parser()
+    ticker = (
+        b'[1668,{"a":["13.253900",35,"35.72892241"],"b":["13.232900",185,"185.18432037"],'
+        b'"c":["%s","3.71672000"],"v":["26560.85364463","72035.05488104"],"p":["13.529003","13.734728"],'
+        b'"t":[640,1353],"l":["13.021800","13.021800"],"h":["13.942000","14.211200"],'
+        b'"o":["13.804000","13.428300"]},"ticker","WAVES/EUR"]'
+    )
+    assert not isinstance(p.parse(ticker % b"13.253900"), _Unknown)
+    spread = b'[0,["%s","5698.50000","1542057299.545897","1.01234567","0.98765432"],"spread","XBT/USD"]'
+    assert not isinstance(p.parse(spread % b"5698.40000"), _Unknown)
+    ohlc = b'[42,["1542057314.748456","1542057360.435743","3586.70000","3586.70000","3586.60000","%s","3586.68894","0.03373000",2],"ohlc-5","XBT/USD"]'
+    assert not isinstance(p.parse(ohlc % b"3586.60000"), _Unknown)
+    for bad in (b"1e400", b"nan", b"-1.0", b"inf"):
+        for frame in (ticker, spread, ohlc):
+            ev = p.parse(frame % bad)
+            assert isinstance(ev, _Unknown) and ev.symbol, (frame[:30], bad)
