@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from relay import __version__, protocols
+from relay.capture.writer import CaptureWriter
 from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 from relay.core.keys import SubKey
 from relay.core.outputs import STATUS_RANK, MergeSettings
@@ -171,6 +172,22 @@ class Relay:
         self._watchdog: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = time.time()
+        self.capture: CaptureWriter | None = None  # the flight recorder, created at start
+
+    def _start_capture(self) -> None:
+        """`capture.dir` set: every line's frames and connection events go to the recorder."""
+        cap = self.config.capture
+        if cap.dir is None:
+            return
+        self.capture = CaptureWriter(
+            cap.dir,
+            max_file_bytes=cap.max_file_bytes,
+            max_file_seconds=cap.max_file_seconds,
+            max_total_bytes=cap.max_total_bytes,
+            max_age_seconds=cap.max_age_seconds,
+        )
+        for stack in self.stacks:
+            stack.pool.capture = self.capture.record
 
     def stack(self, name: str) -> Stack:
         """The stack of protocol `name` (`v2`, `v1`, `futures`)."""
@@ -195,6 +212,7 @@ class Relay:
         except StartupError:
             self.loop_monitor.stop()
             raise
+        self._start_capture()
         for stack in self.stacks:
             await stack.pool.start()
         self._watchdog = start_watchdog(self.notifier, self.loop_monitor)
@@ -231,6 +249,8 @@ class Relay:
         except TimeoutError:
             log.warning("upstreams did not close in time")
         await self.http.stop()
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
         if self._watchdog is not None:
             await self._watchdog.stop()
         self.loop_monitor.stop()
@@ -241,6 +261,8 @@ class Relay:
         while True:
             await asyncio.sleep(0.2)
             ticks += 1
+            if self.capture is not None:
+                self.capture.tick()
             if self.ready_gate.sent and ticks % 25:
                 continue  # STATUS every 5 s once started
             ok, _ = self.ready()
@@ -349,6 +371,7 @@ class Relay:
             "on_demand": on_demand,
             "system_status": _best_status([m.system_status() for m in self.merges()]),
             "ready": int(ok),
+            "capture": self.capture.stats() if self.capture is not None else None,
         }
 
 

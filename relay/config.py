@@ -352,6 +352,16 @@ class MergeConfig(_Strict):
     quarantine_for: float = Field(default=60.0, gt=0)  # seconds a muted line's data is ignored
 
 
+class CaptureConfig(_Strict):
+    """The flight recorder (README "Capture"): off unless `dir` is set."""
+
+    dir: str | None = None
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    max_file_seconds: float = Field(default=3600.0, gt=0)
+    max_total_bytes: int = Field(default=1024 * 1024 * 1024, ge=64 * 1024)
+    max_age_seconds: float | None = Field(default=None, gt=0)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -372,6 +382,7 @@ class RelayConfig(_Strict):
     subscribe: SubscribeConfig = SubscribeConfig()
     merge: MergeConfig = MergeConfig()
     logging: LoggingConfig = LoggingConfig()
+    capture: CaptureConfig = CaptureConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> RelayConfig:

@@ -215,6 +215,9 @@ class RelayCollector:
             self._clients(f, clients)
         for od in snap.get("on_demand") or ():
             self._on_demand(f, od)
+        cap = snap.get("capture")
+        if cap:
+            self._capture(f, cap)
         status = snap.get("system_status")
         if isinstance(status, str):
             _enum(
@@ -361,6 +364,25 @@ class RelayCollector:
             ),
             labels,
             s.get("late_trades"),
+        )
+
+    def _capture(self, f: _Families, c: Mapping[str, Any]) -> None:
+        """The flight recorder (best effort: never part of readiness)."""
+        _add(f.counter("capture_records", "Records written to capture files."), [], c.get("records_written"))
+        _add(
+            f.counter("capture_dropped_records", "Records dropped because the capture writer fell behind."),
+            [],
+            c.get("records_dropped"),
+        )
+        _add(f.counter("capture_bytes", "Compressed bytes written to capture files."), [], c.get("bytes_written"))
+        _add(
+            f.counter("capture_write_errors", "Failed capture writes (full or failing disk)."),
+            [],
+            c.get("write_errors"),
+        )
+        _add(f.gauge("capture_disk_bytes", "Bytes the capture directory holds."), [], c.get("disk_bytes"))
+        _add(
+            f.gauge("capture_writer_lag_seconds", "Age of the oldest batch not yet written."), [], c.get("lag_seconds")
         )
 
     def _on_demand(self, f: _Families, od: Mapping[str, Any]) -> None:

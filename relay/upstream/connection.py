@@ -126,6 +126,8 @@ class UpstreamConnection:
         self.resyncs: Counter[str] = Counter()  # by reason
         self.unknown_frames = 0
         self.status_log = StatusLog()  # status changes logged, flapping summarised
+        # the flight recorder's `record(line, kind, data, **fields)` (None: capture is off)
+        self.capture: Callable[..., None] | None = None
         # -- runtime ---------------------------------------------------------------------------
         self._loop = asyncio.get_running_loop()
         self._clock = self._loop.time
@@ -181,7 +183,11 @@ class UpstreamConnection:
             self.policy.on_connected(now)
             self.merge.upstream_up(self.index, now)
             log.info("upstream connected", upstream=self.name, egress=self.egress)
+            if self.capture is not None:
+                self.capture(self.name, "connect", url=self.up.url, egress=self.egress)
             reason = await self._session(ws)
+            if self.capture is not None:
+                self.capture(self.name, "disconnect", reason=reason)
             self.disconnects[reason_key(reason)] += 1
             self.last_disconnect = reason
             now = self._clock()
@@ -266,12 +272,16 @@ class UpstreamConnection:
         index = self.index
         control = self._control
         due = self.lag.due if self.lag is not None else None
+        capture = self.capture
+        name = self.name
 
         def on_raw(raw: bytes) -> None:
             now = clock()
             self.frames += 1
             self.bytes += len(raw)
             self.last_frame_time = now
+            if capture is not None:
+                capture(name, "frame", raw)
             if due is not None and due():
                 self._sample_lag(raw)
             ev = feed(index, raw, now)
@@ -392,6 +402,8 @@ class UpstreamConnection:
                     async with asyncio.timeout(live.frame_timeout):
                         for frame in frames:
                             await ws.send(frame, text=True)
+                            if self.capture is not None:
+                                self.capture(self.name, "subscribe", frame)
                     self._last_sent = clock()
                 self._update_state()
                 now = clock()

@@ -69,6 +69,7 @@ class UpstreamPool:
         self._desired = self.protocol.desired(section) if section is not None else []
         self._clock = time.monotonic
         self._quarantined: set[str] = set()  # lines logged as quarantined
+        self.capture: Any = None  # the flight recorder's `record` (set before `start`)
 
     async def start(self) -> None:
         """Register every upstream with the merge and start its task, plus the ticker."""
@@ -94,6 +95,7 @@ class UpstreamPool:
                 on_rejected=self.on_rejected,
                 peers_live=self.any_live,
             )
+            conn.capture = self.capture
             self.connections.append(conn)
         for conn in self.connections:
             self._tasks.append(asyncio.create_task(conn.run(), name=f"upstream-{conn.name}"))
