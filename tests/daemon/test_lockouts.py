@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.daemon.test_lifecycle import relay_with_sim
-from tests.server.test_lockout import need_fds, open_from, ws_from
+from tests.kit.net import need_fds
+from tests.server.test_lockout import open_from, ws_from
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs 127.0.0.0/8 as loopback")
 

@@ -116,6 +116,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from relay.core.checksum import book_checksum
+from relay.protocols.spot_v2.wire import encode_elements, encode_status
 
 FUTURE_TS = "9999-12-31T23:59:59.999999Z"
 CASES = (
@@ -242,30 +243,10 @@ def snapshot_frame(
 
 
 def elements_frame(channel: str, elements: Iterable[bytes], snapshot: bool = False) -> bytes:
-    return b"".join(
-        (
-            b'{"channel":"',
-            channel.encode(),
-            b'","type":"',
-            b"snapshot" if snapshot else b"update",
-            b'","data":[',
-            b",".join(elements),
-            b"]}",
-        )
-    )
+    return encode_elements(channel, snapshot, elements)
 
 
-def status_frame(system: str, version: str, connection_id: int, api_version: str = "v2") -> bytes:
-    """Kraken's v2 status frame (the key order of `relay.protocols.spot_v2.wire.encode_status`)."""
-    return orjson.dumps(
-        {
-            "channel": "status",
-            "type": "update",
-            "data": [
-                {"api_version": api_version, "connection_id": connection_id, "system": system, "version": version}
-            ],
-        }
-    )
+status_frame = encode_status  # Kraken's v2 status frame, as the relay writes it
 
 
 def _with_symbol(element: bytes, value: Any) -> bytes:

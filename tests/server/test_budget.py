@@ -6,29 +6,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import resource
 import socket
 import time
 
-import pytest
-
 from relay.core.outputs import Publication
 from relay.protocols.spot_v2.wire import now_rfc3339
+from tests.kit.net import need_fds
 from tests.server.conftest import channels
 from tests.server.test_join import deep_frame
 
 MiB = 1024 * 1024
 N = 1000
 BUDGET = 16 * MiB
-
-
-def need_fds(n: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= n:
-        return
-    if hard != resource.RLIM_INFINITY and hard < n:
-        pytest.skip(f"needs {n} file descriptors, the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
 def rss() -> int:

@@ -7,7 +7,6 @@ them two distinct peers of a relay listening on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import resource
 import socket
 import sys
 import time
@@ -16,18 +15,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from tests.kit.net import need_fds
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs 127.0.0.0/8 as loopback")
 
 ATTACKER, VISITOR = "127.0.0.2", "127.0.0.3"
-
-
-def need_fds(n: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= n:
-        return
-    if hard != resource.RLIM_INFINITY and hard < n:
-        pytest.skip(f"needs {n} file descriptors, the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
 async def open_from(source: str, port: int) -> socket.socket:

@@ -129,7 +129,6 @@ class V1TradeArbiter:
         self.recent: deque[bytes] = deque(maxlen=max(recent, 1))
         self.gap_deadline: float | None = None  # v1 has no ids: no gap detection
         self.hold_since: float | None = None  # ... and no id jumps to hold
-        self.suspect_dropped = 0
         self.published = 0
         self.gaps = 0
         self.missing = 0
