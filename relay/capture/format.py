@@ -9,13 +9,23 @@ Every record has:
   `w`  wall-clock receive time, integer nanoseconds since the epoch
   `m`  monotonic time, integer nanoseconds (orders records across lines of one relay run)
   `l`  the line's name (`published` for the stream as clients received it)
-  `k`  the kind: `frame`, `connect`, `subscribe`, `disconnect`, `resync`
+  `k`  the kind: `frame`, `connect`, `connect_failed`, `subscribe`, `disconnect`, `resync`
 and, by kind:
   `frame`, `subscribe`: `d` the frame's text; a frame that is not valid UTF-8 has `x` instead
-                          (its bytes in base64), so hostile input is kept exactly
-  `connect`:            `url`, `egress`
-  `disconnect`:         `code`, `reason`
-  `resync`:             `channel`, `symbol`, `reason`
+                          (its bytes in base64), so hostile input is kept exactly. `frame` is a
+                          frame received on the line, `subscribe` a request the relay sent on it
+  `connect`:            `p` the line's protocol (`v2`, `v1`, `futures`), `url`, `egress`
+                          (source address, or null)
+  `connect_failed`:     `p`, `url`, `reason` (`http 503`, `refused`, `timeout`, `429`, ...)
+  `disconnect`:         `code` the close code (null: no close frame, i.e. 1006), `text` the
+                          close reason text, `by` who closed (`server`, `relay`, or null for an
+                          abnormal end), `reason` the relay's summary (`1001 CloudFlare ...`,
+                          `1006`, `frame timeout`, ...)
+  `resync`:             `channel`, `symbol`, `reason` (why the merge asked), `result`
+                          (`started`, `deferred`, or why nothing was sent)
+A published record (`l` = `published`, `k` = `frame`) also has `p` (the protocol), `channel`,
+`symbol` and `key` (the book depth, ohlc interval, ...; null when the channel has none): `d` is
+the frame as every client subscribed to that stream received it.
 Readers ignore keys they do not know.
 """
 
@@ -28,6 +38,7 @@ from typing import Any
 import orjson
 
 FRAME, CONNECT, SUBSCRIBE, DISCONNECT, RESYNC = "frame", "connect", "subscribe", "disconnect", "resync"
+CONNECT_FAILED = "connect_failed"
 PUBLISHED = "published"  # the line name of the published stream
 SUFFIX = ".ndjson.zst"
 
