@@ -19,17 +19,18 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from relay import __version__, protocols
+from relay.capture.format import PUBLISHED
 from relay.capture.writer import CaptureWriter
 from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 from relay.core.keys import SubKey
-from relay.core.outputs import STATUS_RANK, MergeSettings
+from relay.core.outputs import STATUS_RANK, MergeSettings, Publication
 from relay.ops.check_config import public_listener_problem
 from relay.ops.http import HttpServer, readiness
 from relay.ops.logging import configure_logging
@@ -41,6 +42,7 @@ from relay.protocols.interfaces import Endpoint, ProtocolMerge
 from relay.server.listener import LocalServer
 from relay.upstream.backoff import Stagger
 from relay.upstream.budget import BudgetRegistry
+from relay.upstream.connection import Publish
 from relay.upstream.pool import UpstreamPool
 
 log = structlog.get_logger("relay.app")
@@ -87,6 +89,20 @@ def merge_settings(cfg: RelayConfig) -> MergeSettings:
         quarantine_after=cfg.merge.quarantine_after,
         quarantine_for=cfg.merge.quarantine_for,
     )
+
+
+def published_tap(publish: Publish, record: Callable[..., None], protocol: str) -> Publish:
+    """`publish`, recording each publication first (`capture.published`): the frame every
+    client of that stream receives, with its channel, symbol and key."""
+
+    def run(pubs: Iterable[Publication]) -> None:
+        pubs = pubs if isinstance(pubs, list) else list(pubs)
+        for pub in pubs:
+            if pub.frame:
+                record(PUBLISHED, "frame", pub.frame, p=protocol, channel=pub.channel, symbol=pub.symbol, key=pub.key)
+        publish(pubs)
+
+    return run
 
 
 class Stack:
@@ -188,6 +204,8 @@ class Relay:
         )
         for stack in self.stacks:
             stack.pool.capture = self.capture.record
+            if cap.published:
+                stack.pool.publish = published_tap(stack.pool.publish, self.capture.record, stack.name)
 
     def stack(self, name: str) -> Stack:
         """The stack of protocol `name` (`v2`, `v1`, `futures`)."""

@@ -360,6 +360,7 @@ class CaptureConfig(_Strict):
     max_file_seconds: float = Field(default=3600.0, gt=0)
     max_total_bytes: int = Field(default=1024 * 1024 * 1024, ge=64 * 1024)
     max_age_seconds: float | None = Field(default=None, gt=0)
+    published: bool = False  # also record the published stream, as clients received it
 
 
 class LoggingConfig(_Strict):

@@ -33,7 +33,7 @@ from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of
 from relay.upstream.statuslog import Record, StatusLog
 from relay.upstream.subscriptions import SubscriptionPlanner
-from relay.upstream.transport import classify_error, close_reason, open_connection
+from relay.upstream.transport import classify_error, close_fields, close_reason, open_connection
 
 log = structlog.get_logger("relay.upstream")
 
@@ -134,6 +134,7 @@ class UpstreamConnection:
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
         self._close_reason: str | None = None
+        self._close: tuple[int | None, str, str | None] = (None, "", None)  # (code, text, by)
         self._status_seen = False
         self._maintenance = False
         self._was_live = False  # this session reached LIVE (decides an immediate retry)
@@ -175,6 +176,8 @@ class UpstreamConnection:
                     # every race for the first attempt once the block ends.
                     delay += self.stagger.interval
                 log.warning("upstream connect failed", upstream=self.name, reason=reason, retry_in=round(delay, 3))
+                if self.capture is not None:
+                    self.capture(self.name, "connect_failed", p=self.protocol.name, url=self.up.url, reason=reason)
                 continue
             self.connects += 1
             now = self._clock()
@@ -184,10 +187,11 @@ class UpstreamConnection:
             self.merge.upstream_up(self.index, now)
             log.info("upstream connected", upstream=self.name, egress=self.egress)
             if self.capture is not None:
-                self.capture(self.name, "connect", url=self.up.url, egress=self.egress)
+                self.capture(self.name, "connect", p=self.protocol.name, url=self.up.url, egress=self.egress)
             reason = await self._session(ws)
             if self.capture is not None:
-                self.capture(self.name, "disconnect", reason=reason)
+                code, text, by = self._close
+                self.capture(self.name, "disconnect", code=code, text=text, by=by, reason=reason)
             self.disconnects[reason_key(reason)] += 1
             self.last_disconnect = reason
             now = self._clock()
@@ -232,6 +236,7 @@ class UpstreamConnection:
     async def _session(self, ws: ClientConnection) -> str:
         self._ws = ws
         self._close_reason = None
+        self._close = (None, "", None)
         self._status_seen = False
         self._was_live = False
         self.state = SUBSCRIBING
@@ -244,6 +249,9 @@ class UpstreamConnection:
             reason = "closed"  # pragma: no cover - _read only ends by exception
         except ConnectionClosed as exc:
             reason = self._close_reason or close_reason(exc)
+            self._close = close_fields(exc)
+            if self._close_reason is not None:  # we ended it (frame timeout, no status, ...)
+                self._close = (self._close[0], self._close[1], "relay")
         except asyncio.CancelledError:
             ws.transport.abort()
             raise

@@ -165,6 +165,10 @@ class UpstreamPool:
             self.resync_requests += 1
             conn = self.by_index(req.upstream)
             result = conn.request_resync(req.channel, req.symbol, req.reason) if conn else "unknown upstream"
+            if self.capture is not None and conn is not None:
+                self.capture(
+                    conn.name, "resync", channel=req.channel, symbol=req.symbol, reason=req.reason, result=result
+                )
             if result not in ("started", "deferred"):
                 self.resync_ignored += 1
 

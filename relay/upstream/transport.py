@@ -102,6 +102,18 @@ def classify_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def close_fields(exc: ConnectionClosed) -> tuple[int | None, str, str | None]:
+    """(code, text, by) of a closed connection for the flight recorder: `by` is `server` when
+    Kraken's close frame came first, `relay` when ours did, None for an abnormal end (1006)."""
+    rcvd, sent = exc.rcvd, exc.sent
+    if rcvd is None and sent is None:
+        return None, "", None
+    if rcvd is not None and (sent is None or exc.rcvd_then_sent):
+        return rcvd.code, rcvd.reason, "server"
+    assert sent is not None
+    return sent.code, sent.reason, "relay"
+
+
 def close_reason(exc: ConnectionClosed) -> str:
     """`1001 CloudFlare WebSocket proxy restarting`, `1006`, ... from a closed connection."""
     frame = exc.rcvd or exc.sent

@@ -116,6 +116,15 @@ class DegradedRelay:
                 "rejected": {"rate_limit": n, "bad_request": 0},
             },
             "on_demand": [{"protocol": "v2", "held": 3, "pending": 1, "demanded": 5 * n, "released": 2, "refused": n}],
+            # a recorder on a slow disk: it drops, fails and lags
+            "capture": {
+                "records_written": 1000 * n,
+                "records_dropped": 50 * n,
+                "bytes_written": 40_000 * n,
+                "write_errors": n,
+                "disk_bytes": 5_000_000,
+                "lag_seconds": 40.0,
+            },
             "system_status": "online",
             "ready": 0,
         }

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import tempfile
 import threading
 import time
 from typing import Any
@@ -53,6 +55,7 @@ class LiveRelay:
             SimConfig(symbols=SYMBOLS, rate=200.0, seed=3, lines=[LineConfig(latency=0.001), LineConfig(latency=0.002)])
         )
         await self.sim.start()
+        capture_dir = tempfile.mkdtemp(prefix="kr-capture-")  # capture on: its metrics exist
         cfg = parse_config(
             {
                 "upstreams": [{"name": f"sim-{i}", "url": url} for i, url in enumerate(self.sim.urls)],
@@ -62,6 +65,7 @@ class LiveRelay:
                     "ticker": {"symbols": SYMBOLS},
                 },
                 "reconnect": {"initial_delay": 0.1, "max_delay": 1.0, "stagger": 0.0},
+                "capture": {"dir": capture_dir, "published": True},
             },
             env={},
         )
@@ -77,6 +81,7 @@ class LiveRelay:
         finally:
             await self.relay.stop()
             await self.sim.stop()
+            shutil.rmtree(capture_dir, ignore_errors=True)
 
     def call(self, fn: Any, *args: Any) -> None:
         assert self._loop is not None
