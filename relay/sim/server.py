@@ -130,6 +130,9 @@ class SimConn:
             return
         if self.proto.state is State.OPEN:
             self.proto.send_text(frame)
+            tap = self.line.sim.sent_tap
+            if tap is not None:
+                tap(self.line.idx, self.cid, frame)
 
     def flush(self) -> None:
         ws = self.ws
@@ -406,6 +409,9 @@ class Simulator:
         self.requests: list[list[tuple[float, dict[str, Any]]]] = []
         self.connection_log: list[list[tuple[float, str, str]]] = []
         self.fault_log: list[tuple[float, int, str, str]] = []  # (time, line, kind, "start"/"end")
+        # every text frame handed to a connection: `sent_tap(line, connection id, frame)` (tests
+        # compare it with what a capture recorded)
+        self.sent_tap: Callable[[int, int, bytes], None] | None = None
         self.control: ControlServer | None = None
         self.control_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
