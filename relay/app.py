@@ -201,6 +201,7 @@ class Relay:
             max_file_seconds=cap.max_file_seconds,
             max_total_bytes=cap.max_total_bytes,
             max_age_seconds=cap.max_age_seconds,
+            max_pending_bytes=cap.max_pending_bytes,
         )
         for stack in self.stacks:
             stack.pool.capture = self.capture.record

@@ -361,6 +361,7 @@ class CaptureConfig(_Strict):
     max_total_bytes: int = Field(default=1024 * 1024 * 1024, ge=64 * 1024)
     max_age_seconds: float | None = Field(default=None, gt=0)
     published: bool = False  # also record the published stream, as clients received it
+    max_pending_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)  # waiting for the disk
 
 
 class LoggingConfig(_Strict):

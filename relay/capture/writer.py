@@ -4,7 +4,8 @@
 handed to one writer thread when it is full or `batch_seconds` old (`tick`); the thread encodes
 it (`relay.capture.format`), compresses it into one zstd frame and appends it to the current
 file. The queue between them is bounded: when the thread falls behind (a slow or full disk), the
-batch is dropped and its records counted, so the loop never waits and memory never grows.
+batch is dropped and its records counted, so the loop never waits and memory never grows:
+at most `max_pending_batches` batches and `max_pending_bytes` of frame data wait.
 
 Files rotate at `max_file_bytes` or `max_file_seconds`; the oldest are deleted while the
 directory holds more than `max_total_bytes` or files older than `max_age_seconds`. A batch is
@@ -41,6 +42,7 @@ class CaptureWriter:
         batch_records: int = 2000,
         batch_seconds: float = 0.5,
         max_pending_batches: int = 64,
+        max_pending_bytes: int = 16 * 1024 * 1024,
         level: int = 3,
         prefix: str = "capture",
         clock: Callable[[], float] = time.time,
@@ -53,12 +55,19 @@ class CaptureWriter:
         self.prefix, self.clock = prefix, clock
         self._level = level
         self._batch: list[tuple[Any, ...]] = []
+        self._batch_bytes = 0
+        self.max_pending_bytes = max_pending_bytes
+        # bytes handed to the thread (loop side) and bytes it finished with (thread side): each
+        # counter has one writer, so their difference is the backlog without a lock
+        self._bytes_queued = 0
+        self._bytes_done = 0
         self._batch_started = 0.0
-        self._queue: queue.Queue[tuple[float, list[tuple[Any, ...]]] | None] = queue.Queue(max_pending_batches)
+        self._queue: queue.Queue[tuple[float, int, list[tuple[Any, ...]]] | None] = queue.Queue(max_pending_batches)
         # counters (read from any thread; each is written by one side only)
         self.records_queued = 0
         self.records_written = 0
-        self.records_dropped = 0
+        self.records_dropped = 0  # loop side: the thread was behind
+        self.records_lost = 0  # thread side: a write failed
         self.bytes_written = 0
         self.files_opened = 0
         self.files_deleted = 0
@@ -82,6 +91,8 @@ class CaptureWriter:
         if not batch:
             self._batch_started = self.clock()
         batch.append((wall_ns or time.time_ns(), mono_ns or time.monotonic_ns(), line, kind, data, fields))
+        if data is not None:
+            self._batch_bytes += len(data)
         if len(batch) >= self.batch_records:
             self.flush()
 
@@ -90,12 +101,17 @@ class CaptureWriter:
         batch = self._batch
         if not batch:
             return
-        self._batch = []
+        size, self._batch, self._batch_bytes = self._batch_bytes, [], 0
+        if self._bytes_queued - self._bytes_done + size > self.max_pending_bytes:
+            self.records_dropped += len(batch)
+            return
         try:
-            self._queue.put_nowait((self._batch_started, batch))
-            self.records_queued += len(batch)
+            self._queue.put_nowait((self._batch_started, size, batch))
         except queue.Full:
             self.records_dropped += len(batch)
+            return
+        self.records_queued += len(batch)
+        self._bytes_queued += size
 
     def tick(self) -> None:
         """Timer (about every 0.1 s): a batch older than `batch_seconds` goes to the thread."""
@@ -122,7 +138,7 @@ class CaptureWriter:
     def stats(self) -> dict[str, Any]:
         return {
             "records_written": self.records_written,
-            "records_dropped": self.records_dropped,
+            "records_dropped": self.records_dropped + self.records_lost,
             "bytes_written": self.bytes_written,
             "files_opened": self.files_opened,
             "files_deleted": self.files_deleted,
@@ -138,15 +154,16 @@ class CaptureWriter:
             item = self._queue.get()
             if item is _STOP:
                 break
-            started, batch = item
+            started, size, batch = item
             self.oldest_pending = started
             try:
                 self._write_batch(cctx, batch)
             except OSError as exc:  # a full or failing disk: count, drop the batch, keep going
                 self.write_errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self.records_dropped += len(batch)
+                self.records_lost += len(batch)
                 self._close_file()
+            self._bytes_done += size
             self.oldest_pending = 0.0
         self._close_file()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ class FeedRecorder:
         self.verifier = V2BookVerifier(depth)
         self.states: dict[str, list[int]] = {s: [] for s in self.symbols}
         self.trades: list[tuple[str, int]] = []
+        self.arrivals: list[float] = []  # monotonic receive time of every book and trade frame
         self.disconnects = 0
         self._task: asyncio.Task[None] | None = None
         self._ws: Any = None
@@ -55,6 +57,8 @@ class FeedRecorder:
         try:
             async for raw in self._ws:
                 data = raw if isinstance(raw, bytes) else raw.encode()
+                if data.startswith((b'{"channel":"book"', b'{"channel":"trade"')):
+                    self.arrivals.append(time.monotonic())
                 if data.startswith(b'{"channel":"book"'):
                     ev = self.verifier.feed(data)
                     seq = self.states.setdefault(ev.symbol, [])
