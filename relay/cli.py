@@ -20,8 +20,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("relay.sim.cli", "run the built-in Kraken simulator (Spot v2, Spot v1, Futures; with fault injection)"),
     "check-config": ("relay.ops.check_config", "validate a config file and exit (0 ok, 2 invalid)"),
     "verify": ("relay.verify.client", "check a live feed: every book checksum / seq step, every trade once"),
-    "capture": ("relay.ops.capture_cli", "read capture files: inspect (per-line summary, re-verified), export (NDJSON), import"),
-    "replay": ("relay.sim.capture_replay", "serve a capture as Kraken lines, one port per captured line, with its timing"),
+    "capture": (
+        "relay.ops.capture_cli",
+        "read capture files: inspect (per-line summary, re-verified), export (NDJSON), import",
+    ),
+    "replay": (
+        "relay.sim.capture_replay",
+        "serve a capture as Kraken lines, one port per captured line, with its timing",
+    ),
     "cert": ("relay.ops.cert", "write a self-signed certificate and key for a local TLS listener (server.tls)"),
 }
 
