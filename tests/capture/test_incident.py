@@ -22,6 +22,7 @@ import pytest
 
 from relay.capture.format import Record
 from relay.capture.reader import Reader
+from relay.ops.capture_inspect import inspect
 from relay.sim import LineConfig, SimConfig
 from tests.kit.feed import FeedRecorder
 from tests.kit.inprocess import relay_on_sim, wait_for
@@ -163,4 +164,47 @@ def _v2_stream(frame: bytes) -> tuple[str, str] | None:
     if not isinstance(msg, dict) or "data" not in msg or msg.get("channel") in (None, "status", "heartbeat"):
         return None
     data = msg["data"]
-    return msg["channel"], data[0]["symbol"] if data and "symbol" in data[0] else ""
+    first = data[0] if isinstance(data, list) and data else {}
+    return msg["channel"], first.get("symbol", "")
+
+
+def _after_tap(records: list[Record], before_tap: dict[str, int]) -> list[Record]:
+    """Each line's records from its first connection the test's tap saw on."""
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for r in records:
+        if r.kind == "connect":
+            seen[r.line] += 1
+        if r.line in before_tap and seen[r.line] > before_tap[r.line]:
+            out.append(r)
+    return out
+
+
+def test_inspect_counts_what_the_simulator_sent(incident: Incident) -> None:
+    records = list(Reader([incident.capture]))
+    report = inspect(_after_tap(records, incident.before_tap), gap_seconds=0.5)
+    for idx, name in enumerate(incident.line_names):
+        line = report["lines"][name]
+        captured = _sessions(records, name)[incident.before_tap[name] :]
+        # what reached the line: each connection's frames up to where the connection ended
+        sent = [f for cid, got in zip(incident.order[idx], captured, strict=True) for f in incident.sent[idx][cid][: len(got)]]
+        want: dict[tuple[str, str], int] = defaultdict(int)
+        for f in sent:
+            stream = _v2_stream(f)
+            if stream is not None:
+                want[stream] += 1
+        assert line["frames"] == len(sent), name
+        for (channel, symbol), n in want.items():
+            assert line["channels"][channel]["symbols"][symbol] == n, (name, channel, symbol)
+        assert line["sessions"] == len(captured)
+    line0, line1 = report["lines"]["line0"], report["lines"]["line1"]
+    assert line0["disconnects"]["by_code"].get("1006") == 1 and line0["disconnects"]["by_code"].get("1001") == 1
+    # the one corrupted checksum is found by re-verifying, on the line that carried it
+    assert line0["books"]["checksum_mismatches"] == 0
+    assert line1["books"]["mismatch_runs"] == 1
+    assert line1["books"]["listed"][0]["symbol"] == "BTC/USD"
+    assert line1["gaps"]["count"] >= 1  # the stall (0.8 s) is a silent period
+    assert line1["resyncs"]["by_reason"].get("checksum") == 1
+    # the published stream, as the clients received it, is valid throughout
+    pub = inspect(r for r in records if r.line == "published")["published"]["v2"]["books"]
+    assert pub["checksum_mismatches"] == 0 and pub["verified"] > 100
