@@ -187,7 +187,11 @@ def test_inspect_counts_what_the_simulator_sent(incident: Incident) -> None:
         line = report["lines"][name]
         captured = _sessions(records, name)[incident.before_tap[name] :]
         # what reached the line: each connection's frames up to where the connection ended
-        sent = [f for cid, got in zip(incident.order[idx], captured, strict=True) for f in incident.sent[idx][cid][: len(got)]]
+        sent = [
+            f
+            for cid, got in zip(incident.order[idx], captured, strict=True)
+            for f in incident.sent[idx][cid][: len(got)]
+        ]
         want: dict[tuple[str, str], int] = defaultdict(int)
         for f in sent:
             stream = _v2_stream(f)
