@@ -34,6 +34,10 @@ class FuturesVerifier:
 
     def feed(self, raw: bytes | str) -> None:
         m = json.loads(raw)
+        if "event" in m:  # acks carry `feed` too (`{"event":"subscribed","feed":"book",...}`)
+            if m["event"] == "error":
+                self.errors.append(m)
+            return
         feed = m.get("feed")
         if feed == "book_snapshot":
             p = m["product_id"]
@@ -67,8 +71,6 @@ class FuturesVerifier:
                 self._trade(t["uid"], snapshot=True)
         elif feed in ("ticker", "ticker_lite"):
             self.tickers[(feed, m.get("product_id", ""))] += 1
-        elif m.get("event") == "error":
-            self.errors.append(m)
 
     def _trade(self, uid: str, snapshot: bool) -> None:
         uids = self.trade_uids
