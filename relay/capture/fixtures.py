@@ -24,7 +24,10 @@ Every imported line is: a `connect` (`p`, `url`: `--url`, else the file's, else 
 public Kraken URL; `egress` null) 2 ms before the first frame unless the file has one; the
 file's requests as `subscribe` records, or when it has none one synthesized request per channel
 (and depth / interval) for the symbols the frames carry, 1 ms before the first frame (v1 and
-futures: taken from the `subscriptionStatus` / `subscribed` acks when present); the frames; a
+futures: taken from the `subscriptionStatus` / `subscribed` acks when present); for v2, when
+the file lacks them, the `status` frame Kraken sends on connect and one ack per subscribed
+symbol (frame records marked `synthetic: true`: a relay replaying the file waits for both
+before it takes the data); the frames; a
 final `disconnect` (code 1000, by `server`) at the last frame's time. A second connect in a
 cryptofeed file first closes the previous session (code null, reason `fixture reconnect`).
 """
@@ -34,7 +37,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,8 @@ from relay.core.spot import BOOK_DEPTHS
 from relay.protocols.futures.wire import encode_request as futures_request
 from relay.protocols.spot_v1.wire import channel_base
 from relay.protocols.spot_v1.wire import encode_request as v1_request
+from relay.protocols.spot_v2.wire import encode_ack as v2_ack
+from relay.protocols.spot_v2.wire import encode_status as v2_status
 from relay.protocols.spot_v2.wire import encode_subscribe as v2_request
 
 FORMATS = ("cryptofeed", "kraken-sdk", "wire-ndjson")
@@ -339,10 +344,36 @@ def convert(content: bytes, fmt: str, protocol: str, line: str, url: str | None 
         if requests and it.kind == FRAME:  # the synthesized requests, once, before the first frame
             for req in requests:
                 yield Record(ts - _MS, ts - _MS, line, SUBSCRIBE, req, {})
+            if protocol == "v2":
+                for frame in _v2_greeting(frames, requests, ts - _MS):
+                    yield Record(ts - _MS, ts - _MS, line, FRAME, frame, {"synthetic": True})
             requests = []
         yield Record(ts, ts, line, it.kind, it.data, {})
         last = ts
     yield Record(last, last, line, DISCONNECT, None, _closed(1000, "server", "1000"))
+
+
+def _v2_greeting(frames: list[bytes], requests: list[bytes], ts: int) -> list[bytes]:
+    """What Kraken sends before any v2 data and a wire file may lack: the `status` frame on
+    connect and one subscribe ack per symbol of each (synthesized) request. A relay waits for
+    both before it takes data for a stream, so a replay of the file needs them."""
+    head = frames[:10]
+    out: list[bytes] = []
+    if not any(f.startswith(b'{"channel":"status"') for f in head):
+        out.append(v2_status("online", "2.0.0", 0))
+    if any(b'"method":"subscribe"' in f for f in head):
+        return out
+    when = datetime.fromtimestamp(ts / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for raw in requests:
+        req = orjson.loads(raw)
+        params = dict(req["params"])
+        symbols = params.pop("symbol", None) or [None]
+        for sym in symbols:
+            result = {**params, "snapshot": True} if params["channel"] in ("book", "ohlc") else dict(params)
+            if sym is not None:
+                result["symbol"] = sym
+            out.append(v2_ack("subscribe", result, req.get("req_id"), when, when))
+    return out
 
 
 def _closed(code: int | None, by: str | None, reason: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@
       `bad_lines`. `--check`: exit 1 when a mismatch, seq error or duplicate trade was found.
   kraken-relay capture export PATH... (--line NAME | --published) [-o FILE] [--kinds K,...] [--raw]
       plain NDJSON, one record a line (the format's own objects); `--raw`: only the frames'
-      text, one a line (`--kinds` then selects which records with text: default `frame`).
+      text, one a line (`--kinds` then selects which records with text: default `frame`;
+      frames an import synthesized, marked `synthetic`, are left out: they were never received).
   kraken-relay capture import FIXTURE --format F --protocol P --line NAME -o DIR [--url URL]
       a third-party recording (`relay.capture.fixtures`) written as real capture files.
 
@@ -145,7 +146,7 @@ def _export(args: argparse.Namespace) -> int:
                 continue
             if not args.raw:
                 yield encode(rec)
-            elif rec.data is not None:
+            elif rec.data is not None and not rec.fields.get("synthetic"):
                 yield rec.data + b"\n"
 
     with _output(args.output) as out:
@@ -205,12 +206,13 @@ def _import(args: argparse.Namespace) -> int:
     prefix = "import-" + re.sub(r"[^A-Za-z0-9_.-]", "_", line)
     # its own prefix and no retention bound: an import never deletes other capture files
     writer = CaptureWriter(args.output, prefix=prefix, max_total_bytes=2**62, max_file_seconds=1e9)
-    frames = 0
+    frames = made = 0
     try:
         for rec in records:
             _throttle(writer)
             writer.record(rec.line, rec.kind, rec.data, rec.wall_ns, rec.mono_ns, **rec.fields)
-            frames += rec.kind == FRAME
+            frames += rec.kind == FRAME and not rec.fields.get("synthetic")
+            made += bool(rec.fields.get("synthetic"))
     except RuntimeError as exc:
         return _fail(f"writing {args.output} failed: {exc}", 1)
     finally:
@@ -219,7 +221,9 @@ def _import(args: argparse.Namespace) -> int:
         return _fail(f"writing {args.output} failed: {writer.last_error or 'records dropped'}", 1)
     url = args.url or next((r.fields.get("url") for r in records if r.kind == CONNECT), PUBLIC_URLS[args.protocol])
     print(
-        f"imported {len(records)} records ({frames} frames) as line {line} ({args.protocol}, {url}) into {args.output}"
+        f"imported {len(records)} records ({frames} frames"
+        + (f", {made} synthesized" if made else "")
+        + f") as line {line} ({args.protocol}, {url}) into {args.output}"
     )
     return 0
 

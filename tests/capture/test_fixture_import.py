@@ -110,7 +110,8 @@ def test_kraken_sdk_v1_979_checksums_verify_with_synthetic_times(tmp_path: Path)
 
 def test_derived_v2_wire_all_510_verify_and_the_reserialized_sdk_file_does_not(tmp_path: Path) -> None:
     ln = imported(tmp_path / "w", V2_WIRE, "wire-ndjson", "v2")
-    assert ln["frames"] == 510 and channel_frames(ln) == {"book": 510}
+    # and the status frame and subscribe ack the wire file lacks, synthesized
+    assert ln["frames"] == 512 and channel_frames(ln) == {"book": 510, "status": 1, "subscribe": 1}
     assert (ln["books"]["snapshots"], ln["books"]["verified"], ln["books"]["checksum_mismatches"]) == (1, 510, 0)
     assert ln["first"].startswith("2023-07-30T15:29:58") and ln["last"].startswith("2023-07-30T15:30:49")
     # the README's caveat: python `json` dropped the lexemes (`4.0`), so 0 / 510 verify
@@ -136,8 +137,14 @@ def test_records_of_an_import(tmp_path: Path) -> None:
         "req_id": 1,
     }
     times = [r.wall_ns for r in wire]
-    assert times == sorted(times) and wire[3].wall_ns == 1_690_730_998_343_415_000  # its own timestamp
-    assert [r.data for r in wire if r.kind == "frame"] == wire_lines()
+    assert [orjson.loads(r.data or b"").get("channel", "ack") for r in wire if r.fields.get("synthetic")] == [
+        "status",
+        "ack",
+    ]
+    times = [r.wall_ns for r in wire]
+    real = [r for r in wire if r.kind == "frame" and not r.fields.get("synthetic")]
+    assert times == sorted(times) and real[1].wall_ns == 1_690_730_998_343_415_000  # its own timestamp
+    assert [r.data for r in real] == wire_lines()
     sdk = list(convert_file(need_fixture(SDK / "orderbook-v1.json"), "kraken-sdk", "v1", "c"))
     assert orjson.loads(sdk[1].data or b"") == {
         "event": "subscribe",
@@ -180,7 +187,7 @@ def test_cli_import_export_round_trip(tmp_path: Path, capsys) -> None:
         )
         == 0
     )
-    assert "imported 513 records (510 frames) as line sdk" in capsys.readouterr().out
+    assert "imported 515 records (510 frames, 2 synthesized) as line sdk" in capsys.readouterr().out
     raw = tmp_path / "raw.ndjson"
     assert cli(["capture", "export", str(out), "--line", "sdk", "--raw", "-o", str(raw)]) == 0
     assert raw.read_bytes().splitlines() == wire_lines()  # the frames, byte for byte
