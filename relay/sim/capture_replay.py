@@ -12,11 +12,17 @@ documented there); this module is the websockets I/O around it:
 * holding a handshake (the recorded relay was reconnecting then) happens in `process_request`,
   before the answer, so the relay's `connect` comes when it came in the capture; refused attempts
   get the recorded HTTP status, or an aborted connection for non-HTTP failures;
-* frames are sent as text frames with exactly the recorded bytes, also the ones the capture keeps
-  in base64 (`x`, not valid UTF-8): websockets sends bytes as text without validating them, and
-  Kraken only sends text frames, so the relay sees what it saw;
-* what the relay sends (subscribe, ping) is read and ignored; requests the recorded relay did
-  not send are logged at debug level (`--verbose`); RFC 6455 pings are answered by websockets;
+* frames are sent as text frames with exactly the recorded bytes (a response's request id aside,
+  below), also the ones the capture keeps in base64 (`x`, not valid UTF-8): websockets sends
+  bytes as text without validating them, and Kraken only sends text frames, so the relay sees
+  what it saw;
+* what the relay sends (subscribe, unsubscribe, ping) is read and fed to the session's
+  `Playback`: a recorded response is never sent before the relay sent the request it answers
+  (the stream pauses for it, at most `--response-wait` capture seconds, then sends it anyway,
+  counted `unanswered`), and its `req_id` / `reqid` is rewritten to the live request's, the one
+  change ever made to a recorded frame (pairing, pausing and the rewrite are documented in
+  `relay.capture.sessions`); requests the recording does not have are counted and logged at
+  debug level (`--verbose`); RFC 6455 pings are answered by websockets;
 * a session the recorded relay closed itself (`by: relay`) ends by waiting `--close-grace` seconds
   for the client to close, then a 1000 close.
 
@@ -50,6 +56,7 @@ from relay.capture.sessions import (
     CLOSE,
     NS,
     REPLAY_ENDED,
+    RESPONSE_WAIT,
     WAIT,
     Busy,
     Capture,
@@ -110,6 +117,10 @@ class ReplayServer:
         self.frames_sent: Counter[str] = Counter()
         self.endings: list[tuple[str, int, str]] = []  # (line, session index, how it ended)
         self.unexpected_requests: Counter[str] = Counter()
+        self.unanswered: Counter[str] = Counter()  # responses sent when their wait ran out
+        self.rewritten: Counter[str] = Counter()  # responses sent with the live request's id
+        self.paused: Counter[str] = Counter()  # times a line's stream waited for a request
+        self._wakers: dict[ServerConnection, asyncio.Future[None]] = {}  # a paused stream's wake-up
         self._conns: dict[str, set[ServerConnection]] = {n: set() for n in self.names}
         self._slot: dict[str, ServerConnection] = {}  # line -> the connection holding its slot
         self._serve: dict[ServerConnection, Session] = {}  # handshake accepted -> session to play
@@ -227,6 +238,8 @@ class ReplayServer:
     def _summary(self) -> str:
         parts = [
             f"{n}: {st.played} played, {st.skipped} skipped, {st.refused} refused, {self.frames_sent[n]} frames"
+            + (f", {self.unanswered[n]} unanswered" if self.unanswered[n] else "")
+            + (f", {self.unexpected_requests[n]} requests not in the recording" if self.unexpected_requests[n] else "")
             for n, st in self.schedule.lines.items()
         ]
         return "replay over: " + "; ".join(parts)
@@ -307,7 +320,7 @@ class ReplayServer:
             f"{session.duration_ns / NS:.3f}s, {len(session.frames)} frames, ends {session.end.describe()})"
             + (f", {late:.3f}s late: catching up" if late > 0.005 else "")
         )
-        reader = asyncio.create_task(self._requests(ws, name, session), name=f"replay-{name}-reader")
+        reader = asyncio.create_task(self._requests(ws, name, pb), name=f"replay-{name}-reader")
         how = "?"
         self._handlers += 1
         try:
@@ -321,27 +334,48 @@ class ReplayServer:
             self._handlers -= 1
             self.serving.pop(name, None)
             self._free(name, ws)
+            self._wakers.pop(ws, None)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             if ws.transport is not None and ws.protocol.state is not State.CLOSED:
                 ws.transport.abort()
             self.endings.append((name, session.index, how))
-            self._say(f"{name}: session {session.index} end: {how}, {pb.pos}/{pb.count} frames sent")
+            self.unanswered[name] += pb.unanswered
+            self.rewritten[name] += pb.rewritten
+            self.paused[name] += pb.pauses
+            waits = ""
+            if pb.pauses:
+                waits = f", waited {pb.paused_s:.3f}s for requests ({_plural(pb.pauses, 'pause')}"
+                waits += f", {pb.unanswered} unanswered)" if pb.unanswered else ")"
+            self._say(f"{name}: session {session.index} end: {how}, {pb.pos}/{pb.count} frames sent{waits}")
 
     async def _play(self, ws: ServerConnection, name: str, pb: Playback, reader: asyncio.Task[None]) -> str:
         loop = asyncio.get_running_loop()
         while not pb.over(loop.time()):
+            unanswered = pb.unanswered
             frames = pb.due(loop.time(), MAX_BATCH)
+            if pb.unanswered > unanswered:
+                log.debug(
+                    "%s session %d: %d response(s) sent unanswered", name, pb.session.index, pb.unanswered - unanswered
+                )
             if frames:
                 for raw in frames:
-                    await ws.send(raw, text=True)  # the recorded bytes, valid UTF-8 or not
+                    await ws.send(raw, text=True)  # the recorded bytes (valid UTF-8 or not), or with the live id
                 self.frames_sent[name] += len(frames)
                 await asyncio.sleep(0)
                 continue
             if reader.done():
                 return f"client closed first ({ws.close_code})"
-            await asyncio.wait({reader}, timeout=max(0.0, pb.next_at() - loop.time()))
+            wake = loop.create_future()  # set by the reader when a request lets a paused stream go on
+            self._wakers[ws] = wake
+            if pb.paused:
+                log.debug("%s session %d: waiting for %r", name, pb.session.index, pb.waiting_for()[:3])
+            await asyncio.wait(
+                {reader, wake}, timeout=max(0.0, pb.next_at() - loop.time()), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not wake.done():
+                wake.cancel()
         end = pb.end
         self._free(name, ws)  # the line's next session may be handed out from now on
         if reader.done():
@@ -359,16 +393,19 @@ class ReplayServer:
         await _close(ws, end.code, end.text)
         return f"closed {end.code} {end.text!r}" + (", as recorded" if end.action == CLOSE else "")
 
-    async def _requests(self, ws: ServerConnection, name: str, session: Session) -> None:
-        """Read (and ignore) what the relay sends; note requests the recording does not have."""
-        recorded = Counter(session.requests)
+    async def _requests(self, ws: ServerConnection, name: str, pb: Playback) -> None:
+        """Feed what the relay sends to the playback (a paused response may go on); note requests
+        the recording does not have."""
         async for msg in ws:
             raw = msg.encode() if isinstance(msg, str) else bytes(msg)
-            if recorded[raw] > 0:
-                recorded[raw] -= 1
+            paused = pb.paused
+            if pb.request(raw):
+                wake = self._wakers.get(ws)
+                if paused and not pb.paused and wake is not None and not wake.done():
+                    wake.set_result(None)
                 continue
             self.unexpected_requests[name] += 1
-            log.debug("%s session %d: request not in the recording: %r", name, session.index, raw[:300])
+            log.debug("%s session %d: request not in the recording: %r", name, pb.session.index, raw[:300])
 
 
 async def _close(ws: ServerConnection, code: int, text: str) -> None:
@@ -408,7 +445,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         help="seconds to wait for the relay to close a session it closed in the capture, then close 1000",
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug log: requests not in the recording")
+    parser.add_argument(
+        "--response-wait",
+        type=float,
+        default=RESPONSE_WAIT,
+        help="a recorded response (ack, pong) is never sent before the relay sent its request: the stream "
+        "pauses for it at most this many capture seconds (divided by --speed), then sends it anyway, counted "
+        f"unanswered; its req_id/reqid is rewritten to the live request's (default {RESPONSE_WAIT:g}; 0: never wait)",
+    )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="debug log: requests not in the recording, paused responses"
+    )
 
 
 def _ports(text: str, n: int) -> list[int]:
@@ -438,7 +485,9 @@ def load_schedule(args: argparse.Namespace) -> tuple[Schedule, list[int]]:
     lines = [s.strip() for s in args.lines.split(",") if s.strip()] if args.lines else None
     start = None if args.start is None else parse_when(args.start, capture.first_ns)
     end = None if args.end is None else parse_when(args.end, capture.first_ns)
-    schedule = Schedule(capture, lines=lines, start_ns=start, end_ns=end, speed=args.speed)
+    schedule = Schedule(
+        capture, lines=lines, start_ns=start, end_ns=end, speed=args.speed, response_wait=args.response_wait
+    )
     return schedule, _ports(args.ports, len(schedule.lines))
 
 

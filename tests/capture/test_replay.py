@@ -31,12 +31,14 @@ from relay.capture.sessions import (
     Schedule,
     Serve,
     build,
+    parse_request,
     parse_when,
+    rewrite_id,
 )
 from relay.capture.writer import CaptureWriter
 from relay.config import parse_config
 from relay.sim import LineConfig, SimConfig, Simulator
-from relay.sim.capture_replay import ReplayServer, load_schedule
+from relay.sim.capture_replay import ReplayServer, add_arguments, load_schedule
 from relay.sim.capture_replay import main as replay_main
 from relay.sim.futures import FuturesSimConfig, FuturesSimulator
 from relay.verify.client import Verifier, VerifyingClient
@@ -247,9 +249,248 @@ def test_bad_schedules_are_refused() -> None:
             Schedule(cap, **kwargs)  # type: ignore[arg-type]
 
 
+# -- responses wait for their requests ----------------------------------------------------------
+def sub(ms: float, text: str, line: str = "a") -> Record:
+    """A request the recorded relay sent (`subscribe` record)."""
+    return rec(ms, line, "subscribe", text.encode())
+
+
+V2_SUB = '{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD","ETH/USD"],"depth":10},"req_id":%d}'
+V2_ACK = (
+    '{"method":"subscribe","result":{"channel":"book","depth":10,"symbol":"%s"},"success":true,'
+    '"time_in":"2024-05-01T12:00:00.000001Z","time_out":"2024-05-01T12:00:00.000002Z","req_id":%d}'
+)
+V2_STATUS = '{"channel":"status","type":"update","data":[{"system":"online"}]}'
+
+
+def v2_session() -> Capture:
+    """Status at 1 ms, the book request (req_id 1) at 2 ms acked per symbol at 3 and 4 ms, data at
+    5 ms, a ping (req_id 2) at 10 ms and its pong at 11 ms, an unsubscribe at 20 ms acked at 21 ms."""
+    return build(
+        [
+            connect(0),
+            frame(1, text=V2_STATUS),
+            sub(2, V2_SUB % 1),
+            frame(3, text=V2_ACK % ("BTC/USD", 1)),
+            frame(4, text=V2_ACK % ("ETH/USD", 1)),
+            frame(5, text='{"channel":"book","type":"update","data":[{"symbol":"BTC/USD"}]}'),
+            sub(10, '{"method":"ping","req_id":2}'),
+            frame(11, text='{"method":"pong","req_id":2,"time_in":"x","time_out":"y"}'),
+            sub(20, '{"method":"unsubscribe","params":{"channel":"book","symbol":["BTC/USD"],"depth":10},"req_id":3}'),
+            frame(
+                21,
+                text='{"method":"unsubscribe","result":{"channel":"book","symbol":"BTC/USD"},"success":true,"req_id":3}',
+            ),
+            frame(22, text='{"method":"subscribe","success":false,"error":"nope","req_id":99}'),  # no such request
+            disconnect(100),
+        ]
+    )
+
+
+def units_of(cap: Capture, frame_index: int) -> list[tuple[str, str, str]]:
+    s = cap.lines["a"].sessions[0]
+    return [s.pairing.units[u] for u in s.pairing.needs.get(frame_index, ())]
+
+
+def test_v2_acks_and_pongs_pair_with_their_requests_by_req_id_and_symbol() -> None:
+    cap = v2_session()
+    s = cap.lines["a"].sessions[0]
+    assert s.request_offsets == [2 * MS, 10 * MS, 20 * MS]
+    assert units_of(cap, 1) == [("subscribe", "book", "BTC/USD")]  # each ack: its symbol's unit
+    assert units_of(cap, 2) == [("subscribe", "book", "ETH/USD")]
+    assert units_of(cap, 4) == [("ping", "", "")]
+    assert units_of(cap, 5) == [("unsubscribe", "book", "BTC/USD")]
+    assert sorted(s.pairing.needs) == [1, 2, 4, 5]  # status, data and the unknown id: not responses
+    assert s.pairing.ids == {1: 1, 2: 1, 4: 2, 5: 3}
+
+
+def test_a_reused_id_pairs_with_the_last_request_before_the_response() -> None:
+    cap = build(
+        [
+            connect(0),
+            sub(1, V2_SUB % 5),
+            frame(2, text=V2_ACK % ("BTC/USD", 5)),
+            sub(10, V2_SUB.replace("subscribe", "unsubscribe") % 5),
+            frame(11, text=V2_ACK.replace("subscribe", "unsubscribe") % ("BTC/USD", 5)),
+            frame(12, text=V2_ACK % ("ETH/USD", 6)),  # its request is recorded 70 ms later: not its answer
+            sub(13, V2_SUB % 7),
+            sub(82, V2_SUB % 6),
+            frame(90, text=V2_ACK % ("ETH/USD", 7)),
+            frame(92, text=V2_ACK % ("BTC/USD", 8)),
+            sub(93, V2_SUB % 8),  # recorded 1 ms after its ack (under write back-pressure): still its answer
+        ]
+    )
+    s = cap.lines["a"].sessions[0]
+    p = s.pairing
+    assert [p.unit_request[p.needs[0][0]], p.unit_request[p.needs[1][0]]] == [0, 1]
+    assert 2 not in p.needs and p.unit_request[p.needs[3][0]] == 2 and p.unit_request[p.needs[4][0]] == 4
+
+
+V1_SUB = '{"event":"%s","pair":["XBT/USD","ETH/USD"],"subscription":{"name":"book","depth":10}%s}'
+
+
+def v1_status(status: str, pair: str, reqid: int | None = None) -> str:
+    rid = "" if reqid is None else f',"reqid":{reqid}'
+    head = '{"channelID":42,"channelName":"book-10","event":"subscriptionStatus","pair":"' + pair + '"'
+    return head + rid + ',"status":"' + status + '","subscription":{"depth":10,"name":"book"}}'
+
+
+def test_v1_pairs_by_reqid_else_by_event_name_and_pair_in_order() -> None:
+    cap = build(
+        [
+            connect(0, p="v1"),
+            frame(1, text='{"connectionID":1,"event":"systemStatus","status":"online","version":"1.9.1"}'),
+            sub(2, V1_SUB % ("subscribe", ',"reqid":4')),
+            frame(3, text=v1_status("subscribed", "ETH/USD", 4)),
+            frame(4, text=v1_status("subscribed", "XBT/USD", 4)),
+            frame(5, text='[42,{"a":[["1.0","2.0","3.0"]]},"book-10","XBT/USD"]'),
+            frame(6, text=v1_status("unsubscribed", "XBT/USD")),  # Kraken dropped it: nobody asked
+            sub(100, V1_SUB % ("unsubscribe", "")),  # no reqid: answered by (event, name, pair), in order
+            frame(101, text=v1_status("unsubscribed", "XBT/USD")),
+            frame(102, text=v1_status("unsubscribed", "ETH/USD")),
+            frame(103, text=v1_status("unsubscribed", "ETH/USD")),  # a second one: nothing left to answer
+            sub(104, '{"event":"ping","reqid":9}'),
+            frame(105, text='{"event":"pong","reqid":9}'),
+            frame(106, text='{"errorMessage":"Malformed request","event":"error","reqid":4}'),
+        ]
+    )
+    s = cap.lines["a"].sessions[0]
+    assert units_of(cap, 1) == [("subscribe", "book", "ETH/USD")]
+    assert units_of(cap, 2) == [("subscribe", "book", "XBT/USD")]
+    assert units_of(cap, 5) == [("unsubscribe", "book", "XBT/USD")]
+    assert units_of(cap, 6) == [("unsubscribe", "book", "ETH/USD")]
+    assert units_of(cap, 8) == [("ping", "", "")]
+    assert units_of(cap, 9) == [("subscribe", "book", "XBT/USD"), ("subscribe", "book", "ETH/USD")]  # whole request
+    assert sorted(s.pairing.needs) == [1, 2, 5, 6, 8, 9]  # not the drop (4) nor the second ETH/USD (7)
+    assert s.pairing.ids == {1: 4, 2: 4, 8: 9, 9: 4}  # the id-less answers have no id to rewrite
+
+
+def test_futures_pairs_by_event_feed_and_product_in_order() -> None:
+    cap = build(
+        [
+            connect(0, p="futures"),
+            frame(1, text='{"event":"info","version":1}'),
+            sub(2, '{"event":"subscribe","feed":"heartbeat"}'),
+            sub(3, '{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD","PF_ETHUSD"]}'),
+            frame(4, text='{"event":"subscribed","feed":"heartbeat"}'),
+            frame(5, text='{"event":"subscribed","feed":"book","product_ids":["PF_XBTUSD","PF_ETHUSD"]}'),
+            frame(6, text='{"feed":"book_snapshot","product_id":"PF_XBTUSD","seq":1,"bids":[],"asks":[]}'),
+            sub(7, '{"event":"unsubscribe","feed":"book","product_ids":["PF_XBTUSD"]}'),
+            frame(8, text='{"event":"unsubscribed","feed":"book","product_id":"pf_xbtusd"}'),
+            frame(9, text='{"event":"subscribed_failed","feed":"trade","product_ids":["PF_XBTUSD"]}'),  # not asked
+            frame(10, text='{"event":"alert","message":"Already subscribed to feed, re-requesting"}'),
+        ]
+    )
+    s = cap.lines["a"].sessions[0]
+    assert units_of(cap, 1) == [("subscribe", "heartbeat", "")]
+    assert units_of(cap, 2) == [("subscribe", "book", "PF_XBTUSD"), ("subscribe", "book", "PF_ETHUSD")]
+    assert units_of(cap, 4) == [("unsubscribe", "book", "PF_XBTUSD")]
+    assert sorted(s.pairing.needs) == [1, 2, 4] and s.pairing.ids == {}
+
+
+def test_a_response_waits_for_its_request_and_nothing_overtakes_it() -> None:
+    cap = v2_session()
+    sch = Schedule(cap)
+    d = sch.assign("a", 0.0, "c")
+    assert isinstance(d, Serve)
+    pb = sch.play("a", "c", d.session)
+    assert pb.due(0.0035) == [V2_STATUS.encode()]  # the ack at 3 ms waits: no request yet
+    assert pb.paused and pb.waiting_for() == [(V2_SUB % 1).encode()]
+    assert pb.due(0.006) == []  # the data frame at 5 ms does not overtake it
+    assert pb.next_at() == pytest.approx(0.0035 + 2.0)  # the bound
+    assert not pb.request(b'{"method":"subscribe","params":{"channel":"ticker","symbol":["BTC/USD"]},"req_id":1}')
+    assert pb.paused and pb.unexpected == 1
+    # the live request: another req_id, other key order, other symbol order
+    live = b'{"req_id":1,"params":{"symbol":["ETH/USD","BTC/USD"],"depth":10,"channel":"book"},"method":"subscribe"}'
+    assert pb.request(live) and not pb.paused
+    assert pb.next_at() == pytest.approx(0.003)  # due at once
+    assert pb.due(0.007) == [
+        (V2_ACK % ("BTC/USD", 1)).encode(),
+        (V2_ACK % ("ETH/USD", 1)).encode(),
+        b'{"channel":"book","type":"update","data":[{"symbol":"BTC/USD"}]}',
+    ]  # caught up at once, in recorded order
+    assert (pb.pauses, pb.answered, pb.unanswered, pb.rewritten) == (1, 2, 0, 0)
+    assert pb.paused_s == pytest.approx(0.0035)
+    # a request sent before its response is due: no pause
+    assert pb.request(b'{"method":"ping","req_id":2}')
+    assert pb.due(0.0111) == [b'{"method":"pong","req_id":2,"time_in":"x","time_out":"y"}'] and pb.pauses == 1
+
+
+def test_the_wait_is_bounded_then_the_response_goes_unanswered_and_its_request_is_given_up() -> None:
+    cap = v2_session()
+    sch = Schedule(cap, speed=2.0, response_wait=1.0)  # 1 capture second = 0.5 s at speed 2
+    d = sch.assign("a", 0.0, "c")
+    assert isinstance(d, Serve)
+    pb = sch.play("a", "c", d.session)
+    assert pb.due(0.002) == [V2_STATUS.encode()] and pb.paused
+    assert pb.next_at() == pytest.approx(0.502)
+    assert pb.due(0.5) == []
+    # the wait ran out: the ack goes out, the other ack of that request without waiting again,
+    # then the data frame; the pong (its ping never came) waits in turn
+    got = pb.due(0.502)
+    assert got == [(V2_ACK % ("BTC/USD", 1)).encode(), (V2_ACK % ("ETH/USD", 1)).encode(), got[2]]
+    assert pb.paused and pb.unanswered == 2 and pb.pauses == 2
+    assert pb.due(0.502 + 0.5)[0].startswith(b'{"method":"pong"')
+    assert pb.unanswered == 3 and pb.paused  # and the unsubscribe ack after it
+    # the given-up request is skipped: a late book request matches nothing, the unsubscribe does
+    assert not pb.request((V2_SUB % 7).encode()) and pb.paused
+    assert pb.request(b'{"method":"unsubscribe","params":{"channel":"book","symbol":["BTC/USD"]},"req_id":8}')
+    assert not pb.paused and len(pb.due(1.1)) == 2 and pb.over(1.1)
+    assert (pb.answered, pb.unanswered, pb.rewritten) == (1, 3, 1)
+
+
+def test_no_wait_with_a_zero_response_wait() -> None:
+    sch = Schedule(v2_session(), response_wait=0.0)
+    d = sch.assign("a", 0.0, "c")
+    assert isinstance(d, Serve)
+    pb = sch.play("a", "c", d.session)
+    assert len(pb.due(0.0225)) == 7 and pb.unanswered == 4  # as before pairing (the ack of id 99 is no response)
+    with pytest.raises(ValueError):
+        Schedule(v2_session(), response_wait=-1.0)
+
+
+def test_a_paired_response_carries_the_live_request_id_and_every_other_byte() -> None:
+    sch = Schedule(v2_session())
+    d = sch.assign("a", 0.0, "c")
+    assert isinstance(d, Serve)
+    pb = sch.play("a", "c", d.session)
+    # the live relay numbers its own requests: the book request is its 12, its ping its 11
+    assert pb.request(b'{"method":"ping","req_id":11}')
+    assert pb.request(b'{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"],"depth":10},"req_id":12}')
+    assert pb.request(b'{"method":"subscribe","params":{"channel":"book","symbol":["ETH/USD"],"depth":10},"req_id":13}')
+    got = pb.due(0.012)
+    assert got[1:3] == [(V2_ACK % ("BTC/USD", 12)).encode(), (V2_ACK % ("ETH/USD", 13)).encode()]
+    assert got[4] == b'{"method":"pong","req_id":11,"time_in":"x","time_out":"y"}'
+    assert pb.rewritten == 3
+
+
+def test_the_id_rewrite_substitutes_that_one_number() -> None:
+    raw = b'{"method":"subscribe","result":{"n":1},"req_id" : 1,"time_in":"2024-01-01T00:00:01Z"}'
+    assert rewrite_id("v2", raw, 1, 1234) == raw.replace(b'"req_id" : 1,', b'"req_id" : 1234,')
+    assert rewrite_id("v2", raw, 2, 5) == raw  # not its id: unchanged
+    assert rewrite_id("v1", b'{"event":"pong","reqid":10}', 10, 3) == b'{"event":"pong","reqid":3}'
+    assert rewrite_id("v1", b'{"event":"pong","reqid":101,"x":10}', 10, 3) == b'{"event":"pong","reqid":101,"x":10}'
+    assert rewrite_id("futures", b'{"event":"subscribed"}', 1, 2) == b'{"event":"subscribed"}'
+
+
+def test_live_requests_are_split_into_units_like_the_recorded_ones() -> None:
+    ask = parse_request("v1", b'{"event":"subscribe","reqid":3,"subscription":{"name":"trade"},"pair":["B/C","A/C"]}')
+    assert (
+        ask is not None
+        and ask.req_id == 3
+        and ask.units == [("subscribe", "trade", "B/C"), ("subscribe", "trade", "A/C")]
+    )
+    ask = parse_request("futures", b'{"event":"subscribe","feed":"book","product_ids":["pf_xbtusd"]}')
+    assert ask is not None and ask.req_id is None and ask.units == [("subscribe", "book", "PF_XBTUSD")]
+    assert parse_request("v2", b'{"method":"ping"}') is not None
+    assert parse_request("v2", b"[1,2]") is None and parse_request("v1", b'{"event":"heartbeat"}') is None
+    assert parse_request("v2", b"not json") is None
+
+
 # -- the server ---------------------------------------------------------------------------------
 def _args(paths: list[str], **kw: Any) -> argparse.Namespace:
     base: dict[str, Any] = dict(ports="0", lines=None, host="127.0.0.1", speed=1.0, start=None, end=None, no_wait=False)
+    base.update(response_wait=2.0)
     return argparse.Namespace(paths=paths, close_grace=5.0, verbose=False, **{**base, **kw})
 
 
@@ -262,9 +503,14 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert replay_main(_args([str(tmp_path)], lines="nope")) == 2
     assert replay_main(_args([str(tmp_path)], ports="1,2")) == 2
     assert replay_main(_args([str(tmp_path)], start="later")) == 2
+    assert replay_main(_args([str(tmp_path)], response_wait=-1.0)) == 2
     assert "kraken-relay replay:" in capsys.readouterr().err
     schedule, ports = load_schedule(_args([str(tmp_path)], ports="18000"))
-    assert list(schedule.lines) == ["a"] and ports == [18000]
+    assert list(schedule.lines) == ["a"] and ports == [18000] and schedule.response_wait == 2.0
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    schedule, _ = load_schedule(parser.parse_args([str(tmp_path), "--response-wait", "0.5"]))
+    assert schedule.response_wait == 0.5
 
 
 async def test_server_holds_refuses_busy_and_sends_invalid_utf8_as_recorded(tmp_path: Path) -> None:
@@ -342,6 +588,59 @@ async def test_server_end_closes_1001_and_a_relay_closed_session_waits_for_the_c
     finally:
         await server.stop()
     assert server.endings == [("a", 0, "client did not close within 0.2s: closed 1000")]
+
+
+async def test_server_sends_an_ack_only_after_its_request_and_with_the_live_id() -> None:
+    """Raw websockets client: the ack is withheld until the client sends the request, then comes
+    with the client's req_id; unasked, it comes when the wait runs out."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed
+
+    data = b'{"channel":"book","type":"update","data":[{"symbol":"BTC/USD"}]}'
+    recs = [connect(0), frame(1, text=V2_STATUS), sub(2, V2_SUB % 1)]
+    recs += [frame(3, text=V2_ACK % ("BTC/USD", 1)), frame(4, text=V2_ACK % ("ETH/USD", 1))]
+    recs += [frame(5, text=data.decode()), disconnect(100)]
+    live = b'{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD","ETH/USD"],"depth":10},"req_id":41}'
+
+    async def rest(ws: Any) -> list[bytes]:
+        got: list[bytes] = []
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                got.append(await asyncio.wait_for(ws.recv(decode=False), 5))
+        return got
+
+    server = ReplayServer(Schedule(build(recs), response_wait=10.0), [0], log=None)
+    await server.start()
+    try:
+        async with ws_connect(server.urls()["a"], open_timeout=5) as ws:
+            assert await ws.recv(decode=False) == V2_STATUS.encode()
+            with pytest.raises(TimeoutError):  # the ack was due at 3 ms: withheld, and the data after it
+                await asyncio.wait_for(ws.recv(decode=False), 0.3)
+            await ws.send(live, text=True)
+            got = await rest(ws)
+            assert ws.close_code == 1001
+        assert got == [(V2_ACK % ("BTC/USD", 41)).encode(), (V2_ACK % ("ETH/USD", 41)).encode(), data]
+        await asyncio.wait_for(server.wait(), 5)
+    finally:
+        await server.stop()
+    assert (server.rewritten["a"], server.unanswered["a"], server.unexpected_requests["a"]) == (2, 0, 0)
+
+    server = ReplayServer(Schedule(build(recs), response_wait=0.3), [0], log=None)
+    await server.start()
+    try:
+        loop = asyncio.get_running_loop()
+        async with ws_connect(server.urls()["a"], open_timeout=5) as ws:
+            t0 = loop.time()
+            await ws.send(b'{"method":"ping","req_id":1}', text=True)  # not in the recording
+            got = [await asyncio.wait_for(ws.recv(decode=False), 5) for _ in range(2)]
+            waited = loop.time() - t0
+            got += await rest(ws)
+        assert got == [V2_STATUS.encode(), (V2_ACK % ("BTC/USD", 1)).encode(), (V2_ACK % ("ETH/USD", 1)).encode(), data]
+        assert 0.25 < waited < 1.5
+        await asyncio.wait_for(server.wait(), 5)
+    finally:
+        await server.stop()
+    assert (server.rewritten["a"], server.unanswered["a"], server.unexpected_requests["a"]) == (0, 2, 1)
 
 
 # -- end to end: record on the simulator, replay into a second relay -----------------------------
