@@ -128,6 +128,8 @@ class UpstreamConnection:
         self.status_log = StatusLog()  # status changes logged, flapping summarised
         # the flight recorder's `record(line, kind, data, **fields)` (None: capture is off)
         self.capture: Callable[..., None] | None = None
+        # the pool's router of the merge's resync requests (None: only the pool's tick routes)
+        self.route_requests: Callable[[], None] | None = None
         # -- runtime ---------------------------------------------------------------------------
         self._loop = asyncio.get_running_loop()
         self._clock = self._loop.time
@@ -341,6 +343,11 @@ class UpstreamConnection:
             self.system = ev.system
             self._maintenance = ev.system == "maintenance"
             self.merge.line_status(self.index, ev.system, now, ev.version)
+            if self.route_requests is not None:
+                # a line back from maintenance: its resyncs start now, not at the next tick, so
+                # no update it sends before its fresh snapshot is published (and a replay of a
+                # capture makes the same decision at the same frame)
+                self.route_requests()
             if not self._status_seen:
                 self._status_seen = True
                 self.planner.reset()

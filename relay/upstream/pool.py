@@ -96,6 +96,7 @@ class UpstreamPool:
                 peers_live=self.any_live,
             )
             conn.capture = self.capture
+            conn.route_requests = self._route_requests
             self.connections.append(conn)
         for conn in self.connections:
             self._tasks.append(asyncio.create_task(conn.run(), name=f"upstream-{conn.name}"))
