@@ -20,12 +20,17 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.app import Relay
 from relay.capture.format import Record
 from relay.capture.reader import Reader
+from relay.capture.sessions import Schedule, build
+from relay.config import parse_config
 from relay.ops.capture_inspect import inspect
 from relay.sim import LineConfig, SimConfig
-from tests.kit.feed import FeedRecorder
-from tests.kit.inprocess import relay_on_sim, wait_for
+from relay.sim.capture_replay import ReplayServer
+from tests.kit.feed import FeedRecorder, overlap
+from tests.kit.inprocess import FAST_RECONNECT, relay_on_sim, wait_for
+from tests.kit.net import free_port
 
 SYMBOLS = ["BTC/USD", "ETH/USD"]
 CHANNELS = {"book": {"symbols": SYMBOLS, "depth": 10}, "trade": {"symbols": SYMBOLS}}
@@ -212,3 +217,62 @@ def test_inspect_counts_what_the_simulator_sent(incident: Incident) -> None:
     # the published stream, as the clients received it, is valid throughout
     pub = inspect(r for r in records if r.line == "published")["published"]["v2"]["books"]
     assert pub["checksum_mismatches"] == 0 and pub["verified"] > 100
+
+
+async def _replay(incident: Incident, out: Path) -> tuple[FeedRecorder, dict[str, int], ReplayServer]:
+    """The incident's capture served by `kraken-relay replay` to a fresh relay (same config), with
+    a recording client on it, until the relay's lines received every recorded frame."""
+    capture = build(Reader([incident.capture]))
+    server = ReplayServer(Schedule(capture), [free_port() for _ in capture.lines], close_grace=10.0)
+    await server.start()
+    urls = server.urls()
+    data = {
+        "upstreams": [{"name": n, "url": urls[n]} for n in incident.line_names],
+        "reconnect": FAST_RECONNECT,
+        "channels": CHANNELS,
+        "capture": {"dir": str(out)},
+    }
+    relay = Relay(parse_config(data, env={}), server_port=0, http_port=0)
+    expected = {n: sum(len(s.frames) for s in h.sessions) for n, h in capture.lines.items()}
+    try:
+        await relay.start()
+        conns = {c.name: c for c in relay.stack("v2").pool.connections}
+        await wait_for(lambda: relay.ready()[0], 15, "the replayed relay ready")
+        async with FeedRecorder(f"ws://127.0.0.1:{relay.server.port}/v2", SYMBOLS) as client:
+            await wait_for(lambda: all(conns[n].frames >= k for n, k in expected.items()), 40, "every recorded frame")
+            await asyncio.sleep(0.2)  # the last frames' publications reach the client
+        received = {n: c.frames for n, c in conns.items()}
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(server.wait(), 15)
+        await server.stop()
+    return client, received, server
+
+
+def _same_run(original: list[Any], replayed: list[Any], what: str) -> None:
+    """`replayed` matches `original` from where they first meet to where the shorter one ends."""
+    i, j, n = overlap(original, replayed)
+    assert n > 0, f"{what}: nothing in common"
+    assert i + n == len(original) or j + n == len(replayed), f"{what}: they part after {n} (at {i}/{j})"
+    assert n >= 0.8 * (len(original) - i), f"{what}: only {n} of {len(original) - i} in common"
+
+
+def test_replaying_the_capture_gives_a_client_the_same_books_and_trades(incident: Incident, tmp_path: Path) -> None:
+    client, received, server = asyncio.run(_replay(incident, tmp_path))
+    assert client.bad == 0 and client.disconnects == 0
+    for sym in SYMBOLS:
+        _same_run(incident.client.states[sym], client.states[sym], f"{sym} book states")
+    _same_run(incident.client.trades, client.trades, "trades")
+    # the replayed relay's lines got exactly the recorded frames, and the same disconnects
+    recorded = list(Reader([incident.capture]))
+    replayed = list(Reader([tmp_path]))
+    for name in incident.line_names:
+        assert _sessions(replayed, name) == _sessions(recorded, name), name
+        ends = [
+            (r.fields.get("code"), r.fields.get("by")) for r in recorded if r.kind == "disconnect" and r.line == name
+        ]
+        again = [
+            (r.fields.get("code"), r.fields.get("by")) for r in replayed if r.kind == "disconnect" and r.line == name
+        ]
+        assert again[:-1] == ends[:-1], name  # the last one is each relay's own shutdown
+    assert all(st.skipped == 0 for st in server.schedule.lines.values())
