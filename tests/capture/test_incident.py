@@ -12,7 +12,7 @@ verifying client.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,3 +276,12 @@ def test_replaying_the_capture_gives_a_client_the_same_books_and_trades(incident
         ]
         assert again[:-1] == ends[:-1], name  # the last one is each relay's own shutdown
     assert all(st.skipped == 0 for st in server.schedule.lines.values())
+
+    # ... and the replayed relay made the same resync decisions
+    def decisions(recs: list[Record]) -> Counter[tuple[str, str, str, str]]:
+        return Counter(
+            (r.line, r.fields["channel"], r.fields["symbol"], r.fields["reason"]) for r in recs if r.kind == "resync"
+        )
+
+    assert decisions(replayed) == decisions(recorded)
+    assert decisions(recorded)[("line1", "book", "BTC/USD", "checksum")] == 1
