@@ -294,7 +294,7 @@ class Relay:
     async def reload(self, new: RelayConfig) -> bool:
         """SIGHUP: apply symbol changes without dropping clients. Other changes need a restart."""
         old = self.config
-        restart_only = [k for k in ("upstreams", "server", "http") if getattr(new, k) != getattr(old, k)]
+        restart_only = [k for k in ("upstreams", "server", "http", "capture") if getattr(new, k) != getattr(old, k)]
         if restart_only:
             log.warning("reload: these sections need a restart and were not applied", sections=restart_only)
             new = new.model_copy(update={k: getattr(old, k) for k in restart_only})
