@@ -26,7 +26,6 @@ from typing import Any
 import structlog
 
 from relay import __version__, protocols
-from relay.capture.format import PUBLISHED
 from relay.capture.writer import CaptureWriter
 from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 from relay.core.keys import SubKey
@@ -91,7 +90,7 @@ def merge_settings(cfg: RelayConfig) -> MergeSettings:
     )
 
 
-def published_tap(publish: Publish, record: Callable[..., None], protocol: str) -> Publish:
+def published_tap(publish: Publish, record: Callable[[str, str, str, int, bytes], None], protocol: str) -> Publish:
     """`publish`, recording each publication first (`capture.published`): the frame every
     client of that stream receives, with its channel, symbol and key."""
 
@@ -99,7 +98,7 @@ def published_tap(publish: Publish, record: Callable[..., None], protocol: str) 
         pubs = pubs if isinstance(pubs, list) else list(pubs)
         for pub in pubs:
             if pub.frame:
-                record(PUBLISHED, "frame", pub.frame, p=protocol, channel=pub.channel, symbol=pub.symbol, key=pub.key)
+                record(protocol, pub.channel, pub.symbol, pub.key, pub.frame)
         publish(pubs)
 
     return run
@@ -202,11 +201,13 @@ class Relay:
             max_total_bytes=cap.max_total_bytes,
             max_age_seconds=cap.max_age_seconds,
             max_pending_bytes=cap.max_pending_bytes,
+            level=cap.compression_level,
         )
         for stack in self.stacks:
             stack.pool.capture = self.capture.record
+            stack.pool.capture_frame = self.capture.frame
             if cap.published:
-                stack.pool.publish = published_tap(stack.pool.publish, self.capture.record, stack.name)
+                stack.pool.publish = published_tap(stack.pool.publish, self.capture.published, stack.name)
 
     def stack(self, name: str) -> Stack:
         """The stack of protocol `name` (`v2`, `v1`, `futures`)."""

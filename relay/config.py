@@ -362,6 +362,7 @@ class CaptureConfig(_Strict):
     max_age_seconds: float | None = Field(default=None, gt=0)
     published: bool = False  # also record the published stream, as clients received it
     max_pending_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)  # waiting for the disk
+    compression_level: int = Field(default=1, ge=1, le=19)  # zstd; 1 is the cheapest per record
 
 
 class LoggingConfig(_Strict):

@@ -1,11 +1,15 @@
 """The capture writer: records from the event loop to compressed, rotated, bounded files.
 
-`record()` runs on the event loop and only appends a tuple to the current batch. A batch is
-handed to one writer thread when it is full or `batch_seconds` old (`tick`); the thread encodes
-it (`relay.capture.format`), compresses it into one zstd frame and appends it to the current
-file. The queue between them is bounded: when the thread falls behind (a slow or full disk), the
-batch is dropped and its records counted, so the loop never waits and memory never grows:
-at most `max_pending_batches` batches and `max_pending_bytes` of frame data wait.
+`frame()`, `published()` and `record()` run on the event loop and only append a tuple to the
+current batch. A batch is handed to one writer thread when it is full or `batch_seconds` old
+(`tick`); the thread hands it to the recorder's child process (`relay.capture.child`), which
+encodes it (`relay.capture.format`), compresses it into one zstd frame and appends it to the
+current file (`relay.capture.files`). Encoding a record costs about a microsecond of Python; in
+the child it never holds the relay's GIL, so the event loop pays only the append and the thread
+only a `marshal` copy (`process=False` keeps the files in the thread, for tools and tests). The
+queue in front of the thread is bounded: when the files fall behind (a slow or full disk), the
+batch is dropped and its records counted, so the loop never waits and memory never grows: at
+most `max_pending_batches` batches and `max_pending_bytes` of frame data wait.
 
 Files rotate at `max_file_bytes` or `max_file_seconds`; the oldest are deleted while the
 directory holds more than `max_total_bytes` or files older than `max_age_seconds`. A batch is
@@ -15,19 +19,27 @@ is complete and the last one is readable up to its last complete batch.
 
 from __future__ import annotations
 
+import contextlib
+import marshal
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-import zstandard
+import orjson
 
-from relay.capture.format import SUFFIX, Record, encode
+from relay.capture.child import read_message, send_body
+from relay.capture.files import ENTRY, CaptureFiles, unpack_batch
+from relay.capture.format import SUFFIX
 
 _STOP = None
+_mono_ns = time.monotonic_ns
+_pack = ENTRY.pack
 
 
 class CaptureWriter:
@@ -43,9 +55,11 @@ class CaptureWriter:
         batch_seconds: float = 0.5,
         max_pending_batches: int = 64,
         max_pending_bytes: int = 16 * 1024 * 1024,
-        level: int = 3,
+        level: int = 1,
         prefix: str = "capture",
         clock: Callable[[], float] = time.time,
+        process: bool = True,
+        close_timeout: float = 5.0,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -53,16 +67,29 @@ class CaptureWriter:
         self.max_total_bytes, self.max_age_seconds = max_total_bytes, max_age_seconds
         self.batch_records, self.batch_seconds = batch_records, batch_seconds
         self.prefix, self.clock = prefix, clock
-        self._level = level
-        self._batch: list[tuple[Any, ...]] = []
-        self._batch_bytes = 0
+        self.process = process
+        self._close_timeout = close_timeout
+        self._options: dict[str, Any] = {
+            "directory": str(self.dir),
+            "prefix": prefix,
+            "max_file_bytes": max_file_bytes,
+            "max_file_seconds": max_file_seconds,
+            "max_total_bytes": max_total_bytes,
+            "max_age_seconds": max_age_seconds,
+            "level": level,
+        }
+        self._buf = bytearray()  # the current batch, packed
+        self._count = 0  # its records
+        self._ids: dict[Any, int] = {}  # stream (a line, or a published key tuple) -> id
+        self._streams: list[Any] = []  # id -> stream (append-only: the thread reads a prefix)
         self.max_pending_bytes = max_pending_bytes
         # bytes handed to the thread (loop side) and bytes it finished with (thread side): each
         # counter has one writer, so their difference is the backlog without a lock
         self._bytes_queued = 0
         self._bytes_done = 0
         self._batch_started = 0.0
-        self._queue: queue.Queue[tuple[float, int, list[tuple[Any, ...]]] | None] = queue.Queue(max_pending_batches)
+        self._batch_offset = 0  # wall ns - monotonic ns when the current batch started
+        self._queue: queue.Queue[Batch | None] = queue.Queue(max_pending_batches)
         # counters (read from any thread; each is written by one side only)
         self.records_queued = 0
         self.records_written = 0
@@ -74,48 +101,92 @@ class CaptureWriter:
         self.write_errors = 0
         self.last_error = ""
         self.oldest_pending = 0.0  # wall time of the oldest batch the thread has not written
-        self._file: Any = None
-        self._file_path: Path | None = None
-        self._file_bytes = 0
-        self._file_started = 0.0
-        self._seq = 0
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
 
     # -- the event loop's side ------------------------------------------------------------
+    # A batch is one bytearray of packed entries (`relay.capture.files.ENTRY`: monotonic ns, a
+    # stream id, a length, then the bytes), so the writer thread has no per-record work holding
+    # the GIL: it writes the buffer to the child as it is. Stream ids name a line (its frames), a
+    # published (protocol, channel, symbol, key), or -1: any other record, marshalled. Frames and
+    # publications take their wall time from the batch's wall-monotonic offset.
+    def frame(self, line: str, data: bytes) -> None:
+        """A frame received on `line` (the hot path: one pack, two appends)."""
+        sid = self._ids.get(line)
+        if sid is None:
+            sid = self._register(line)
+        buf = self._buf
+        if not buf:
+            self._start_batch()
+        buf += _pack(_mono_ns(), sid, len(data))
+        buf += data
+        self._count += 1
+        if self._count >= self.batch_records:
+            self.flush()
+
+    def published(self, protocol: str, channel: str, symbol: str, key: int, data: bytes) -> None:
+        """A frame as the clients of (channel, symbol, key) received it (`capture.published`)."""
+        stream = (protocol, channel, symbol, key)
+        sid = self._ids.get(stream)
+        if sid is None:
+            sid = self._register(stream)
+        buf = self._buf
+        if not buf:
+            self._start_batch()
+        buf += _pack(_mono_ns(), sid, len(data))
+        buf += data
+        self._count += 1
+        if self._count >= self.batch_records:
+            self.flush()
+
     def record(
         self, line: str, kind: str, data: bytes | None = None, wall_ns: int = 0, mono_ns: int = 0, **fields: Any
     ) -> None:
         """Add one record (times default to now). Never blocks, never raises on a full queue."""
-        batch = self._batch
-        if not batch:
-            self._batch_started = self.clock()
-        batch.append((wall_ns or time.time_ns(), mono_ns or time.monotonic_ns(), line, kind, data, fields))
-        if data is not None:
-            self._batch_bytes += len(data)
-        if len(batch) >= self.batch_records:
+        entry = (wall_ns or time.time_ns(), mono_ns or _mono_ns(), line, kind, data, fields)
+        try:
+            body = marshal.dumps(entry)
+        except ValueError:  # a field of an unusual type (an enum, a path): as its JSON value
+            body = marshal.dumps((*entry[:5], orjson.loads(orjson.dumps(fields, default=str))))
+        buf = self._buf
+        if not buf:
+            self._start_batch()
+        buf += _pack(entry[1], -1, len(body))
+        buf += body
+        self._count += 1
+        if self._count >= self.batch_records:
             self.flush()
+
+    def _register(self, stream: Any) -> int:
+        sid = self._ids[stream] = len(self._streams)
+        self._streams.append(stream)
+        return sid
+
+    def _start_batch(self) -> None:
+        self._batch_started = self.clock()
+        self._batch_offset = time.time_ns() - _mono_ns()
 
     def flush(self) -> None:
         """Hand the current batch to the writer thread (dropped and counted if it is behind)."""
-        batch = self._batch
-        if not batch:
+        buf, count = self._buf, self._count
+        if not count:
             return
-        size, self._batch, self._batch_bytes = self._batch_bytes, [], 0
+        self._buf, self._count = bytearray(), 0
+        size = len(buf)
         if self._bytes_queued - self._bytes_done + size > self.max_pending_bytes:
-            self.records_dropped += len(batch)
+            self.records_dropped += count
             return
         try:
-            self._queue.put_nowait((self._batch_started, size, batch))
+            self._queue.put_nowait(Batch(self._batch_started, self._batch_offset, count, len(self._streams), buf))
         except queue.Full:
-            self.records_dropped += len(batch)
+            self.records_dropped += count
             return
-        self.records_queued += len(batch)
+        self.records_queued += count
         self._bytes_queued += size
 
     def tick(self) -> None:
         """Timer (about every 0.1 s): a batch older than `batch_seconds` goes to the thread."""
-        if self._batch and self.clock() - self._batch_started >= self.batch_seconds:
+        if self._count and self.clock() - self._batch_started >= self.batch_seconds:
             self.flush()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -133,7 +204,11 @@ class CaptureWriter:
         return max(0.0, self.clock() - oldest) if oldest else 0.0
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self._files())
+        total = 0
+        for p in self.dir.glob(f"{self.prefix}-*{SUFFIX}"):
+            with contextlib.suppress(OSError):  # deleted meanwhile
+                total += p.stat().st_size
+        return total
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -149,72 +224,132 @@ class CaptureWriter:
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
-        cctx = zstandard.ZstdCompressor(level=self._level)
+        sink: _Sink = _ChildSink(self._options) if self.process else _LocalSink(CaptureFiles(**self._options))
+        self._sink = sink
         while True:
             item = self._queue.get()
             if item is _STOP:
                 break
-            started, size, batch = item
-            self.oldest_pending = started
+            self.oldest_pending = item.started
             try:
-                self._write_batch(cctx, batch)
-            except OSError as exc:  # a full or failing disk: count, drop the batch, keep going
+                self._write_batch(sink, item)
+            except OSError as exc:  # a full or failing disk, a lost child: count, drop, go on
                 self.write_errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self.records_lost += len(batch)
-                self._close_file()
-            self._bytes_done += size
+                self.records_lost += item.records
+            self._bytes_done += len(item.data)
             self.oldest_pending = 0.0
-        self._close_file()
+        sink.close(self._close_timeout)
 
-    def _write_batch(self, cctx: zstandard.ZstdCompressor, batch: list[tuple[Any, ...]]) -> None:
-        body = b"".join(encode(Record(w, m, ln, k, d, f)) for w, m, ln, k, d, f in batch)
-        frame = cctx.compress(body)
-        now = self.clock()
-        if (
-            self._file is None
-            or self._file_bytes >= self.max_file_bytes
-            or now - self._file_started >= self.max_file_seconds
-        ):
-            self._rotate(now)
-        os.write(self._file, frame)  # one complete frame per write: a crash never splits one
-        self._file_bytes += len(frame)
-        self.bytes_written += len(frame)
-        self.records_written += len(batch)
-        self._retain(now)
+    def _write_batch(self, sink: _Sink, batch: Batch) -> None:
+        """One batch to the files (through the child process); `OSError` when it failed."""
+        sink.write(batch, self._streams, self.clock())
+        self.records_written += batch.records
+        self.bytes_written, self.files_opened, self.files_deleted = sink.totals()
 
-    def _rotate(self, now: float) -> None:
-        self._close_file()
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        self._seq += 1
-        self._file_path = self.dir / f"{self.prefix}-{stamp}-{self._seq:06d}{SUFFIX}"
-        self._file = os.open(self._file_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._file_bytes = 0
-        self._file_started = now
-        self.files_opened += 1
 
-    def _close_file(self) -> None:
-        if self._file is not None:
-            try:
-                os.close(self._file)
-            except OSError:
-                pass
-            self._file = None
+class Batch(NamedTuple):
+    started: float  # wall time of its first record (for `lag`)
+    offset: int  # wall ns - monotonic ns
+    records: int  # how many
+    streams: int  # stream ids in use (a prefix of the writer's `_streams`)
+    data: bytearray  # the packed entries
 
-    def _files(self) -> list[Path]:
-        return sorted(self.dir.glob(f"{self.prefix}-*{SUFFIX}"))
 
-    def _retain(self, now: float) -> None:
-        """Delete the oldest files (never the one being written) beyond the size or age bound."""
-        files = [(p, p.stat()) for p in self._files() if p != self._file_path]
-        total = sum(st.st_size for _, st in files) + self._file_bytes
-        for p, st in files:
-            too_old = self.max_age_seconds is not None and now - st.st_mtime > self.max_age_seconds
-            if total <= self.max_total_bytes and not too_old:
-                break
-            try:
-                p.unlink()
-            except OSError:
-                continue
-            total -= st.st_size
-            self.files_deleted += 1
+class _Sink(Protocol):
+    def write(self, batch: Batch, streams: list[Any], now: float) -> None: ...
+    def totals(self) -> tuple[int, int, int]: ...
+    def close(self, timeout: float) -> None: ...
+
+
+class _LocalSink:
+    """The files written from the writer thread itself (`process=False`)."""
+
+    def __init__(self, files: CaptureFiles) -> None:
+        self.files = files
+
+    def write(self, batch: Batch, streams: list[Any], now: float) -> None:
+        self.files.write(unpack_batch(batch.data, streams), batch.offset, now)
+
+    def totals(self) -> tuple[int, int, int]:
+        f = self.files
+        return f.bytes_written, f.files_opened, f.files_deleted
+
+    def close(self, timeout: float) -> None:
+        self.files.close()
+
+
+class _ChildSink:
+    """The files written by `relay.capture.child`, one batch at a time (request, answer). A child
+    that dies is replaced at the next batch, at most once a second; its batch is lost and counted."""
+
+    RESTART_AFTER = 1.0
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._base = (0, 0, 0)  # totals of children that ended
+        self._last = (0, 0, 0)  # the running child's totals
+        self._died_at = float("-inf")
+        self._sent = 0  # stream names the running child knows
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if time.monotonic() - self._died_at < self.RESTART_AFTER:
+            raise OSError("capture child restarting")
+        root = str(Path(__file__).resolve().parents[2])  # the directory holding `relay`
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.capture.child", orjson.dumps(self.options).decode()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        return self.proc
+
+    def write(self, batch: Batch, streams: list[Any], now: float) -> None:
+        proc = self.proc or self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        new = streams[self._sent : batch.streams]  # stream names this child has not been told
+        why = ""
+        try:
+            send_body(proc.stdin, marshal.dumps((new, batch.offset, now)))
+            send_body(proc.stdin, batch.data)
+            self._sent = batch.streams
+            reply: Any = read_message(proc.stdout)
+        except (OSError, ValueError) as exc:
+            reply, why = None, f": {exc}"
+        if reply is None:
+            self._lost(proc)
+            raise OSError(f"capture child exited ({proc.returncode}){why}")
+        error, written, opened, deleted = reply
+        self._last = (int(written), int(opened), int(deleted))
+        if error:
+            raise OSError(error)
+
+    def _lost(self, proc: subprocess.Popen[bytes]) -> None:
+        self._died_at = time.monotonic()
+        self._base = self.totals()
+        self._last = (0, 0, 0)
+        self._sent = 0
+        self.proc = None
+        with contextlib.suppress(Exception):
+            proc.kill()
+            proc.wait(1.0)
+
+    def totals(self) -> tuple[int, int, int]:
+        b, last = self._base, self._last
+        return b[0] + last[0], b[1] + last[1], b[2] + last[2]
+
+    def close(self, timeout: float) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        with contextlib.suppress(Exception):
+            assert proc.stdin is not None
+            proc.stdin.close()  # end of input: the child closes its file and exits
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(1.0)
+        self.proc = None

@@ -128,6 +128,7 @@ class UpstreamConnection:
         self.status_log = StatusLog()  # status changes logged, flapping summarised
         # the flight recorder's `record(line, kind, data, **fields)` (None: capture is off)
         self.capture: Callable[..., None] | None = None
+        self.capture_frame: Callable[[str, bytes], None] | None = None  # its `frame(line, data)`
         # the pool's router of the merge's resync requests (None: only the pool's tick routes)
         self.route_requests: Callable[[], None] | None = None
         # -- runtime ---------------------------------------------------------------------------
@@ -282,7 +283,7 @@ class UpstreamConnection:
         index = self.index
         control = self._control
         due = self.lag.due if self.lag is not None else None
-        capture = self.capture
+        capture_frame = self.capture_frame
         name = self.name
 
         def on_raw(raw: bytes) -> None:
@@ -290,8 +291,8 @@ class UpstreamConnection:
             self.frames += 1
             self.bytes += len(raw)
             self.last_frame_time = now
-            if capture is not None:
-                capture(name, "frame", raw)
+            if capture_frame is not None:
+                capture_frame(name, raw)
             if due is not None and due():
                 self._sample_lag(raw)
             ev = feed(index, raw, now)

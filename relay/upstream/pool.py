@@ -70,6 +70,7 @@ class UpstreamPool:
         self._clock = time.monotonic
         self._quarantined: set[str] = set()  # lines logged as quarantined
         self.capture: Any = None  # the flight recorder's `record` (set before `start`)
+        self.capture_frame: Any = None  # ... and its `frame(line, data)`, the per-frame path
 
     async def start(self) -> None:
         """Register every upstream with the merge and start its task, plus the ticker."""
@@ -96,6 +97,7 @@ class UpstreamPool:
                 peers_live=self.any_live,
             )
             conn.capture = self.capture
+            conn.capture_frame = self.capture_frame
             conn.route_requests = self._route_requests
             self.connections.append(conn)
         for conn in self.connections:

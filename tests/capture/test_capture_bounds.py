@@ -99,9 +99,9 @@ async def test_a_stalled_writer_drops_and_counts_while_clients_keep_their_feed(t
         assert writer is not None
         real = writer._write_batch
 
-        def stuck(cctx: Any, batch: Any) -> None:  # a disk that stops answering
+        def stuck(*args: Any) -> None:  # a disk that stops answering
             release.wait(30)
-            real(cctx, batch)
+            real(*args)
 
         writer._write_batch = stuck  # type: ignore[method-assign]
         url = f"ws://127.0.0.1:{relay.server.port}/v2"
