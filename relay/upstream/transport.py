@@ -109,9 +109,9 @@ def close_fields(exc: ConnectionClosed) -> tuple[int | None, str, str | None]:
     if rcvd is None and sent is None:
         return None, "", None
     if rcvd is not None and (sent is None or exc.rcvd_then_sent):
-        return rcvd.code, rcvd.reason, "server"
+        return int(rcvd.code), rcvd.reason, "server"
     assert sent is not None
-    return sent.code, sent.reason, "relay"
+    return int(sent.code), sent.reason, "relay"
 
 
 def close_reason(exc: ConnectionClosed) -> str:
