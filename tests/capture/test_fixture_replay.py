@@ -97,7 +97,7 @@ async def test_the_real_v2_capture_replays_with_every_checksum_valid(tmp_path: P
     _import(FIXTURES / "derived" / "python-kraken-sdk_orderbook-v2.wire.ndjson", "wire-ndjson", "v2", tmp_path)
     cfg = {"channels": {"book": {"symbols": ["BTC/USD"], "depth": 10}, "instrument": False}}
     verifier = V2Verifier(["BTC/USD"], 10, trades=False)
-    client = await _replay(tmp_path, cfg, verifier, "v2", speed=25.0)
+    client = await _replay(tmp_path, cfg, verifier, "v2", speed=100.0)
     report = client.report()
     assert report["checksum_bad"] == 0 and report["errors"] == 0, report
     assert report["checksums_ok"] >= 500, report  # of the capture's 510 frames
@@ -124,7 +124,7 @@ async def test_the_real_v1_depth_10_capture_with_republish_levels_replays_valid(
     )
     cfg = {"v1": {"channels": {"book": {"symbols": ["XBT/USD"], "depth": 10}}}}
     verifier = V1Verifier(["XBT/USD"], 10, trades=False)
-    client = await _replay(tmp_path, cfg, verifier, "v1", speed=50.0)
+    client = await _replay(tmp_path, cfg, verifier, "v1", speed=200.0)
     report = client.report()
     assert report["checksum_bad"] == 0 and report["errors"] == 0, report
     assert report["checksums_ok"] >= 979 * 0.95, report
@@ -135,7 +135,7 @@ async def test_the_real_futures_capture_replays_with_every_seq_step_valid(tmp_pa
     _import(CF / "KRAKEN_FUTURES.ws.1.0", "cryptofeed", "futures", tmp_path)
     cfg = {"futures": {"channels": {"book": {"products": FUT_PRODUCTS}}}}
     verifier = FuturesVerifier(FUT_PRODUCTS, trades=False)
-    client = await _replay(tmp_path, cfg, verifier, "futures", speed=15.0)
+    client = await _replay(tmp_path, cfg, verifier, "futures", speed=100.0)
     report = client.report()
     assert not report.get("seq_errors") and report["errors"] == 0, report
     assert report["book_frames"] >= 7014 * 0.95, report
