@@ -110,8 +110,9 @@ class CaptureWriter:
     # the GIL: it writes the buffer to the child as it is. Stream ids name a line (its frames), a
     # published (protocol, channel, symbol, key), or -1: any other record, marshalled. Frames and
     # publications take their wall time from the batch's wall-monotonic offset.
-    def frame(self, line: str, data: bytes) -> None:
-        """A frame received on `line` (the hot path: one pack, two appends)."""
+    def frame(self, line: str | tuple[str, str, str, int], data: bytes) -> None:
+        """A frame received on `line` (the hot path: one pack, two appends); `published` passes
+        its stream's key tuple instead of a line name."""
         sid = self._ids.get(line)
         if sid is None:
             sid = self._register(line)
@@ -126,18 +127,7 @@ class CaptureWriter:
 
     def published(self, protocol: str, channel: str, symbol: str, key: int, data: bytes) -> None:
         """A frame as the clients of (channel, symbol, key) received it (`capture.published`)."""
-        stream = (protocol, channel, symbol, key)
-        sid = self._ids.get(stream)
-        if sid is None:
-            sid = self._register(stream)
-        buf = self._buf
-        if not buf:
-            self._start_batch()
-        buf += _pack(_mono_ns(), sid, len(data))
-        buf += data
-        self._count += 1
-        if self._count >= self.batch_records:
-            self.flush()
+        self.frame((protocol, channel, symbol, key), data)
 
     def record(
         self, line: str, kind: str, data: bytes | None = None, wall_ns: int = 0, mono_ns: int = 0, **fields: Any
