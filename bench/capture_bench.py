@@ -178,6 +178,26 @@ if _exp:
 THROUGHPUT_LIVENESS = {"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0}  # as e2e's
 
 
+RELAY_CPU, OTHERS_CPU = 0, 1  # --pin: the relay's threads alone on one core, everything else on the other
+
+
+def pin_relay(pid: int) -> None:
+    """--pin: the relay's event-loop thread onto RELAY_CPU, alone; its other threads (the capture
+    writer) and its children (the capture child) onto OTHERS_CPU, as on a machine with spare cores.
+
+    Done after start-up (the children inherit the bench's OTHERS_CPU, the loop thread is moved),
+    so the relay's frame rate is its own core's and not shared with the simulator and clients
+    that feed and read it."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {RELAY_CPU if int(task.name) == pid else OTHERS_CPU})
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                for ctask in Path(f"/proc/{child}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(ctask.name), {OTHERS_CPU})
+
+
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -362,6 +382,8 @@ class CaptureBench:
                     env = None
                 relay = await start_relay(relay_config(urls, SYMBOLS, 10, **cfg_extra), env=env)
                 await wait_relay_ready(relay)
+                if self.args.pin:
+                    pin_relay(relay.pid)
                 return relay
             except (RuntimeError, TimeoutError, OSError) as exc:
                 if relay is not None:
@@ -802,6 +824,11 @@ def main() -> int:
         default="",
         help="patch the capture writer of the 'on' relays (an experiment; see EXPERIMENTS in the source)",
     )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="the relay alone on CPU 0; the simulator, clients and the capture child on CPU 1 (2+ CPUs)",
+    )
     p.add_argument("--run-timeout", type=float, default=300.0, help="seconds one run may take (a hang's net)")
     args = p.parse_args()
     if args.rounds < 1:
@@ -818,6 +845,10 @@ def main() -> int:
     # sending meanwhile, so a backlog drains at (drain rate - simulated rate)
     args.settle = 2.2 if args.quick else 4.5
     name = args.name or ("capture-quick" if args.quick else "capture")
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            p.error("--pin needs 2 CPUs")
+        os.sched_setaffinity(0, {OTHERS_CPU})  # inherited by the simulator and the clients
     import uvloop
 
     started = time.time()
@@ -870,6 +901,7 @@ def main() -> int:
                 "stall",
                 "settle",
                 "reps",
+                "pin",
             )
         },
         "writer_experiment": (

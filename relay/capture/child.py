@@ -17,6 +17,7 @@ decides when the recorder stops (a Ctrl-C or a `systemctl stop` reaches the whol
 from __future__ import annotations
 
 import marshal
+import os
 import signal
 import sys
 import time
@@ -53,6 +54,27 @@ def send_body(stream: IO[bytes], body: bytes | bytearray) -> None:
     stream.write(len(body).to_bytes(HEADER, "big"))
     stream.write(body)
     stream.flush()
+
+
+IOV_MAX = 1024  # buffers per writev (Linux's limit)
+
+
+def send_parts(stream: IO[bytes], parts: list[bytes], size: int) -> None:
+    """A message whose body is `parts` joined, written by the kernel (`writev`: no join here,
+    and the GIL released while the pipe takes it)."""
+    stream.write(size.to_bytes(HEADER, "big"))
+    stream.flush()
+    fd = stream.fileno()
+    i = 0
+    while i < len(parts):
+        chunk = parts[i : i + IOV_MAX]
+        want = sum(map(len, chunk))
+        done = os.writev(fd, chunk)
+        if done < want:  # a partial write (a signal): the rest of this chunk, byte-exact
+            rest = b"".join(chunk)[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        i += IOV_MAX
 
 
 def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:

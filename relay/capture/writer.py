@@ -1,7 +1,7 @@
 """The capture writer: records from the event loop to compressed, rotated, bounded files.
 
-`frame()`, `published()` and `record()` run on the event loop and only append a tuple to the
-current batch. A batch is handed to one writer thread when it is full or `batch_seconds` old
+`frame()`, `published()` and `record()` run on the event loop and only append two references to
+the current batch: a packed 16-byte entry head and the frame's own bytes (no copy). A batch is handed to one writer thread when it is full or `batch_seconds` old
 (`tick`); the thread hands it to the recorder's child process (`relay.capture.child`), which
 encodes it (`relay.capture.format`), compresses it into one zstd frame and appends it to the
 current file (`relay.capture.files`). Encoding a record costs about a microsecond of Python; in
@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from relay.capture.child import read_message, send_body
+from relay.capture.child import read_message, send_body, send_parts
 from relay.capture.files import ENTRY, CaptureFiles, unpack_batch
 from relay.capture.format import SUFFIX
 
@@ -78,8 +78,9 @@ class CaptureWriter:
             "max_age_seconds": max_age_seconds,
             "level": level,
         }
-        self._buf = bytearray()  # the current batch, packed
-        self._count = 0  # its records
+        # the current batch: entry heads (`relay.capture.files.ENTRY`) and bodies, alternating
+        self._parts: list[bytes] = []
+        self._max_parts = 2 * batch_records
         self._ids: dict[Any, int] = {}  # stream (a line, or a published key tuple) -> id
         self._streams: list[Any] = []  # id -> stream (append-only: the thread reads a prefix)
         self.max_pending_bytes = max_pending_bytes
@@ -105,9 +106,9 @@ class CaptureWriter:
         self._thread.start()
 
     # -- the event loop's side ------------------------------------------------------------
-    # A batch is one bytearray of packed entries (`relay.capture.files.ENTRY`: monotonic ns, a
-    # stream id, a length, then the bytes), so the writer thread has no per-record work holding
-    # the GIL: it writes the buffer to the child as it is. Stream ids name a line (its frames), a
+    # A batch is a list of packed entry heads (`relay.capture.files.ENTRY`: monotonic ns, a
+    # stream id, a length), each followed by its bytes, so the writer thread has no per-record
+    # work holding the GIL: it hands the list to the kernel with `writev` (the GIL released). Stream ids name a line (its frames), a
     # published (protocol, channel, symbol, key), or -1: any other record, marshalled. Frames and
     # publications take their wall time from the batch's wall-monotonic offset.
     def frame(self, line: str | tuple[str, str, str, int], data: bytes) -> None:
@@ -116,13 +117,12 @@ class CaptureWriter:
         sid = self._ids.get(line)
         if sid is None:
             sid = self._register(line)
-        buf = self._buf
-        if not buf:
+        parts = self._parts
+        if not parts:
             self._start_batch()
-        buf += _pack(_mono_ns(), sid, len(data))
-        buf += data
-        self._count += 1
-        if self._count >= self.batch_records:
+        parts.append(_pack(_mono_ns(), sid, len(data)))
+        parts.append(data)
+        if len(parts) >= self._max_parts:
             self.flush()
 
     def published(self, protocol: str, channel: str, symbol: str, key: int, data: bytes) -> None:
@@ -138,13 +138,12 @@ class CaptureWriter:
             body = marshal.dumps(entry)
         except ValueError:  # a field of an unusual type (an enum, a path): as its JSON value
             body = marshal.dumps((*entry[:5], orjson.loads(orjson.dumps(fields, default=str))))
-        buf = self._buf
-        if not buf:
+        parts = self._parts
+        if not parts:
             self._start_batch()
-        buf += _pack(entry[1], -1, len(body))
-        buf += body
-        self._count += 1
-        if self._count >= self.batch_records:
+        parts.append(_pack(entry[1], -1, len(body)))
+        parts.append(body)
+        if len(parts) >= self._max_parts:
             self.flush()
 
     def _register(self, stream: Any) -> int:
@@ -158,16 +157,19 @@ class CaptureWriter:
 
     def flush(self) -> None:
         """Hand the current batch to the writer thread (dropped and counted if it is behind)."""
-        buf, count = self._buf, self._count
-        if not count:
+        parts = self._parts
+        if not parts:
             return
-        self._buf, self._count = bytearray(), 0
-        size = len(buf)
+        self._parts = []
+        count = len(parts) // 2
+        size = sum(map(len, parts))
         if self._bytes_queued - self._bytes_done + size > self.max_pending_bytes:
             self.records_dropped += count
             return
         try:
-            self._queue.put_nowait(Batch(self._batch_started, self._batch_offset, count, len(self._streams), buf))
+            self._queue.put_nowait(
+                Batch(self._batch_started, self._batch_offset, count, len(self._streams), parts, size)
+            )
         except queue.Full:
             self.records_dropped += count
             return
@@ -176,7 +178,7 @@ class CaptureWriter:
 
     def tick(self) -> None:
         """Timer (about every 0.1 s): a batch older than `batch_seconds` goes to the thread."""
-        if self._count and self.clock() - self._batch_started >= self.batch_seconds:
+        if self._parts and self.clock() - self._batch_started >= self.batch_seconds:
             self.flush()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -227,7 +229,7 @@ class CaptureWriter:
                 self.write_errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.records_lost += item.records
-            self._bytes_done += len(item.data)
+            self._bytes_done += item.size
             self.oldest_pending = 0.0
         sink.close(self._close_timeout)
 
@@ -243,7 +245,8 @@ class Batch(NamedTuple):
     offset: int  # wall ns - monotonic ns
     records: int  # how many
     streams: int  # stream ids in use (a prefix of the writer's `_streams`)
-    data: bytearray  # the packed entries
+    data: list[bytes]  # entry heads and bodies, alternating
+    size: int  # their bytes
 
 
 class _Sink(Protocol):
@@ -259,7 +262,7 @@ class _LocalSink:
         self.files = files
 
     def write(self, batch: Batch, streams: list[Any], now: float) -> None:
-        self.files.write(unpack_batch(batch.data, streams), batch.offset, now)
+        self.files.write(unpack_batch(b"".join(batch.data), streams), batch.offset, now)
 
     def totals(self) -> tuple[int, int, int]:
         f = self.files
@@ -303,7 +306,7 @@ class _ChildSink:
         why = ""
         try:
             send_body(proc.stdin, marshal.dumps((new, batch.offset, now)))
-            send_body(proc.stdin, batch.data)
+            send_parts(proc.stdin, batch.data, batch.size)
             self._sent = batch.streams
             reply: Any = read_message(proc.stdout)
         except (OSError, ValueError) as exc:
