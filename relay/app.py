@@ -30,6 +30,7 @@ from relay.capture.writer import CaptureWriter
 from relay.config import ConfigError, RelayConfig, load_config, split_host_port
 from relay.core.keys import SubKey
 from relay.core.outputs import STATUS_RANK, MergeSettings, Publication
+from relay.nats.publisher import NatsPublisher
 from relay.ops.check_config import public_listener_problem
 from relay.ops.http import HttpServer, readiness
 from relay.ops.logging import configure_logging
@@ -153,6 +154,16 @@ class Stack:
     def resubscribe(self) -> None:
         self.pool.set_desired(self.desired())
 
+    def bus_state(self) -> dict[str, Any]:
+        """This protocol's part of the NATS state subject: engine status, lines, symbols."""
+        merge = self.merge
+        return {
+            "system": merge.system_status(),
+            "upstream_version": merge.upstream_version(),
+            "lines": [{"name": c.name, "state": c.state} for c in self.pool.connections],
+            "symbols": {sym: merge.symbol_state(sym) for sym in list(merge.books)},
+        }
+
     def reload(self, new: RelayConfig) -> RelayConfig:
         """SIGHUP: the endpoint takes the new served set (and may veto parts of it)."""
         new = self.endpoint.reload(new)
@@ -178,7 +189,12 @@ class Relay:
         ]
         host, port = split_host_port(config.http.listen)
         self.http = HttpServer(
-            host, port if http_port is None else http_port, self.metrics.registry, self.ready, self.loop_monitor
+            host,
+            port if http_port is None else http_port,
+            self.metrics.registry,
+            self.ready,
+            self.loop_monitor,
+            health_detail=self.health_detail,
         )
         self.notifier = Notifier()
         # READY=1 once data flows, or after a grace period anyway: during a Kraken outage at boot
@@ -188,6 +204,7 @@ class Relay:
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = time.time()
         self.capture: CaptureWriter | None = None  # the flight recorder, created at start
+        self.nats: NatsPublisher | None = None  # the NATS publisher (`nats:` configured), at start
 
     def _start_capture(self) -> None:
         """`capture.dir` set: every line's frames and connection events go to the recorder."""
@@ -208,6 +225,23 @@ class Relay:
             stack.pool.capture_frame = self.capture.frame
             if cap.published:
                 stack.pool.publish = published_tap(stack.pool.publish, self.capture.published, stack.name)
+
+    def _start_nats(self) -> None:
+        """`nats:` set: every frame the local clients get is also published on NATS (after them)."""
+        if self.config.nats is None:
+            return
+        self.nats = NatsPublisher(self.config.nats, __version__)
+        for stack in self.stacks:
+            if not hasattr(stack.endpoint, "bus_frame"):
+                log.warning("nats: this protocol is not published yet", protocol=stack.name)
+                continue
+            stack.pool.publish = self.nats.tap(
+                stack.name,
+                stack.pool.publish,
+                stack.endpoint,  # type: ignore[arg-type]  # checked above: a BusSource
+                _bus_depth(stack),
+                stack.bus_state,
+            )
 
     def stack(self, name: str) -> Stack:
         """The stack of protocol `name` (`v2`, `v1`, `futures`)."""
@@ -233,8 +267,11 @@ class Relay:
             self.loop_monitor.stop()
             raise
         self._start_capture()
+        self._start_nats()
         for stack in self.stacks:
             await stack.pool.start()
+        if self.nats is not None:
+            await self.nats.start()  # in the background: NATS down at start delays nothing here
         self._watchdog = start_watchdog(self.notifier, self.loop_monitor)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="relay-housekeeping"))
         # The steady state allocates few container objects; freezing start-up objects and a
@@ -269,6 +306,8 @@ class Relay:
         except TimeoutError:
             log.warning("upstreams did not close in time")
         await self.http.stop()
+        if self.nats is not None:
+            await self.nats.stop()
         if self.capture is not None:
             await asyncio.to_thread(self.capture.close)
         if self._watchdog is not None:
@@ -295,7 +334,9 @@ class Relay:
     async def reload(self, new: RelayConfig) -> bool:
         """SIGHUP: apply symbol changes without dropping clients. Other changes need a restart."""
         old = self.config
-        restart_only = [k for k in ("upstreams", "server", "http", "capture") if getattr(new, k) != getattr(old, k)]
+        restart_only = [
+            k for k in ("upstreams", "server", "http", "capture", "nats") if getattr(new, k) != getattr(old, k)
+        ]
         if restart_only:
             log.warning("reload: these sections need a restart and were not applied", sections=restart_only)
             new = new.model_copy(update={k: getattr(old, k) for k in restart_only})
@@ -320,6 +361,21 @@ class Relay:
             prefix = stack.spec.label_prefix
             detail.update({prefix + k: v for k, v in s_detail.items()} if prefix else s_detail)
         return ok and bool(self.stacks), detail
+
+    def health_detail(self) -> dict[str, Any]:
+        """/healthz's report of the best-effort parts: the NATS publisher (never its status)."""
+        if self.nats is None:
+            return {}
+        n = self.nats.stats()
+        return {
+            "nats": {
+                "connected": bool(n["connected"]),
+                "server": n["server"],
+                "down_since": n["down_since"],
+                "dropped": n["dropped"],
+                "last_error": n["last_error"],
+            }
+        }
 
     def merges(self) -> list[ProtocolMerge]:
         return [s.merge for s in self.stacks]
@@ -356,6 +412,7 @@ class Relay:
                     "suspect": dict(m.suspect) if m else {},
                     "quarantined": int(m.quarantined) if m else 0,
                     "quarantines": m.quarantines if m else 0,
+                    **({"line_events": c["line_events"]} if c.get("url", "").startswith(("nats://", "tls://")) else {}),
                 }
             )
         symbols: list[dict[str, Any]] = []
@@ -392,7 +449,14 @@ class Relay:
             "system_status": _best_status([m.system_status() for m in self.merges()]),
             "ready": int(ok),
             "capture": self.capture.stats() if self.capture is not None else None,
+            "nats": self.nats.stats() if self.nats is not None else None,
         }
+
+
+def _bus_depth(stack: Stack) -> int:
+    """The book depth published on the bare `book` subject: the configured one."""
+    settings = getattr(stack.merge, "settings", None)
+    return int(getattr(settings, "book_depth", 0) or 0)
 
 
 def _merge_symbols(merge: ProtocolMerge, now: float) -> list[dict[str, Any]]:

@@ -46,14 +46,39 @@ class UpstreamConfig(_Strict):
     source_address: str | None = None
     proxy: str | None = None
     protocol: Literal["v2", "v1", "futures"] = "v2"  # which stack (merge + endpoint) this line feeds
+    # A NATS line (`url: nats://host:4222`, several comma-separated for a cluster): another
+    # relay's publications under this prefix (README "NATS"); only for nats:// and tls:// URLs.
+    subject_prefix: str | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
+        if v.startswith(("nats://", "tls://")):
+            nats_servers(v)
+            return v
         parts = urlsplit(v)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError("must be a ws:// or wss:// URL")
+            raise ValueError("must be a ws:// or wss:// URL (or nats:// for a NATS line)")
         return v
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return None if v is None else _subject_prefix(v)
+
+    @model_validator(mode="after")
+    def _nats_line(self) -> UpstreamConfig:
+        if self.is_nats:
+            if self.source_address or self.proxy:
+                raise ValueError("source_address and proxy apply to websocket lines, not to a nats:// line")
+        elif self.subject_prefix is not None:
+            raise ValueError("subject_prefix: only for a nats:// line")
+        return self
+
+    @property
+    def is_nats(self) -> bool:
+        """A line that reads another relay's NATS publications (`relay.upstream.nats_line`)."""
+        return self.url.startswith(("nats://", "tls://"))
 
     @field_validator("source_address")
     @classmethod
@@ -73,6 +98,28 @@ class UpstreamConfig(_Strict):
             if parts.scheme not in ("http", "socks4", "socks5", "socks5h") or not parts.hostname or not parts.port:
                 raise ValueError("must be an http://, socks4:// or socks5:// URL with host and port")
         return v
+
+
+def nats_servers(v: str) -> list[str]:
+    """`nats://a:4222,nats://b:4222` -> the server URLs (each nats:// or tls:// with a host)."""
+    servers = [x.strip() for x in v.split(",") if x.strip()]
+    if not servers:
+        raise ValueError("must name at least one nats:// server")
+    for url in servers:
+        parts = urlsplit(url)
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ValueError(f"{url!r} is not a nats:// or tls:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"{url!r} has a bad port") from None
+    return servers
+
+
+def _subject_prefix(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", v):
+        raise ValueError("must be dot-separated tokens of letters, digits, - and _ (e.g. kraken.eu)")
+    return v
 
 
 def _name_check(what: str, example: str) -> Callable[[list[str]], list[str]]:
@@ -365,6 +412,51 @@ class CaptureConfig(_Strict):
     compression_level: int = Field(default=1, ge=1, le=19)  # zstd; 1 is the cheapest per record
 
 
+class JetStreamConfig(_Strict):
+    """Retain the published subjects in a JetStream stream (README "NATS": replay the last N minutes)."""
+
+    stream: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")  # default: the prefix, `.` as `_`, upper case
+    max_age_seconds: float = Field(default=3600.0, gt=0)
+    max_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = Field(default=1, ge=1, le=5)
+    keyframe_interval: float = Field(default=10.0, gt=0)  # a book snapshot per subject this often, to start from
+
+
+class NatsTlsConfig(_Strict):
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+class NatsConfig(_Strict):
+    """Publish every frame served to local clients on NATS too (README "NATS"); off unless set."""
+
+    servers: list[str] = Field(min_length=1)
+    subject_prefix: str = "kraken"
+    name: str | None = None  # the relay's identity in headers and state; default: the host name
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None  # a NATS credentials file (JWT + nkey seed)
+    tls: NatsTlsConfig | None = None
+    flush_interval: float = Field(default=0.002, gt=0, le=1.0)  # seconds between batched flushes
+    max_pending_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)  # beyond: dropped and counted
+    state_interval: float = Field(default=1.0, gt=0, le=60.0)  # the state subject, this often
+    connect_timeout: float = Field(default=2.0, gt=0)
+    jetstream: JetStreamConfig | None = None
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        return [s for url in v for s in nats_servers(url)]
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return _subject_prefix(v)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -386,6 +478,7 @@ class RelayConfig(_Strict):
     merge: MergeConfig = MergeConfig()
     logging: LoggingConfig = LoggingConfig()
     capture: CaptureConfig = CaptureConfig()
+    nats: NatsConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> RelayConfig:

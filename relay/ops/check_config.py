@@ -46,6 +46,12 @@ def summary(cfg: RelayConfig) -> str:
         )
     else:
         parts.append("on demand: off (only the configured set)")
+    if cfg.nats is not None:
+        js = f", JetStream {cfg.nats.jetstream.max_age_seconds:g} s" if cfg.nats.jetstream else ""
+        parts.append(f"NATS: publishing {cfg.nats.subject_prefix}.* to {len(cfg.nats.servers)} server(s){js}")
+    nats_lines = [u.name for u in cfg.upstreams if u.is_nats]
+    if nats_lines:
+        parts.append(f"NATS lines: {', '.join(nats_lines)}")
     parts.append(f"http {cfg.http.listen}")
     return "; ".join(parts)
 

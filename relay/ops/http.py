@@ -40,7 +40,8 @@ class HttpServer:
     """`server = HttpServer(host, port, registry, ready, loop_monitor); await server.start()`.
 
     `ready()` returns `(ok, detail)`; `detail` (per-symbol states) becomes the /readyz JSON body.
-    `/healthz` is 503 when `loop_monitor` reports a lag over `lag_threshold` seconds.
+    `/healthz` is 503 when `loop_monitor` reports a lag over `lag_threshold` seconds; its body
+    also carries `health_detail()` (the NATS publisher's state), which never changes the status.
     Port 0 binds a free port; read it back from `server.port`.
 
     `request_timeout` bounds the time to send a request, the keep-alive idle time and the time
@@ -57,6 +58,7 @@ class HttpServer:
         ready: ReadyFn | None = None,
         loop_monitor: LoopLagMonitor | None = None,
         *,
+        health_detail: Callable[[], dict[str, Any]] | None = None,
         lag_threshold: float | None = None,
         request_timeout: float = 5.0,
         max_request_bytes: int = 8192,
@@ -67,6 +69,7 @@ class HttpServer:
         self.registry = registry
         self.ready = ready
         self.loop_monitor = loop_monitor
+        self.health_detail = health_detail  # best-effort parts (NATS): shown, never the status
         self.lag_threshold = lag_threshold
         self.request_timeout = request_timeout
         self.max_request_bytes = max_request_bytes
@@ -182,6 +185,11 @@ class HttpServer:
             body.update(event_loop_lag_seconds=round(lag, 6), threshold_seconds=threshold, monitor_running=mon.running)
             if not ok:
                 body["status"] = "event loop lagging" if mon.running else "loop monitor not running"
+        if self.health_detail is not None:
+            try:
+                body.update(self.health_detail())
+            except Exception:  # a report, never a reason to fail the probe
+                log.exception("health detail failed")
         return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE), "application/json", orjson.dumps(body)
 
     def _readyz(self) -> tuple[HTTPStatus, str, bytes]:

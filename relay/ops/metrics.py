@@ -47,7 +47,15 @@ counters must be monotonic totals since process start)::
          "rejected": {"rate_limit": 0, "bad_request": 0, "too_many_subscriptions": 0, "unknown_symbol": 0}},
       "system_status": "online",              # best status among lines (merge.system_status())
       "ready": 1,                             # same verdict as /readyz
+      "capture": {...},                       # the flight recorder (`CaptureWriter.stats()`), when on
+      "nats": {"connected": 1, "messages": 10, "bytes": 900,          # the NATS publisher, when on
+               "dropped": {"disconnected": 0, "buffer_full": 0, "unroutable": 0},
+               "pending_bytes": 0, "snapshot_requests": {"ok": 1, "unavailable": 0, "bad_subject": 0},
+               "connects": 1, "disconnects": 0, "down_since": None, "jetstream_ok": None, "keyframes": 0},
     }
+
+An upstream that is a NATS line adds `"line_events": {"gap": 0, "epoch": 0, "snapshot": 1,
+"snapshot_unavailable": 0, "overflow": 0}` (`relay.upstream.nats_line`).
 
 Event-loop lag comes from a `LoopLagMonitor` given to `RelayMetrics`, not from the snapshot.
 """
@@ -76,6 +84,9 @@ UPSTREAM_SYMBOL_STATES = ("valid", "resyncing", "stale", "down", "maintenance", 
 SYSTEM_STATUSES = ("online", "maintenance", "cancel_only", "post_only")
 SUSPECT_KINDS = ("timestamp", "trade_id")  # claims refused by the cross-checks (README "No single line is trusted")
 RESYNC_REASONS = ("checksum", "stale", "gap")  # exported as 0 before the first one, so rate() works
+NATS_DROP_REASONS = ("disconnected", "buffer_full", "unroutable")
+NATS_SNAPSHOT_RESULTS = ("ok", "unavailable", "bad_subject")
+NATS_LINE_EVENTS = ("gap", "epoch", "snapshot", "snapshot_unavailable", "overflow")
 # exchange timestamp -> our receive time; Kraken stamps in µs, loopback/LAN lag is ms, WAN 10-300 ms
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -218,6 +229,9 @@ class RelayCollector:
         cap = snap.get("capture")
         if cap:
             self._capture(f, cap)
+        nats = snap.get("nats")
+        if nats:
+            self._nats(f, nats)
         status = snap.get("system_status")
         if isinstance(status, str):
             _enum(
@@ -310,6 +324,14 @@ class RelayCollector:
             [name],
             u.get("unsolicited"),
         )
+        if "line_events" in u:
+            ev = f.counter(
+                "nats_line_events",
+                "A NATS line's stream events: sequence gaps, publisher restarts (epoch), snapshots fetched.",
+                ("upstream", "event"),
+            )
+            for event, n in {**dict.fromkeys(NATS_LINE_EVENTS, 0), **(u.get("line_events") or {})}.items():
+                _add(ev, [name, str(event)], n)
         if "suspect" in u:
             sus = f.counter(
                 "upstream_suspect",
@@ -384,6 +406,36 @@ class RelayCollector:
         _add(
             f.gauge("capture_writer_lag_seconds", "Age of the oldest batch not yet written."), [], c.get("lag_seconds")
         )
+
+    def _nats(self, f: _Families, n: Mapping[str, Any]) -> None:
+        """The NATS publisher (best effort: a NATS outage never touches readiness or clients)."""
+        _add(f.gauge("nats_connected", "1 while the NATS publisher is connected."), [], n.get("connected"))
+        _add(f.counter("nats_published_messages", "Messages handed to NATS."), [], n.get("messages"))
+        _add(f.counter("nats_published_bytes", "Payload bytes handed to NATS."), [], n.get("bytes"))
+        dropped = f.counter("nats_dropped_messages", "Messages not published, by reason.", ("reason",))
+        for reason, v in {**dict.fromkeys(NATS_DROP_REASONS, 0), **(n.get("dropped") or {})}.items():
+            _add(dropped, [str(reason)], v)
+        _add(f.gauge("nats_pending_bytes", "Bytes waiting to be written to NATS."), [], n.get("pending_bytes"))
+        snaps = f.counter("nats_snapshot_requests", "Snapshot requests answered, by result.", ("result",))
+        for result, v in {**dict.fromkeys(NATS_SNAPSHOT_RESULTS, 0), **(n.get("snapshot_requests") or {})}.items():
+            _add(snaps, [str(result)], v)
+        _add(
+            f.counter("nats_connects", "Connections to NATS established (nats-py reconnects included)."),
+            [],
+            n.get("connects"),
+        )
+        _add(f.counter("nats_disconnects", "Connections to NATS lost."), [], n.get("disconnects"))
+        down = n.get("down_since")
+        _add(
+            f.gauge("nats_down_seconds", "Seconds the NATS publisher has been disconnected (0 while connected)."),
+            [],
+            (time.time() - down) if down else 0,
+        )
+        if n.get("jetstream_ok") is not None:
+            _add(
+                f.gauge("nats_jetstream_ok", "1 when the JetStream stream is set up."), [], int(bool(n["jetstream_ok"]))
+            )
+        _add(f.counter("nats_keyframes", "Book keyframes published for JetStream replay."), [], n.get("keyframes"))
 
     def _on_demand(self, f: _Families, od: Mapping[str, Any]) -> None:
         """On-demand upstream subscriptions per protocol (beyond the configured warm set)."""

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from relay.core.keys import SubKey
 from relay.core.outputs import Parser, Publication, ResyncRequest, UpstreamStats
 
-__all__ = ["Endpoint", "Parser", "ProtocolMerge", "RequestEncoder", "Session"]
+__all__ = ["BusSource", "Endpoint", "Parser", "ProtocolMerge", "RequestEncoder", "Session"]
 
 
 class RequestEncoder(Protocol):
@@ -102,3 +102,14 @@ class Endpoint(Protocol):
     def reload(self, cfg: Any) -> Any: ...
     def demanded_subscriptions(self) -> Sequence[SubKey] | None: ...
     def upstream_rejected(self, key: SubKey, error: str, now: float) -> None: ...  # Kraken refused `key`
+
+
+class BusSource(Protocol):
+    """What the NATS publisher (`relay.nats.publisher`) reads of an endpoint: which publications
+    are client data, the exact frame a subscribed client receives, and a new subscriber's
+    snapshot frame (the same bytes a websocket client subscribing now would get)."""
+
+    def bus_channel(self, channel: str) -> bool: ...  # published on NATS (not the merge's internal kinds)
+    def bus_frame(self, pub: Publication) -> bytes | None: ...
+    def bus_snapshot(self, channel: str, symbol: str, key: int) -> bytes | None: ...
+    def bus_want_book(self, symbol: str, depth: int) -> bool: ...  # keep publishing this depth's view

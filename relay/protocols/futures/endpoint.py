@@ -469,6 +469,28 @@ class FuturesEndpoint:
         if key in self.waiters:
             self._ready(key)  # after the live subscribers: the snapshot already holds this frame
 
+    # -- the NATS publisher's view (`BusSource`) -------------------------------------------
+    def bus_channel(self, channel: str) -> bool:
+        """Feed data (book, trade, ticker, ticker_lite); not the relay's own kinds."""
+        return channel not in ("relay", REFUSED, "status")
+
+    def bus_frame(self, pub: Any) -> bytes | None:
+        """Futures clients receive the merge's frame unchanged."""
+        return pub.frame
+
+    def bus_snapshot(self, channel: str, symbol: str, key: int) -> bytes | None:
+        """What a client subscribing to (feed, product) now gets first."""
+        src = self.source
+        if channel == "book":
+            return src.book_snapshot(symbol, 0)
+        if channel == "trade":
+            return src.trade_snapshot(symbol, self.trade_snapshot_count)
+        return src.ticker_snapshot(symbol, channel)
+
+    def bus_want_book(self, symbol: str, depth: int) -> bool:
+        """Futures books have one depth (the feed's): nothing to add."""
+        return False
+
     def tick(self, now: float) -> None:
         self.now = now
         frame = None

@@ -738,6 +738,42 @@ class V1Endpoint:
                 c.deliver(wire)
         self.delivered += len(clients)
 
+    # -- the NATS publisher's view (`BusSource`) -------------------------------------------
+    BUS_CHANNELS = frozenset(("book", "trade", "ticker", "spread", "ohlc"))
+
+    def bus_channel(self, channel: str) -> bool:
+        """Channel data; not acks, status or the relay's own channel."""
+        return channel in self.BUS_CHANNELS
+
+    def bus_frame(self, pub: Any) -> bytes | None:
+        """What v1 clients receive: the frame stamped with the relay's channel id and name."""
+        return self.ids.stamp((pub.channel, pub.symbol, pub.key), pub.frame)
+
+    def bus_snapshot(self, channel: str, symbol: str, key: int) -> bytes | None:
+        """What a client subscribing now gets first (stamped); Kraken sends no trade snapshot."""
+        merge = self.merge
+        if channel == "book":
+            arb = merge.books.get(symbol)
+            if arb is None or not (key == arb.depth or key in arb.views):
+                return None
+            snap = merge.book_snapshot(symbol, key)
+        elif channel == "ticker":
+            snap = merge.ticker_snapshot(symbol)
+        elif channel == "spread":
+            snap = merge.spread_snapshot(symbol)
+        elif channel == "ohlc":
+            snap = merge.ohlc_snapshot(symbol, key)
+        else:
+            return None
+        return None if snap is None else self.ids.stamp(SubKey(channel, symbol, key), snap)
+
+    def bus_want_book(self, symbol: str, depth: int) -> bool:
+        arb = self.merge.books.get(symbol)
+        if arb is None or depth not in BOOK_DEPTHS or depth > arb.depth:
+            return False
+        self.merge.want_book_depth(symbol, depth)
+        return True
+
     def tick(self, now: float) -> None:
         """Heartbeats for subscribed clients that got nothing for `heartbeat_interval`; waiting
         subscribes that timed out; on-demand subscriptions whose release is due."""

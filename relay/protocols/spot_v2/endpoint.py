@@ -18,6 +18,7 @@ from typing import Any
 from relay.config import ChannelsConfig, RelayConfig
 from relay.core.keys import SubKey
 from relay.core.outputs import Publication
+from relay.core.spot import BOOK_DEPTHS
 from relay.protocols.demand import is_transient
 from relay.protocols.interfaces import Session
 from relay.protocols.spot_v2 import requests as rq
@@ -183,6 +184,46 @@ class V2Endpoint:
 
     def publish(self, pubs: Iterable[Publication]) -> None:
         self.hub.publish(pubs, time.monotonic())
+
+    # -- the NATS publisher's view (`BusSource`) -------------------------------------------
+    BUS_CHANNELS = frozenset(("book", "trade", "ticker", "ohlc", "instrument"))
+
+    def bus_channel(self, channel: str) -> bool:
+        """Client data; `status` and `relay` are per client and the relay's own (the state subject)."""
+        return channel in self.BUS_CHANNELS
+
+    def bus_frame(self, pub: Publication) -> bytes | None:
+        """v2 clients receive the merge's frame unchanged."""
+        return pub.frame
+
+    def bus_snapshot(self, channel: str, symbol: str, key: int) -> bytes | None:
+        """What a client subscribing to (channel, symbol, key) now gets first; a book only at a
+        depth this relay publishes (its book's depth, or a view someone holds)."""
+        src = self.source
+        if channel == "book":
+            arb = src.books.get(symbol)
+            if arb is None or not (key == arb.depth or key in arb.views):
+                return None
+            return src.book_snapshot(symbol, key)
+        if channel == "trade":
+            return src.trade_snapshot(symbol, self.hub.trade_snapshot_count)
+        if channel == "ticker":
+            return src.ticker_snapshot(symbol, key)
+        if channel == "ohlc":
+            return src.ohlc_snapshot(symbol, key)
+        if channel == "instrument":
+            return src.instrument_snapshot()
+        return None
+
+    def bus_want_book(self, symbol: str, depth: int) -> bool:
+        """Publish `symbol`'s book at `depth` from now on (a NATS consumer asked for it), if the
+        book is served here and `depth` is one Kraken offers: bounded by what is subscribed."""
+        src = self.source
+        arb = src.books.get(symbol)
+        if depth not in BOOK_DEPTHS or arb is None or depth > arb.depth:
+            return False
+        src.want_book_depth(symbol, depth)
+        return True
 
     def tick(self, now: float) -> None:
         """Heartbeats for subscribed clients idle for `heartbeat_interval`; demanded symbols
