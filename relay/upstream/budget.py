@@ -16,7 +16,10 @@ from relay.upstream.backoff import Stagger
 
 
 def egress_of(up: UpstreamConfig) -> str:
-    """The address Kraken sees: the proxy's when a proxy is used, else the source address."""
+    """The address Kraken sees: the proxy's when a proxy is used, else the source address (a
+    NATS line: its servers, so it never spends a Kraken address's attempt budget)."""
+    if up.is_nats:
+        return "nats:" + up.url.split(",")[0].split("://", 1)[-1].rsplit("@", 1)[-1]
     if up.proxy:
         parts = urlsplit(up.proxy)
         return f"proxy:{parts.hostname}:{parts.port}"

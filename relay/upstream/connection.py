@@ -31,6 +31,7 @@ from relay.protocols.interfaces import ProtocolMerge
 from relay.protocols.spec import ProtocolSpec
 from relay.upstream.backoff import RATE_LIMITED, ReconnectPolicy, Stagger
 from relay.upstream.budget import AttemptBudget, AttemptGate, egress_of
+from relay.upstream.nats_line import NatsLine
 from relay.upstream.statuslog import Record, StatusLog
 from relay.upstream.subscriptions import SubscriptionPlanner
 from relay.upstream.transport import classify_error, close_fields, close_reason, open_connection
@@ -125,6 +126,7 @@ class UpstreamConnection:
         self.rejections: dict[str, str] = {}  # subscription label -> last error
         self.resyncs: Counter[str] = Counter()  # by reason
         self.unknown_frames = 0
+        self.line_events: Counter[str] = Counter()  # a NATS line's gaps and snapshots (`relay.upstream.nats_line`)
         self.status_log = StatusLog()  # status changes logged, flapping summarised
         # the flight recorder's `record(line, kind, data, **fields)` (None: capture is off)
         self.capture: Callable[..., None] | None = None
@@ -134,7 +136,7 @@ class UpstreamConnection:
         # -- runtime ---------------------------------------------------------------------------
         self._loop = asyncio.get_running_loop()
         self._clock = self._loop.time
-        self._ws: ClientConnection | None = None
+        self._ws: ClientConnection | NatsLine | None = None
         self._wake = asyncio.Event()
         self._close_reason: str | None = None
         self._close: tuple[int | None, str, str | None] = (None, "", None)  # (code, text, by)
@@ -158,12 +160,21 @@ class UpstreamConnection:
             self.attempts += 1
             self.state = CONNECTING
             try:
-                ws = await open_connection(
-                    self.up,
-                    handshake_timeout=self.cfg.reconnect.handshake_timeout,
-                    max_queue=self.max_queue,
-                    ping_interval=self.ws_ping_interval,
-                )
+                ws: ClientConnection | NatsLine
+                if self.up.is_nats:
+                    ws = await NatsLine.open(
+                        self.up,
+                        self.protocol.name,
+                        handshake_timeout=self.cfg.reconnect.handshake_timeout,
+                        counters=self.line_events,
+                    )
+                else:
+                    ws = await open_connection(
+                        self.up,
+                        handshake_timeout=self.cfg.reconnect.handshake_timeout,
+                        max_queue=self.max_queue,
+                        ping_interval=self.ws_ping_interval,
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure means: back off and try again, forever
@@ -236,7 +247,7 @@ class UpstreamConnection:
                 )
             await asyncio.sleep(wait)
 
-    async def _session(self, ws: ClientConnection) -> str:
+    async def _session(self, ws: ClientConnection | NatsLine) -> str:
         self._ws = ws
         self._close_reason = None
         self._close = (None, "", None)
@@ -274,7 +285,7 @@ class UpstreamConnection:
                 ws.transport.abort()
         return reason
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: ClientConnection | NatsLine) -> None:
         recv = ws.recv
         clock = self._clock
         feed = self.merge.feed
@@ -386,7 +397,7 @@ class UpstreamConnection:
         else:
             self.state = SUBSCRIBING
 
-    async def _housekeep(self, ws: ClientConnection) -> None:
+    async def _housekeep(self, ws: ClientConnection | NatsLine) -> None:
         live = self.cfg.liveness
         frame_timeout = self.frame_timeout
         encode_ping = self.protocol.encode_ping  # None: RFC 6455 pings by the websocket layer
@@ -502,4 +513,5 @@ class UpstreamConnection:
             "resyncs": dict(self.resyncs),
             "subscribe_requests": self.planner.requests_sent,
             "unknown_frames": self.unknown_frames,
+            "line_events": dict(self.line_events),
         }

@@ -115,7 +115,11 @@ def close_fields(exc: ConnectionClosed) -> tuple[int | None, str, str | None]:
 
 
 def close_reason(exc: ConnectionClosed) -> str:
-    """`1001 CloudFlare WebSocket proxy restarting`, `1006`, ... from a closed connection."""
+    """`1001 CloudFlare WebSocket proxy restarting`, `1006`, ... from a closed connection (a NATS
+    line's own reason: `nats connection lost`)."""
+    line_reason = getattr(exc, "line_reason", None)
+    if line_reason:
+        return str(line_reason)
     frame = exc.rcvd or exc.sent
     if frame is None:
         return "1006"
