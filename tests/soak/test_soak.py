@@ -1,4 +1,4 @@
-"""The 60-second chaos soak (bench/soak.py): 3 simulator lines with random faults of every kind,
+"""The 30-second chaos soak (bench/soak.py): 3 simulator lines with random faults of every kind,
 never on every line at once; the relay's clients (a verifying client, python-kraken-sdk, ccxt)
 must see no disconnect, no bad checksum, every trade exactly once, and a flat relay RSS."""
 
@@ -17,9 +17,10 @@ from bench.soak import KINDS, run
 pytestmark = [pytest.mark.slow, pytest.mark.clients]
 
 
-@pytest.mark.timeout(170)
-async def test_soak_60s_clients_see_nothing_of_the_faults() -> None:
-    summary = await run(60.0, fault_every=2.0, recovery=4.0, seed=1, log=lambda text: None)
+@pytest.mark.timeout(120)
+async def test_soak_30s_clients_see_nothing_of_the_faults() -> None:
+    # 30 s, a fault every 1.2 s (the full 60 s+ soak is `make soak`): CI's 10-minute budget
+    summary = await run(30.0, fault_every=1.2, recovery=3.0, seed=1, log=lambda text: None)
     assert summary["problems"] == [], summary
     vc = summary["verifying_client"]
     assert vc["book_frames"] > 1000 and vc["trades"] > 100, vc
