@@ -149,7 +149,9 @@ class V1Codec:
             return None
         sub = msg.get("subscription") or {}
         channel = str(sub.get("name", ""))
-        key = int(sub.get("depth", 10)) if channel == "book" else int(sub.get("interval", 1)) if channel == "ohlc" else 0
+        key = (
+            int(sub.get("depth", 10)) if channel == "book" else int(sub.get("interval", 1)) if channel == "ohlc" else 0
+        )
         pairs = [str(p) for p in msg.get("pair") or []]
         return Request(event, channel, pairs, key, bool(sub.get("snapshot", True)), req_id, dict(sub))
 
@@ -191,7 +193,10 @@ class FuturesCodec:
 
     @staticmethod
     def ack(req: Request, symbol: str) -> bytes:
-        msg: dict[str, Any] = {"event": "subscribed" if req.method == "subscribe" else "unsubscribed", "feed": req.channel}
+        msg: dict[str, Any] = {
+            "event": "subscribed" if req.method == "subscribe" else "unsubscribed",
+            "feed": req.channel,
+        }
         if symbol:
             msg["product_ids"] = [symbol]
         return orjson.dumps(msg)
