@@ -2,13 +2,15 @@
 
 `DegradedRelay` is a bad day on one relay: one line down with its connect budget nearly spent,
 checksum mismatches and resyncs on the other, a stale symbol, a symbol left with one valid line,
-missing trades, slow clients, not ready. `OutageRelay` has every line down during a Kraken
-maintenance. Counters grow on
-every call (one call per scrape), so rate()/increase() expressions see movement.
+missing trades, slow clients, not ready; its NATS publisher is connected but dropping (buffer
+full), and its third line `eu` is a NATS line losing messages (sequence gaps). `OutageRelay` has
+every line down during a Kraken maintenance, and NATS unreachable with JetStream not set up.
+Counters grow on every call (one call per scrape), so rate()/increase() expressions see movement.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -68,6 +70,24 @@ class DegradedRelay:
                     "checksum_mismatches": 0,
                     "resyncs": {"checksum": 0, "stale": n, "gap": 0},
                 },
+                {  # a NATS line (another relay's publications): the usual line stats plus its events
+                    "name": "eu",
+                    "up": 1,
+                    "state": "live",
+                    "system": "online",
+                    "connects": 1,
+                    "attempts": 1,
+                    "budget_remaining": 99,
+                    "disconnects": {},
+                    "frames": 900 * n,
+                    "bytes": 160_000 * n,
+                    "last_frame_age": 0.2,
+                    "wins": 100 * n,
+                    "duplicates": 800 * n,
+                    "checksum_mismatches": 0,
+                    "resyncs": {},
+                    "line_events": {"gap": 5 * n, "epoch": 1, "snapshot": 5 * n + 20, "snapshot_unavailable": n},
+                },
             ],
             "symbols": [
                 {
@@ -125,6 +145,20 @@ class DegradedRelay:
                 "disk_bytes": 5_000_000,
                 "lag_seconds": 40.0,
             },
+            # the NATS publisher: connected, but NATS takes less than it is given
+            "nats": {
+                "connected": 1,
+                "messages": 5000 * n,
+                "bytes": 900_000 * n,
+                "dropped": {"disconnected": 10, "buffer_full": 30 * n, "unroutable": 0},
+                "pending_bytes": 8_000_000,
+                "snapshot_requests": {"ok": 20 * n, "unavailable": n, "bad_subject": 0},
+                "connects": 2,
+                "disconnects": 1,
+                "down_since": None,
+                "jetstream_ok": True,
+                "keyframes": 8 * n,
+            },
             "system_status": "online",
             "ready": 0,
         }
@@ -133,6 +167,7 @@ class DegradedRelay:
 class OutageRelay:
     def __init__(self) -> None:
         self.calls = 0
+        self.nats_down_since = time.time() - 90
 
     def __call__(self) -> dict[str, Any]:
         self.calls += 1
@@ -170,6 +205,20 @@ class OutageRelay:
                 },
             ],
             "clients": {"connected": 0, "subscriptions": 0},
+            # NATS unreachable: everything published is dropped; the stream was never set up
+            "nats": {
+                "connected": 0,
+                "messages": 0,
+                "bytes": 0,
+                "dropped": {"disconnected": 50 * self.calls},
+                "pending_bytes": 0,
+                "snapshot_requests": {},
+                "connects": 0,
+                "disconnects": 0,
+                "down_since": self.nats_down_since,
+                "jetstream_ok": False,
+                "keyframes": 0,
+            },
             "system_status": "maintenance",
             "ready": 0,
         }

@@ -58,6 +58,18 @@ def test_every_alert_has_a_promtool_test() -> None:
     assert rules == tested
 
 
+def test_deploy_readme_lists_every_alert() -> None:
+    import yaml
+
+    rules = {r["alert"] for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    table = {
+        line.split("|")[1].strip()
+        for line in (ROOT / "deploy" / "README.md").read_text().splitlines()
+        if line.startswith("| Kraken")
+    }
+    assert rules == table
+
+
 # -- systemd ------------------------------------------------------------------------------
 def unit_directives() -> list[tuple[str, str, str]]:
     """(section, key, value) triples; repeated keys kept (systemd allows them)."""

@@ -51,6 +51,13 @@ def test_snapshot_is_exported_with_labels_and_prefix() -> None:
     assert val(s, "kraken_relay_on_demand_added_total", protocol="v2") == 5
     assert val(s, "kraken_relay_on_demand_refused_total", protocol="v2") == 1
     assert val(s, "kraken_relay_system_status", status="online") == 1
+    assert val(s, "kraken_relay_nats_connected") == 1
+    assert val(s, "kraken_relay_nats_dropped_messages_total", reason="buffer_full") == 30
+    assert val(s, "kraken_relay_nats_dropped_messages_total", reason="unroutable") == 0
+    assert val(s, "kraken_relay_nats_jetstream_ok") == 1
+    assert val(s, "kraken_relay_nats_line_events_total", upstream="eu", event="gap") == 5
+    assert val(s, "kraken_relay_nats_line_events_total", upstream="eu", event="overflow") == 0
+    assert val(s, "kraken_relay_upstream_up", upstream="eu") == 1  # a NATS line has the usual line metrics
     # counters move between scrapes because the snapshot is re-read every time
     assert val(scrape(m), "kraken_relay_upstream_checksum_mismatches_total", upstream="primary") == 20
     assert all(name.startswith(("kraken_relay_",)) for name, _ in s)

@@ -79,7 +79,32 @@ def test_dashboard_is_well_formed() -> None:
         if p["type"] != "row":
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
             assert p.get("description"), f"panel {p['title']!r} needs a description for operators"
+    cells: dict[tuple[int, int], str] = {}  # no two panels on the same grid cell
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
     assert dash["uid"] == "kraken-relay"
+
+
+def test_dashboard_has_the_nats_row() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    rows = [p for p in dash["panels"] if p["type"] == "row"]
+    nats = next(r for r in rows if r["title"].startswith("NATS"))
+    below = [p for p in dash["panels"] if p["type"] != "row" and p["gridPos"]["y"] > nats["gridPos"]["y"]]
+    used = {name for p in below for t in p["targets"] for name in metric_names(t["expr"])}
+    assert used >= {
+        "kraken_relay_nats_connected",
+        "kraken_relay_nats_down_seconds",
+        "kraken_relay_nats_published_messages_total",
+        "kraken_relay_nats_published_bytes_total",
+        "kraken_relay_nats_dropped_messages_total",
+        "kraken_relay_nats_pending_bytes",
+        "kraken_relay_nats_snapshot_requests_total",
+        "kraken_relay_nats_line_events_total",
+    }
 
 
 @pytest.mark.slow

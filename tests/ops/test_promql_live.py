@@ -1,9 +1,13 @@
 """The dashboard and alert expressions against the real relay: simulator -> relay -> Prometheus.
 
 The relay runs in-process on its own event-loop thread with two simulated lines; one line is
-dropped once so disconnect counters exist. A real Prometheus scrapes the relay's /metrics. Every
-dashboard expression must return data, and every metric selector used by an alert rule must
-match series (the alerts themselves only fire on failures; tests/ops/test_promql.py and
+dropped once so disconnect counters exist. The relay publishes on a real nats-server (JetStream
+on) and has a third line, a NATS line reading its own publications back (its frames always come
+second, so they are duplicates; its events and metrics are real), so the NATS metrics exist too;
+without nats-server both point at a closed port and only `nats_jetstream_ok` (exported once the
+stream is set up) is left out. A real Prometheus scrapes the relay's /metrics. Every dashboard
+expression must return data, and every metric selector used by an alert rule must match series
+(the alerts themselves only fire on failures; tests/ops/test_promql.py and
 deploy/prometheus/alerts.test.yml cover their firing).
 """
 
@@ -15,10 +19,14 @@ import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.kit.nats import BINARY as NATS_SERVER
+from tests.kit.nats import NatsServer
+from tests.kit.net import free_port
 from tests.ops.promql import alert_exprs, dashboard_exprs, dashboard_variable_exprs, has_real_values
 
 SYMBOLS = ["BTC/USD", "ETH/USD"]
@@ -56,9 +64,14 @@ class LiveRelay:
         )
         await self.sim.start()
         capture_dir = tempfile.mkdtemp(prefix="kr-capture-")  # capture on: its metrics exist
+        nats = None
+        if NATS_SERVER is not None:
+            nats = await NatsServer("live", Path(capture_dir), jetstream=True).start()
+        nats_url = nats.url if nats is not None else f"nats://127.0.0.1:{free_port()}"
         cfg = parse_config(
             {
-                "upstreams": [{"name": f"sim-{i}", "url": url} for i, url in enumerate(self.sim.urls)],
+                "upstreams": [{"name": f"sim-{i}", "url": url} for i, url in enumerate(self.sim.urls)]
+                + [{"name": "nats-self", "url": nats_url, "subject_prefix": "kraken.live"}],
                 "channels": {
                     "book": {"symbols": SYMBOLS, "depth": 10},
                     "trade": {"symbols": SYMBOLS},
@@ -66,6 +79,12 @@ class LiveRelay:
                 },
                 "reconnect": {"initial_delay": 0.1, "max_delay": 1.0, "stagger": 0.0},
                 "capture": {"dir": capture_dir, "published": True},
+                "nats": {
+                    "servers": [nats_url],
+                    "subject_prefix": "kraken.live",
+                    "name": "live",
+                    "jetstream": {"storage": "memory", "max_age_seconds": 60, "keyframe_interval": 1.0},
+                },
             },
             env={},
         )
@@ -81,6 +100,8 @@ class LiveRelay:
         finally:
             await self.relay.stop()
             await self.sim.stop()
+            if nats is not None:
+                await nats.stop()
             shutil.rmtree(capture_dir, ignore_errors=True)
 
     def call(self, fn: Any, *args: Any) -> None:
@@ -127,12 +148,18 @@ def test_dashboard_and_alert_expressions_on_the_live_relay(prometheus) -> None:
         prom.wait_for_samples("sum(kraken_relay_upstream_disconnects_total) > 0", 1, timeout=20)
         prom.wait_for_samples('count_over_time(up{job="kraken-relay"}[5m] @ end()) >= 6 and up == 1', 1, timeout=20)
         prom.wait_for_samples("min(kraken_relay_symbol_valid_upstreams) >= 1", 1, timeout=20)
+        if NATS_SERVER is not None:
+            prom.wait_for_samples("kraken_relay_nats_jetstream_ok == 1", 1, timeout=20)
         failures = []
         for e in dashboard_variable_exprs() + dashboard_exprs():
+            if NATS_SERVER is None and "nats_jetstream_ok" in e.expr:
+                continue  # exported once the stream is set up: needs a nats-server
             res = prom.query(e.expr)
             if not has_real_values(res):
                 failures.append(f"{e.source}: no data for {e.expr}")
         for e in alert_exprs():
+            if NATS_SERVER is None and "nats_jetstream_ok" in e.expr:
+                continue
             for sel in selectors(e.expr):
                 if not prom.query(sel):
                     failures.append(f"{e.source}: selector {sel} matches no series")

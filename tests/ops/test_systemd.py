@@ -129,7 +129,7 @@ def test_status_text_summarises_the_stats_snapshot() -> None:
     from relay.ops.systemd import status_text
     from tests.ops.fakes import DegradedRelay
 
-    assert status_text(DegradedRelay()()) == "1/2 lines up, 3/4 feeds ok, 12 clients, kraken online"
+    assert status_text(DegradedRelay()()) == "2/3 lines up, 3/4 feeds ok, 12 clients, kraken online"
     assert status_text({}) == "0/0 lines up, 0/0 feeds ok"
     assert status_text({"clients": {"connected": 1}}) == "0/0 lines up, 0/0 feeds ok, 1 client"
 
