@@ -45,6 +45,7 @@ from relay.protocols.spot_v1 import wire as v1_wire
 from relay.protocols.spot_v2.wire import encode_ack, encode_pong, encode_status, now_rfc3339
 
 MAX_BUFFERED = 10_000  # frames held per stream while its snapshot is fetched; beyond: fetched again
+MAX_BUFFERED_BYTES = 8 * 1024 * 1024  # ... and their bytes (a hostile publisher's 1 MB messages)
 SNAPSHOT_TIMEOUT = 2.0  # seconds a snapshot request waits for its reply
 SNAPSHOT_RETRY = 0.5  # seconds before asking again when the publisher has none yet
 HEARTBEAT = b'{"channel":"heartbeat"}'
@@ -220,7 +221,18 @@ CODECS: dict[str, Any] = {"v2": V2Codec, "v1": V1Codec, "futures": FuturesCodec}
 class _Stream:
     """One subscribed stream: its NATS subscription, sequence check and snapshot state."""
 
-    __slots__ = ("key", "subject", "snapshot_subject", "sub", "check", "waiting", "buffer", "task", "snapshot")
+    __slots__ = (
+        "key",
+        "subject",
+        "snapshot_subject",
+        "sub",
+        "check",
+        "waiting",
+        "buffer",
+        "held_bytes",
+        "task",
+        "snapshot",
+    )
 
     def __init__(self, key: tuple[str, str, int], subject: str, snapshot_subject: str, snapshot: bool) -> None:
         self.key = key
@@ -230,6 +242,7 @@ class _Stream:
         self.check = bus.SeqCheck()
         self.waiting = True  # for a snapshot (or, without one, for the first message)
         self.buffer: list[tuple[str, int, bytes]] = []
+        self.held_bytes = 0
         self.task: asyncio.Task[None] | None = None
         self.snapshot = snapshot
 
@@ -409,10 +422,14 @@ class NatsLine:
             self._fetch(st)
 
     def _hold(self, st: _Stream, epoch: str, seq: int, data: bytes) -> None:
-        if len(st.buffer) >= MAX_BUFFERED:
-            self.counters["overflow"] += 1
+        if not st.buffer:
+            st.held_bytes = 0
+        if len(st.buffer) >= MAX_BUFFERED or st.held_bytes + len(data) > MAX_BUFFERED_BYTES:
+            self.counters["overflow"] += 1  # the snapshot, when it comes, is older: a gap, fetched again
             st.buffer.clear()
+            st.held_bytes = 0
         st.buffer.append((epoch, seq, data))
+        st.held_bytes += len(data)
 
     def _fetch(self, st: _Stream) -> None:
         if st.task is None or st.task.done():
