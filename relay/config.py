@@ -40,6 +40,40 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class NatsTlsConfig(_Strict):
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+class NatsAuthConfig(_Strict):
+    """Credentials and TLS for a NATS connection (the publisher's, or a NATS line's `nats:`)."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None  # a NATS credentials file (JWT + nkey seed)
+    tls: NatsTlsConfig | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """nats-py `connect()` keyword arguments (the TLS context is built here, at connect)."""
+        import ssl
+
+        opts: dict[str, Any] = {}
+        if self.user is not None:
+            opts["user"], opts["password"] = self.user, self.password
+        if self.token is not None:
+            opts["token"] = self.token
+        if self.creds is not None:
+            opts["user_credentials"] = self.creds
+        if self.tls is not None:
+            ctx = ssl.create_default_context(cafile=self.tls.ca)
+            if self.tls.cert:
+                ctx.load_cert_chain(self.tls.cert, self.tls.key)
+            opts["tls"] = ctx
+        return opts
+
+
 class UpstreamConfig(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     url: str
@@ -49,6 +83,7 @@ class UpstreamConfig(_Strict):
     # A NATS line (`url: nats://host:4222`, several comma-separated for a cluster): another
     # relay's publications under this prefix (README "NATS"); only for nats:// and tls:// URLs.
     subject_prefix: str | None = None
+    nats: NatsAuthConfig | None = None  # a NATS line's credentials and TLS (kept out of the logged URL)
 
     @field_validator("url")
     @classmethod
@@ -71,8 +106,8 @@ class UpstreamConfig(_Strict):
         if self.is_nats:
             if self.source_address or self.proxy:
                 raise ValueError("source_address and proxy apply to websocket lines, not to a nats:// line")
-        elif self.subject_prefix is not None:
-            raise ValueError("subject_prefix: only for a nats:// line")
+        elif self.subject_prefix is not None or self.nats is not None:
+            raise ValueError("subject_prefix and nats: only for a nats:// line")
         return self
 
     @property
@@ -423,23 +458,12 @@ class JetStreamConfig(_Strict):
     keyframe_interval: float = Field(default=10.0, gt=0)  # a book snapshot per subject this often, to start from
 
 
-class NatsTlsConfig(_Strict):
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-
-class NatsConfig(_Strict):
+class NatsConfig(NatsAuthConfig):
     """Publish every frame served to local clients on NATS too (README "NATS"); off unless set."""
 
     servers: list[str] = Field(min_length=1)
     subject_prefix: str = "kraken"
     name: str | None = None  # the relay's identity in headers and state; default: the host name
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    creds: str | None = None  # a NATS credentials file (JWT + nkey seed)
-    tls: NatsTlsConfig | None = None
     flush_interval: float = Field(default=0.002, gt=0, le=1.0)  # seconds between batched flushes
     max_pending_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)  # beyond: dropped and counted
     state_interval: float = Field(default=1.0, gt=0, le=60.0)  # the state subject, this often

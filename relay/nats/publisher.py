@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from relay.protocols.interfaces import BusSource
 log = structlog.get_logger("relay.nats")
 
 Publish = Callable[[list[Any]], None]
+JETSTREAM_RETRY = 10.0  # seconds between attempts to set up a JetStream stream that failed
 RECONNECT_WAIT = 1.0  # seconds between nats-py's reconnect attempts (and ours before the first connect)
 
 
@@ -207,17 +207,7 @@ class NatsPublisher:
             reconnected_cb=self._on_reconnected,
             error_cb=self._on_error,
         )
-        if c.user is not None:
-            opts["user"], opts["password"] = c.user, c.password
-        if c.token is not None:
-            opts["token"] = c.token
-        if c.creds is not None:
-            opts["user_credentials"] = c.creds
-        if c.tls is not None:
-            ctx = ssl.create_default_context(cafile=c.tls.ca)
-            if c.tls.cert:
-                ctx.load_cert_chain(c.tls.cert, c.tls.key)
-            opts["tls"] = ctx
+        opts.update(c.client_options())
         return opts
 
     async def _connect_loop(self) -> None:
@@ -334,9 +324,14 @@ class NatsPublisher:
         return orjson.dumps(body)
 
     async def _state_loop(self) -> None:
-        """The state subject of each protocol, every `state_interval` (a NATS line's heartbeat)."""
+        """The state subject of each protocol, every `state_interval` (a NATS line's heartbeat);
+        a JetStream stream that could not be set up (no quorum yet) is tried again every 10 s."""
+        retry_at = time.monotonic() + JETSTREAM_RETRY
         while True:
             nc = self.nc
+            if self.jetstream_ok is False and time.monotonic() >= retry_at and nc is not None and nc.is_connected:
+                retry_at = time.monotonic() + JETSTREAM_RETRY
+                await self._setup_jetstream()
             if nc is not None and nc.is_connected:
                 for protocol in self.sources:
                     with contextlib.suppress(Exception):

@@ -302,6 +302,7 @@ class NatsLine:
             disconnected_cb=closed,
             closed_cb=closed,
             error_cb=_ignore,
+            **(up.nats.client_options() if up.nats is not None else {}),
         )
         line = cls(nc, up.subject_prefix or bus.DEFAULT_PREFIX, protocol, counters)
         holder.append(line)

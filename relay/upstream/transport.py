@@ -99,6 +99,13 @@ def classify_error(exc: BaseException) -> str:
         return f"os error {exc.errno}"
     if isinstance(exc, ConnectionClosed):
         return close_reason(exc)
+    if type(exc).__module__.startswith("nats."):  # a NATS line's connect
+        text = str(exc).lower()
+        if "authorization" in text or "authentication" in text:
+            return "nats auth"
+        if type(exc).__name__ == "NoServersError":
+            return "nats unreachable"
+        return f"nats {type(exc).__name__}"
     return type(exc).__name__
 
 

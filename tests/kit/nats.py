@@ -42,7 +42,9 @@ class NatsServer:
         cluster_port: int | None = None,
         routes: list[int] | None = None,
         jetstream: bool = True,
+        args: list[str] | None = None,
     ) -> None:
+        self.args = args or []  # more nats-server options (`--user`, `--pass`, ...)
         self.name = name
         self.port = port or free_port()
         self.cluster_port = cluster_port
@@ -58,6 +60,7 @@ class NatsServer:
 
     def command(self) -> list[str]:
         cmd = [need_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name]
+        cmd += self.args
         if self.jetstream:
             cmd += ["-js", "-sd", str(self.store)]
         if self.cluster_port is not None:
@@ -122,10 +125,10 @@ def _accepts(port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def nats_server(jetstream: bool = True) -> AsyncIterator[NatsServer]:
+async def nats_server(jetstream: bool = True, args: list[str] | None = None) -> AsyncIterator[NatsServer]:
     need_nats_server()
     with tempfile.TemporaryDirectory(prefix="relay-nats-") as tmp:
-        server = await NatsServer("n0", Path(tmp), jetstream=jetstream).start()
+        server = await NatsServer("n0", Path(tmp), jetstream=jetstream, args=args).start()
         try:
             yield server
         finally:

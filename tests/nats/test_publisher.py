@@ -166,3 +166,38 @@ async def _get(relay, path: str) -> str:  # type: ignore[no-untyped-def]
     raw = await reader.read()
     writer.close()
     return raw.decode()
+
+
+async def test_credentials_on_both_sides_and_a_line_without_them_refused() -> None:
+    """A NATS server with a user: the publisher and a NATS line with `nats: {user, password}`
+    work; a line without them never connects (and says why), its URL carrying no secret."""
+    async with nats_server(jetstream=False, args=["--user", "relay", "--pass", "s3cret"]) as server:
+        sim = SimConfig(lines=[LineConfig(), LineConfig(latency=0.001)], symbols=SYMBOLS, rate=200.0, seed=19)
+        auth = {"user": "relay", "password": "s3cret"}
+        config = {
+            **_config([server.url], **auth),
+        }
+        async with relay_on_sim(sim, config, _ready) as (relay, _sim):
+            await wait_for(lambda: relay.nats is not None and relay.nats.stats()["connected"], 15, "NATS connected")
+            from relay.app import Relay
+            from relay.config import parse_config
+            from tests.kit.inprocess import FAST_RECONNECT
+
+            edge_cfg = {
+                "upstreams": [
+                    {"name": "a", "url": server.url, "subject_prefix": "kraken.a", "nats": auth},
+                    {"name": "anon", "url": server.url, "subject_prefix": "kraken.a"},
+                ],
+                "channels": CHANNELS,
+                "reconnect": FAST_RECONNECT,
+            }
+            edge = Relay(parse_config(edge_cfg, env={}), server_port=0, http_port=0)
+            await edge.start()
+            try:
+                await wait_for(lambda: edge.ready()[0], 30, "the edge ready on the authenticated line")
+                a, anon = edge.stack("v2").pool.connections
+                await wait_for(lambda: a.state == "live", 15, "the authenticated line live")
+                await wait_for(lambda: anon.failures["nats auth"] >= 2, 15, "the anonymous line refused")
+                assert anon.connects == 0 and "s3cret" not in anon.up.url
+            finally:
+                await edge.stop()
