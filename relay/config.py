@@ -464,7 +464,7 @@ class NatsConfig(NatsAuthConfig):
     servers: list[str] = Field(min_length=1)
     subject_prefix: str = "kraken"
     name: str | None = None  # the relay's identity in headers and state; default: the host name
-    flush_interval: float = Field(default=0.002, gt=0, le=1.0)  # seconds between batched flushes
+    flush_interval: float = Field(default=0.0, ge=0, le=1.0)  # 0: write each loop pass's batch at its end
     max_pending_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)  # beyond: dropped and counted
     state_interval: float = Field(default=1.0, gt=0, le=60.0)  # the state subject, this often
     connect_timeout: float = Field(default=2.0, gt=0)

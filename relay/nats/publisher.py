@@ -3,11 +3,13 @@
 Subjects and headers are `relay.core.bus`'s (README "NATS"). The hot path is the `tap` around
 each stack's publish callback: local clients are served first, then each publication gets its
 subject's next sequence number and one pre-encoded `HPUB` command appended to a batch (one `%`
-format: the subject and the headers' fixed part are encoded once per subject). A flusher task
-hands the batch to nats-py's outbound buffer every `flush_interval`; nats-py owns the socket,
-reconnection, authentication and TLS.
+format: the subject and the headers' fixed part are encoded once per subject). The batch goes
+onto nats-py's socket with one `writelines` at the end of the loop pass that filled it (or after
+`flush_interval`, when set), and at once when it reaches 64 KiB, so a released backlog that keeps
+the loop busy for a second cannot hold it back. nats-py owns the connection: reconnection,
+authentication, TLS, its own commands (subscriptions, the snapshot replies, the state).
 
-Never blocking the hot path: the batch and nats-py's buffer are bounded by `max_pending_bytes`;
+Never blocking the hot path: the batch and the socket's write buffer are bounded by `max_pending_bytes`;
 beyond it, or while NATS is unreachable, messages are dropped and counted by reason. A sequence
 number is taken before a message can be dropped, so a consumer sees every loss as a gap and
 fetches a snapshot (`<prefix>.<protocol>.snapshot.<stream>.<SYMBOL>`, answered here from the
@@ -39,6 +41,7 @@ from relay.protocols.interfaces import BusSource
 log = structlog.get_logger("relay.nats")
 
 Publish = Callable[[list[Any]], None]
+WRITE_BYTES = 64 * 1024  # a batch this big is written at once, whatever the loop is doing
 JETSTREAM_RETRY = 10.0  # seconds between attempts to set up a JetStream stream that failed
 RECONNECT_WAIT = 1.0  # seconds between nats-py's reconnect attempts (and ours before the first connect)
 
@@ -84,7 +87,10 @@ class NatsPublisher:
         self._streams: dict[tuple[str, str, str, int], _Stream | None] = {}
         self._batch: list[bytes] = []
         self._batch_bytes = 0
-        self._wake = asyncio.Event()
+        self._batch_payload = 0
+        self._scheduled = False  # a write of the batch is scheduled (end of loop pass / flush_interval)
+        self._out: Any = None  # nats-py's transport while connected (`writelines`)
+        self._buffered: Callable[[], int] = _zero  # its socket's write-buffer size
         self.nc: NatsClient | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -156,24 +162,53 @@ class NatsPublisher:
         return st
 
     def _add(self, st: _Stream, frame: bytes) -> None:
-        """The hot path: the next sequence number, one `HPUB` command into the batch."""
+        """The hot path: the next sequence number, one `HPUB` command into the batch; the batch
+        is written at the end of this loop pass (or after `flush_interval`), or at once when it
+        reaches WRITE_BYTES, so a long burst (a released backlog) cannot hold it back."""
         st.seq += 1
+        if self._out is None:
+            self.dropped["disconnected"] += 1
+            return
         seq = b"%d" % st.seq
         hdr = st.hdr_base + len(seq)
         cmd = st.template % (hdr, hdr + len(frame), seq, frame)
-        nc = self.nc
-        if nc is None or not nc.is_connected:
-            self.dropped["disconnected"] += 1
-            return
-        if self._batch_bytes + len(cmd) + nc.pending_data_size > self.cfg.max_pending_bytes:
-            self.dropped["buffer_full"] += 1
-            return
-        if not self._batch:
-            self._wake.set()
         self._batch.append(cmd)
         self._batch_bytes += len(cmd)
-        self.messages += 1
-        self.bytes += len(frame)
+        self._batch_payload += len(frame)
+        if self._batch_bytes >= WRITE_BYTES:
+            self._write()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            if self.cfg.flush_interval > 0:
+                loop.call_later(self.cfg.flush_interval, self._write)
+            else:
+                loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        """The batch onto nats-py's socket in one `writelines` (nats-py owns the connection, its
+        reconnection and its own commands); dropped and counted when the socket's buffer and the
+        batch would exceed `max_pending_bytes`, or when NATS is not connected."""
+        self._scheduled = False
+        batch, n, payload = self._batch, self._batch_bytes, self._batch_payload
+        if not batch:
+            return
+        self._batch, self._batch_bytes, self._batch_payload = [], 0, 0
+        out = self._out
+        if out is None:
+            self.dropped["disconnected"] += len(batch)
+            return
+        if self._buffered() + n > self.cfg.max_pending_bytes:
+            self.dropped["buffer_full"] += len(batch)
+            return
+        try:
+            out.writelines(batch)
+        except Exception as exc:  # the connection went away under us: nats-py reconnects
+            self.dropped["disconnected"] += len(batch)
+            self.last_error = _reason(exc)
+            return
+        self.messages += len(batch)
+        self.bytes += payload
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -229,14 +264,20 @@ class NatsPublisher:
         for protocol in self.sources:
             await nc.subscribe(f"{self.prefix}.{protocol}.{bus.SNAPSHOT}.*.*", cb=self._on_snapshot)
         await self._setup_jetstream()
-        self._tasks += [
-            asyncio.create_task(self._flusher(), name="nats-flusher"),
-            asyncio.create_task(self._state_loop(), name="nats-state"),
-        ]
+        self._tasks.append(asyncio.create_task(self._state_loop(), name="nats-state"))
         if self.cfg.jetstream is not None:
             self._tasks.append(asyncio.create_task(self._keyframe_loop(), name="nats-keyframes"))
 
     def _connected(self) -> None:
+        nc = self.nc
+        out = getattr(nc, "_transport", None)
+        if out is None or not hasattr(out, "writelines"):  # a nats-py without it: say so, publish nothing
+            self.last_error = "nats-py transport has no writelines()"
+            log.error("nats: cannot write batches with this nats-py version; not publishing")
+            return
+        writer = getattr(getattr(out, "_io_writer", None), "transport", None)
+        self._buffered = getattr(writer, "get_write_buffer_size", _zero)
+        self._out = out
         self.connects += 1
         self.connected_since, self.down_since = time.time(), None
         log.info(
@@ -244,6 +285,7 @@ class NatsPublisher:
         )
 
     async def _on_disconnected(self) -> None:
+        self._out, self._buffered = None, _zero
         if self.connected_since is not None:
             self.disconnects += 1
             self.connected_since, self.down_since = None, time.time()
@@ -256,29 +298,6 @@ class NatsPublisher:
     async def _on_error(self, exc: Exception) -> None:
         self.last_error = _reason(exc)
         log.warning("nats error", reason=self.last_error)
-
-    async def _flusher(self) -> None:
-        """Every `flush_interval` while there is something: the batch into nats-py's buffer."""
-        interval = self.cfg.flush_interval
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(interval)
-            self._wake.clear()
-            batch, self._batch, self._batch_bytes = self._batch, [], 0
-            nc = self.nc
-            if not batch or nc is None:
-                continue
-            if not nc.is_connected:
-                self.dropped["disconnected"] += len(batch)
-                self.messages -= len(batch)
-                continue
-            try:
-                # one write of pre-encoded HPUB commands; nats-py flushes and owns the socket
-                await nc._send_command(b"".join(batch))
-                await nc._flush_pending()
-            except Exception as exc:
-                self.dropped["disconnected"] += len(batch)
-                self.last_error = _reason(exc)
 
     # -- snapshots, state, keyframes ------------------------------------------------------------
     def snapshot(self, protocol: str, stream: str, token: str) -> tuple[bytes | None, int]:
@@ -404,7 +423,7 @@ class NatsPublisher:
             "messages": self.messages,
             "bytes": self.bytes,
             "dropped": dict(self.dropped),
-            "pending_bytes": self._batch_bytes + (nc.pending_data_size if nc is not None else 0),
+            "pending_bytes": self._batch_bytes + self._buffered(),
             "snapshot_requests": dict(self.snapshot_requests),
             "connects": self.connects,
             "disconnects": self.disconnects,
@@ -417,6 +436,10 @@ class NatsPublisher:
 
 
 _MISSING: Any = object()
+
+
+def _zero() -> int:
+    return 0
 
 
 def _reason(exc: BaseException) -> str:
