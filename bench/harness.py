@@ -391,6 +391,89 @@ async def start_forwarder(upstream_port: int, sub: list[dict]) -> Forwarder:
     return Forwarder(proc, info["port"])
 
 
+# -- nats-server -------------------------------------------------------------------------------
+@dataclass
+class NatsServerProc:
+    """A `nats-server` on 127.0.0.1 (no JetStream), with its HTTP monitoring port (`varz()`)."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    monitor_port: int
+    log: list[str] = field(default_factory=list)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def varz(self) -> dict:
+        """The server's /varz (in_msgs, out_msgs, slow_consumers, connections, ...)."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.monitor_port), 5)
+        writer.write(b"GET /varz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return orjson.loads(raw.partition(b"\r\n\r\n")[2])
+
+    async def stop(self) -> None:
+        await _stop(self.proc)
+        for t in self.tasks:
+            t.cancel()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_nats_server(binary: str = "nats-server") -> NatsServerProc:
+    """`nats-server -a 127.0.0.1 -p PORT -m MONITOR` on free ports, once it accepts connections
+    (tried with new ports once more if it does not start)."""
+    import shutil
+
+    exe = shutil.which(binary)
+    if exe is None:
+        raise RuntimeError(f"{binary} is not on PATH")
+    last: BaseException | None = None
+    for _attempt in range(START_ATTEMPTS):
+        port, mon = _free_port(), _free_port()
+        args = ["-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-n", f"bench-{port}"]
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        ns = NatsServerProc(proc, port, mon)
+        ns.tasks = [asyncio.create_task(_drain(proc.stdout, ns.log)), asyncio.create_task(_drain(proc.stderr, ns.log))]
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while True:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"nats-server exited ({proc.returncode}): {' | '.join(ns.log[-3:])}")
+                try:
+                    await ns.varz()
+                    return ns
+                except (OSError, TimeoutError, orjson.JSONDecodeError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nats-server did not start in {START_TIMEOUT:g} s: {' | '.join(ns.log[-3:])}")
+                await asyncio.sleep(0.05)
+        except (RuntimeError, TimeoutError) as exc:
+            last = exc
+            await ns.stop()
+    assert last is not None
+    raise last
+
+
 def instrument_file() -> Path | None:
     """The real Kraken instrument snapshot from the captures (`tests.kit.paths`: ../shared beside
     the checkout, or env KRAKEN_FIXTURES), for cases that need more pairs than the simulator's
@@ -426,15 +509,23 @@ class ClientProc:
 
 
 async def start_clients(
-    port: int, n: int, sub: list[dict], record: list[int] | tuple[int, ...] = (), path: str = "/v2"
+    port: int,
+    n: int,
+    sub: list[dict],
+    record: list[int] | tuple[int, ...] = (),
+    path: str = "/v2",
+    script: str = "e2e_client.py",
+    job_extra: dict | None = None,
 ) -> ClientProc:
     """A client process with n connections, once all are upgraded and subscribed. The process
     retries its own connections for CONNECT_TIMEOUT; a process that still fails (or does not
-    report in time) is started again, START_ATTEMPTS in all, then the last error is raised."""
+    report in time) is started again, START_ATTEMPTS in all, then the last error is raised.
+    `script`: the client program in bench/ (`nats_client.py`: NATS consumers, same job and output);
+    `job_extra`: more fields for its job (`{"mode": "nats-py"}`)."""
     last: BaseException | None = None
     for _attempt in range(START_ATTEMPTS):
         try:
-            return await _start_clients_once(port, n, sub, record, path)
+            return await _start_clients_once(port, n, sub, record, path, script, job_extra)
         except (RuntimeError, TimeoutError, OSError) as exc:
             last = exc
             await asyncio.sleep(0.5)
@@ -443,7 +534,13 @@ async def start_clients(
 
 
 async def _start_clients_once(
-    port: int, n: int, sub: list[dict], record: list[int] | tuple[int, ...], path: str
+    port: int,
+    n: int,
+    sub: list[dict],
+    record: list[int] | tuple[int, ...],
+    path: str,
+    script: str = "e2e_client.py",
+    job_extra: dict | None = None,
 ) -> ClientProc:
     if CLIENT_PORT_OVERRIDE is not None:
         port = CLIENT_PORT_OVERRIDE
@@ -458,10 +555,11 @@ async def _start_clients_once(
         "record": list(record),
         "out": out,
         "connect_timeout": CONNECT_TIMEOUT,
+        **(job_extra or {}),
     }
     wait = START_TIMEOUT + CONNECT_TIMEOUT
     try:
-        proc = await _spawn(str(BENCH / "e2e_client.py"), orjson.dumps(job).decode(), stdin=True)
+        proc = await _spawn(str(BENCH / script), orjson.dumps(job).decode(), stdin=True)
         assert proc.stdout is not None
         try:
             try:
@@ -501,7 +599,7 @@ async def stop_clients(cp: ClientProc) -> dict:
 
 
 async def start_client_group(
-    port: int, n: int, sub: list[dict], n_record: int, per_proc: int = 250
+    port: int, n: int, sub: list[dict], n_record: int, per_proc: int = 250, script: str = "e2e_client.py"
 ) -> list[ClientProc]:
     """n connections over ceil(n / per_proc) processes; `n_record` recording connections spread evenly."""
     procs = max(1, -(-n // per_proc))
@@ -513,7 +611,7 @@ async def start_client_group(
     try:
         for size in sizes:
             rec = [i - base for i in rec_global if base <= i < base + size]
-            out.append(await start_clients(port, size, sub, rec))
+            out.append(await start_clients(port, size, sub, rec, script=script))
             base += size
     except BaseException:
         for cp in out:  # the ones already started are not left running
