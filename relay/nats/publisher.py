@@ -119,22 +119,43 @@ class NatsPublisher:
     ) -> Publish:
         """`publish` (the local clients) first, then the same frames onto NATS."""
         self.sources[protocol] = _Source(protocol, endpoint, default_depth, state)
-        streams = self._streams
-        bus_frame = endpoint.bus_frame
-        add = self._add
+        # channel -> symbol -> key -> stream: no tuple built per publication
+        table: dict[str, dict[str, dict[int, _Stream | None]]] = {}
+        bus_frame = None if getattr(endpoint, "bus_frames_as_is", False) else endpoint.bus_frame
+        stream_for = self._stream
+        dropped = self.dropped
 
         def run(pubs: list[Any]) -> None:
             pubs = pubs if isinstance(pubs, list) else list(pubs)
             publish(pubs)
+            out = self._out
+            batch = self._batch
+            size = payload = 0
             for pub in pubs:
-                st = streams.get((protocol, pub.channel, pub.symbol, pub.key), _MISSING)
-                if st is _MISSING:
-                    st = self._stream(protocol, pub.channel, pub.symbol, pub.key)
+                try:
+                    st = table[pub.channel][pub.symbol][pub.key]
+                except KeyError:
+                    st = stream_for(protocol, pub.channel, pub.symbol, pub.key)
+                    table.setdefault(pub.channel, {}).setdefault(pub.symbol, {})[pub.key] = st
                 if st is None:
                     continue
-                frame = bus_frame(pub)
-                if frame is not None:
-                    add(st, frame)
+                st.seq += 1  # taken even when the message is dropped: a consumer sees the gap
+                if out is None:
+                    dropped["disconnected"] += 1
+                    continue
+                frame = pub.frame if bus_frame is None else bus_frame(pub)
+                if frame is None:
+                    continue
+                seq = b"%d" % st.seq
+                hdr = st.hdr_base + len(seq)
+                cmd = st.template % (hdr, hdr + len(frame), seq, frame)
+                batch.append(cmd)
+                size += len(cmd)
+                payload += len(frame)
+            if size:
+                self._batch_bytes += size
+                self._batch_payload += payload
+                self._queued()
 
         return run
 
@@ -161,20 +182,10 @@ class NatsPublisher:
         self._streams[(protocol, channel, symbol, key)] = st
         return st
 
-    def _add(self, st: _Stream, frame: bytes) -> None:
-        """The hot path: the next sequence number, one `HPUB` command into the batch; the batch
-        is written at the end of this loop pass (or after `flush_interval`), or at once when it
-        reaches WRITE_BYTES, so a long burst (a released backlog) cannot hold it back."""
-        st.seq += 1
-        if self._out is None:
-            self.dropped["disconnected"] += 1
-            return
-        seq = b"%d" % st.seq
-        hdr = st.hdr_base + len(seq)
-        cmd = st.template % (hdr, hdr + len(frame), seq, frame)
-        self._batch.append(cmd)
-        self._batch_bytes += len(cmd)
-        self._batch_payload += len(frame)
+    def _queued(self) -> None:
+        """After a publication's commands joined the batch: written at the end of this loop pass
+        (or after `flush_interval`), or at once when it reaches WRITE_BYTES, so a long burst (a
+        released backlog keeping the loop busy) cannot hold it back."""
         if self._batch_bytes >= WRITE_BYTES:
             self._write()
         elif not self._scheduled:

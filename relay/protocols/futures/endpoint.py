@@ -470,6 +470,8 @@ class FuturesEndpoint:
             self._ready(key)  # after the live subscribers: the snapshot already holds this frame
 
     # -- the NATS publisher's view (`BusSource`) -------------------------------------------
+    bus_frames_as_is = True  # `bus_frame(pub)` is `pub.frame`: the publisher skips the call
+
     def bus_channel(self, channel: str) -> bool:
         """Feed data (book, trade, ticker, ticker_lite); not the relay's own kinds."""
         return channel not in ("relay", REFUSED, "status")

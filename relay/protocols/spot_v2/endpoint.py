@@ -188,6 +188,8 @@ class V2Endpoint:
     # -- the NATS publisher's view (`BusSource`) -------------------------------------------
     BUS_CHANNELS = frozenset(("book", "trade", "ticker", "ohlc", "instrument"))
 
+    bus_frames_as_is = True  # `bus_frame(pub)` is `pub.frame`: the publisher skips the call
+
     def bus_channel(self, channel: str) -> bool:
         """Client data; `status` and `relay` are per client and the relay's own (the state subject)."""
         return channel in self.BUS_CHANNELS
