@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.harness as harness
 from bench.capture_bench import (
     OTHERS_CPU,
+    RELAY_CPU,
     THROUGHPUT_LIVENESS,
     MachineMeter,
     ThreadTrace,
@@ -109,6 +110,13 @@ E2E_PATHS = {  # e2e phase: the paths measured at once, against the direct clien
     "relay_nats_edge": "relay A -> NATS -> edge relay -> client",
 }
 FANOUT_LIVENESS = {"frame_timeout": 30.0, "ping_interval": 2.0, "stale_after": 30.0}  # as e2e's fanout
+
+
+def pin_process(pid: int, cpu: int) -> None:
+    """Every thread of process `pid` onto `cpu` (nats-server is a Go program: many threads)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {cpu})
 
 
 def round_order(rnd: int) -> tuple[str, ...]:
@@ -278,6 +286,13 @@ class NatsBench:
                 direct = await start_clients(sim.ports[0], 1, sub, [0])
                 try:
                     subscriber = await self._subscriber(ns)
+                    if a.pin:
+                        # NATS on the relay's core for the latency phase: at 1 000 frames/s that core
+                        # is idle between frames, and nats-server and its subscriber (which wake at
+                        # the instant the relay writes) must not compete with the websocket clients
+                        # being timed on the other one; in production NATS runs on other machines.
+                        pin_process(ns.pid, RELAY_CPU)
+                        pin_process(subscriber.pid, RELAY_CPU)
                     try:
                         for rnd in range(a.rounds):
                             for config in round_order(rnd):
