@@ -49,12 +49,12 @@ RECONNECT_WAIT = 1.0  # seconds between nats-py's reconnect attempts (and ours b
 class _Stream:
     """One subject: its `HPUB` template and its last sequence number."""
 
-    __slots__ = ("subject", "seq", "template", "hdr_base", "channel", "symbol", "key", "stream")
+    __slots__ = ("subject", "seq", "template", "hdr_base", "stream")
 
-    def __init__(self, subject: str, fixed_headers: bytes, channel: str, symbol: str, key: int, stream: str) -> None:
+    def __init__(self, subject: str, fixed_headers: bytes, stream: str) -> None:
         self.subject = subject
         self.seq = 0
-        self.channel, self.symbol, self.key, self.stream = channel, symbol, key, stream
+        self.stream = stream
         head = b"NATS/1.0\r\n" + bus.SEQ.encode() + b": "
         tail = b"\r\n" + fixed_headers + b"\r\n"
         self.hdr_base = len(head) + len(tail)  # + the digits of the sequence number
@@ -176,9 +176,7 @@ class NatsPublisher:
                 src.endpoint.bus_want_book(symbol, src.default_depth)
                 self._wanted.add((protocol, symbol, src.default_depth))
             stream = bus.stream_token(channel, key, src.default_depth)
-            st = _Stream(
-                bus.data_subject(self.prefix, protocol, stream, token), self._fixed, channel, symbol, key, stream
-            )
+            st = _Stream(bus.data_subject(self.prefix, protocol, stream, token), self._fixed, stream)
         self._streams[(protocol, channel, symbol, key)] = st
         return st
 

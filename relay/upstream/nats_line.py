@@ -79,14 +79,10 @@ class V2Codec:
 
     @staticmethod
     def parse(frame: bytes) -> Request | None:
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError:
+        msg = _json_object(frame)
+        if msg is None:
             return None
-        if not isinstance(msg, dict):
-            return None
-        method, req_id = msg.get("method"), msg.get("req_id")
-        req_id = req_id if isinstance(req_id, int) else None
+        method, req_id = msg.get("method"), _int_or_none(msg.get("req_id"))
         if method == "ping":
             return Request("ping", req_id=req_id)
         if method not in ("subscribe", "unsubscribe"):
@@ -136,14 +132,10 @@ class V1Codec:
 
     @staticmethod
     def parse(frame: bytes) -> Request | None:
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError:
+        msg = _json_object(frame)
+        if msg is None:
             return None
-        if not isinstance(msg, dict):
-            return None
-        event, req_id = msg.get("event"), msg.get("reqid")
-        req_id = req_id if isinstance(req_id, int) else None
+        event, req_id = msg.get("event"), _int_or_none(msg.get("reqid"))
         if event == "ping":
             return Request("ping", req_id=req_id)
         if event not in ("subscribe", "unsubscribe"):
@@ -164,7 +156,7 @@ class V1Codec:
 
     @staticmethod
     def pong(req: Request) -> bytes:
-        return orjson.dumps({"event": "pong", "reqid": req.req_id} if req.req_id is not None else {"event": "pong"})
+        return v1_wire.encode_pong(req.req_id)
 
     @staticmethod
     def status(system: str, version: str) -> bytes:
@@ -182,11 +174,8 @@ class FuturesCodec:
 
     @staticmethod
     def parse(frame: bytes) -> Request | None:
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(msg, dict) or msg.get("event") not in ("subscribe", "unsubscribe"):
+        msg = _json_object(frame)
+        if msg is None or msg.get("event") not in ("subscribe", "unsubscribe"):
             return None
         feed = str(msg.get("feed", ""))
         products = [str(p) for p in msg.get("product_ids") or [""]]
@@ -194,13 +183,8 @@ class FuturesCodec:
 
     @staticmethod
     def ack(req: Request, symbol: str) -> bytes:
-        msg: dict[str, Any] = {
-            "event": "subscribed" if req.method == "subscribe" else "unsubscribed",
-            "feed": req.channel,
-        }
-        if symbol:
-            msg["product_ids"] = [symbol]
-        return orjson.dumps(msg)
+        event = "subscribed" if req.method == "subscribe" else "unsubscribed"
+        return futures_wire.encode_event(event, req.channel, [symbol] if symbol else None)
 
     @staticmethod
     def pong(req: Request) -> bytes:  # futures lines rely on websocket pings: never asked
@@ -208,7 +192,7 @@ class FuturesCodec:
 
     @staticmethod
     def status(system: str, version: str) -> bytes:
-        return b'{"event":"info","version":1}'
+        return futures_wire.INFO
 
     @staticmethod
     def heartbeat() -> bytes:
@@ -499,6 +483,19 @@ class NatsLine:
         if prev is None or prev.get("system") != body.get("system"):
             self._emit(self.codec.status(system, str(body.get("upstream_version") or "")))
         self._emit(self.codec.heartbeat())
+
+
+def _json_object(frame: bytes) -> dict[str, Any] | None:
+    """A request frame as a JSON object, or None (not JSON, or not an object)."""
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    return msg if isinstance(msg, dict) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def _int(value: Any) -> int:
